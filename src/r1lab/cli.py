@@ -1,0 +1,88 @@
+"""The ``r1lab`` command: ``r1lab COMMAND [CONFIG.yaml] [key=value ...]``.
+
+Each command is a stage module with a frozen config dataclass and a ``main(config)`` function;
+the table below maps names to them and is the only place commands are registered.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from r1lab.errors import R1labError
+
+# name -> (module, config class, one-line help). Modules are imported lazily so that
+# `r1lab --help` stays fast and a command's heavy imports happen only when it runs.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "pretrain": ("r1lab.pretrain", "PretrainConfig", "train the micro base model from scratch"),
+    "sft": ("r1lab.sft", "SFTConfig", "supervised fine-tuning on prompt/completion or messages data"),
+    "eval": ("r1lab.evaluate", "EvalConfig", "k samples per problem; pass@1, pass@k, cons@k"),
+    "grpo": ("r1lab.grpo.train", "GRPOConfig", "GRPO / R1-Zero reinforcement learning"),
+    "demo": ("r1lab.demo", "DemoConfig", "the main job on the micro world"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: r1lab COMMAND [CONFIG.yaml] [key=value ...]", "", "commands:"]
+    for name, (_, _, help_text) in COMMANDS.items():
+        lines.append(f"  {name:<10} {help_text}")
+    lines.append("")
+    lines.append("Every setting has a default; see the config class of a command with: r1lab COMMAND --help")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str]) -> tuple[str, str | None, list[str]]:
+    if not argv or argv[0] in ("-h", "--help"):
+        raise SystemExit(usage())
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        raise R1labError(f"unknown command '{command}' (commands: {', '.join(COMMANDS)})")
+    config_path = None
+    if rest and "=" not in rest[0] and not rest[0].startswith("-"):
+        config_path, rest = rest[0], rest[1:]
+    for item in rest:
+        if "=" not in item:
+            raise R1labError(f"argument '{item}' is not of the form key=value")
+    return command, config_path, rest
+
+
+def _show_defaults(config_cls: type) -> str:
+    import yaml
+
+    from r1lab.config import to_dict
+
+    try:
+        return yaml.safe_dump(to_dict(config_cls()), sort_keys=False)
+    except TypeError:  # a config with required fields
+        import dataclasses
+
+        return "\n".join(f"{f.name}: {f.type}" for f in dataclasses.fields(config_cls))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        command, config_path, overrides = parse_args(argv)
+        module_name, class_name, _ = COMMANDS[command]
+        module = importlib.import_module(module_name)
+        config_cls = getattr(module, class_name)
+        if "--help" in argv or "-h" in argv:
+            print(f"r1lab {command}: defaults\n\n{_show_defaults(config_cls)}")
+            return 0
+        from r1lab.config import load_config
+
+        config = load_config(config_cls, config_path, overrides)
+        module.main(config)
+        return 0
+    except R1labError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""The micro world: procedurally generated tasks with worked solutions and verifiers.
+
+    >>> from r1lab import tasks
+    >>> problems = tasks.generate("addition", split="test", n=3, seed=0)
+    >>> tasks.verify("addition", problems[0].answer, problems[0].to_row())
+    True
+
+Problems are deterministic given (task, split, n, seed, levels); the held-out split is fixed by
+a hash of the prompt (see `base.split_of`), so train and test never share a problem.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from r1lab.errors import R1labError
+from r1lab.tasks.arithmetic import Addition, Multiplication, Subtraction
+from r1lab.tasks.base import CLEAN, Problem, Task, TraceStyle, format_completion, split_of
+from r1lab.tasks.countdown import Countdown
+
+TASKS: dict[str, Task] = {t.name: t for t in (Addition(), Subtraction(), Multiplication(), Countdown())}
+
+__all__ = ["CLEAN", "TASKS", "Problem", "Task", "TraceStyle", "format_completion", "generate",
+           "get_task", "split_of", "verify"]
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise R1labError(f"unknown task '{name}' (tasks: {', '.join(TASKS)})")
+    return TASKS[name]
+
+
+def generate(task: str, split: str, n: int, seed: int = 0, levels: tuple[int, ...] | None = None,
+             unique: bool = True) -> list[Problem]:
+    """`n` problems of `task` from `split` ('train' or 'test'), levels drawn uniformly.
+
+    With `unique`, no prompt repeats; if the problem space at these levels is too small for
+    `n` unique problems, fewer are returned rather than looping forever.
+    """
+    if split not in ("train", "test"):
+        raise R1labError(f"unknown split '{split}' (use 'train' or 'test')")
+    t = get_task(task)
+    levels = tuple(levels or t.default_levels)
+    for level in levels:
+        if level not in t.levels:
+            raise R1labError(f"task '{task}' has no level {level} (levels: {t.levels})")
+    rng = random.Random(f"{task}/{split}/{seed}/{levels}")
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    attempts = 0
+    while len(problems) < n and attempts < 50 * n + 1000:
+        attempts += 1
+        problem = t.sample(rng, rng.choice(levels))
+        if split_of(task, problem.prompt) != split or (unique and problem.prompt in seen):
+            continue
+        seen.add(problem.prompt)
+        problems.append(problem)
+    return problems
+
+
+def verify(task: str, predicted: str | None, row: dict[str, Any]) -> bool:
+    """Is `predicted` (an extracted final answer) right for this dataset row of `task`?"""
+    if predicted is None:
+        return False
+    return get_task(task).verify(predicted, row)
+
+
+def canonical(task: str, predicted: str, row: dict[str, Any]) -> str:
+    """The form in which answers are grouped for majority voting (cons@k)."""
+    return get_task(task).canonical(predicted, row)
