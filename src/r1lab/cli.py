@@ -42,6 +42,8 @@ def parse_args(argv: list[str]) -> tuple[str, str | None, list[str]]:
     if rest and "=" not in rest[0] and not rest[0].startswith("-"):
         config_path, rest = rest[0], rest[1:]
     for item in rest:
+        if item in ("-h", "--help"):
+            continue
         if "=" not in item:
             raise R1labError(f"argument '{item}' is not of the form key=value")
     return command, config_path, rest
@@ -69,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(module_name)
         config_cls = getattr(module, class_name)
         if "--help" in argv or "-h" in argv:
-            print(f"r1lab {command}: defaults\n\n{_show_defaults(config_cls)}")
+            print(f"usage: r1lab {command} [CONFIG.yaml] [key=value ...]\n\ndefaults:\n{_show_defaults(config_cls)}")
             return 0
         from r1lab.config import load_config
 

@@ -55,6 +55,8 @@ def count_parameters(model: torch.nn.Module) -> int:
 def load_tokenizer(path: str | os.PathLike):
     """The tokenizer of a model folder (or hub name), with a pad token, as a one-line error if absent."""
     path = str(path)
+    if not Path(path).exists() and _looks_local(path):
+        raise R1labError(f"{path}: model folder not found")
     if Path(path).is_dir() and not any((Path(path) / f).exists() for f in
                                         ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
         raise R1labError(f"{path}: model folder has no tokenizer (tokenizer.json or tokenizer_config.json)")
@@ -70,7 +72,7 @@ def load_tokenizer(path: str | os.PathLike):
 def load_model(path: str | os.PathLike, dtype: str = "float32", device: str = "cpu"):
     """A causal LM from a checkpoint folder (or hub name), in eval mode."""
     path = str(path)
-    if not Path(path).exists() and (path.startswith((".", "/")) or os.sep in path.rstrip("/").split("/", 1)[0]):
+    if not Path(path).exists() and _looks_local(path):
         raise R1labError(f"{path}: model folder not found")
     if Path(path).is_dir() and not (Path(path) / "config.json").exists():
         raise R1labError(f"{path}: not a model folder (no config.json)")
@@ -86,6 +88,11 @@ def load_model(path: str | os.PathLike, dtype: str = "float32", device: str = "c
 def load_model_and_tokenizer(path: str | os.PathLike, dtype: str = "float32", device: str = "cpu"):
     tokenizer = load_tokenizer(path)  # first: a folder without a tokenizer is the common mistake
     return load_model(path, dtype, device), tokenizer
+
+
+def _looks_local(path: str) -> bool:
+    """A path, not a hub name ("org/name"): absolute, relative with ./ or ../, or deeper than org/name."""
+    return path.startswith(("/", ".", "~")) or path.count("/") > 1 or path.endswith(("/",))
 
 
 def _first_line(e: BaseException) -> str:

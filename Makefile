@@ -1,0 +1,33 @@
+# The two set-up commands (README): `make demo` and `make test`. Each works from a fresh clone:
+# it creates .venv and installs what it needs. On a machine without torch, the CPU build is
+# installed first, so pip does not pull a multi-GB CUDA build; a user's own torch is kept.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.r1lab-installed
+TORCH_CPU ?= torch==2.13.0
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_CPU)" \
+		|| $(PY) -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+	@$(PY) -m pip install -q -e ".[test]"
+	@touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/r1lab demo
+
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests
+
+bench: install
+	@$(PY) -m pip install -q -e ".[bench]"
+	$(PY) benchmarks/grpo_step.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,65 @@
+"""The micro base model's pretraining corpus: worked solutions, some flawed, a few self-corrected.
+
+The paper starts RL from DeepSeek-V3-Base, a model that can already reason a little, gets many
+problems wrong, and very occasionally re-checks itself. This corpus gives a tiny model the same
+starting point on purpose:
+
+- every document is a problem in the micro template and a worked solution, so the base model
+  knows the format (``<think>`` steps, then ``<answer>``) the way a web-trained model has seen
+  chains of thought; R1-Zero's format reward then has something to sharpen;
+- a controlled share of steps is wrong (off by one, a dropped carry) and the error propagates
+  to the answer, and a share of answers does not follow from the steps, so the base model is
+  only partly right (the issue asks for 20-50% pass@1) and RL has room to improve it;
+- a small share of wrong steps is followed by "wait , <the correct step>", and re-checks are
+  never wrong: re-checking is learnable and pays, the seed that RL can grow into reflection.
+
+The knobs are `TraceStyle` fields in the pretrain config; `corpus_stats` reports what share of
+documents ends right and how many carry a re-check, so a run records what it was trained on.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from r1lab import tasks
+from r1lab.metrics import has_reflection
+from r1lab.templates import render_prompt
+
+
+def build_corpus(task_names: Sequence[str], num_examples: int, style: tasks.TraceStyle, seed: int,
+                 template: str = "micro", levels: dict[str, tuple[int, ...]] | None = None) -> list[dict]:
+    """`num_examples` rows of {prompt, completion, task, answer, correct}, tasks interleaved.
+
+    Problems come from the train split only, so held-out evaluation problems are never seen.
+    """
+    rng = random.Random(seed)
+    per_task = -(-num_examples // len(task_names))
+    rows = []
+    for name in task_names:
+        task = tasks.get_task(name)
+        task_levels = (levels or {}).get(name) or task.default_levels
+        problems = tasks.generate(name, "train", per_task, seed=seed, levels=tuple(task_levels), unique=False)
+        for problem in problems:
+            steps, final = task.reasoning(problem, rng, style)
+            rows.append({
+                "prompt": render_prompt(template, problem.prompt),
+                "completion": " " + tasks.format_completion(steps, final),
+                "task": name,
+                "answer": problem.answer,
+                "correct": task.verify(final, problem.to_row()),
+            })
+    rng.shuffle(rows)
+    return rows[:num_examples]
+
+
+def corpus_stats(rows: Sequence[dict]) -> dict[str, float]:
+    """Share of documents whose answer is right, and with a re-check, overall and per task."""
+    stats: dict[str, float] = {"documents": len(rows)}
+    groups = {"all": list(rows)}
+    for row in rows:
+        groups.setdefault(row["task"], []).append(row)
+    for name, group in groups.items():
+        stats[f"{name}/correct"] = sum(r["correct"] for r in group) / len(group)
+        stats[f"{name}/reflection"] = sum(has_reflection(r["completion"]) for r in group) / len(group)
+    return stats

@@ -1,0 +1,126 @@
+"""Every setting of ``r1lab grpo``, with its default, in one frozen dataclass.
+
+Defaults follow the paper (R1-Zero: rule rewards accuracy + format with equal weight, the R1-Zero
+template, G = 16, temperature 1.0, KL coefficient 0.001 with the k3 estimator, reference
+refreshed every 400 steps, one inner iteration), except where a recipe overrides them for a
+micro model on a CPU. The variants users expect are names, not flags:
+
+- ``advantage``: group (R1) | batch | none (Dr. GRPO)
+- ``aggregation``: seq_mean (R1/DeepSeekMath) | token_mean (DAPO) | constant (Dr. GRPO)
+- ``eps_low``/``eps_high``: clip-higher (DAPO: 0.2 / 0.28)
+- ``dynamic_sampling``, ``mask_truncated``, ``overlong_cache`` (DAPO)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from r1lab.grpo.losses import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS
+from r1lab.metrics import REFLECTION_PHRASES
+from r1lab.templates import TEMPLATES
+
+
+@dataclass(frozen=True)
+class GRPOData:
+    train: str = ""  # JSONL/Parquet with `prompt` (or `problem`) and `answer`; or empty for micro tasks
+    tasks: tuple[str, ...] = ("addition", "subtraction", "multiplication")  # micro tasks, used when `train` is empty
+    levels: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    num_train: int = 20000  # micro problems generated per task
+    eval: str = ""  # held-out JSONL for periodic evaluation (micro: the test split of `tasks`)
+    num_eval: int = 50  # held-out problems per task for periodic evaluation
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    model: str = "runs/micro/base/final"
+    data: GRPOData = field(default_factory=GRPOData)
+    output_dir: str = "runs/grpo"
+    seed: int = 0
+
+    # rewards: registry names, "file.py:function" or "module:function"; equal weights by default
+    rewards: tuple[str, ...] = ("accuracy", "format")
+    reward_weights: tuple[float, ...] = ()
+    template: str = "r1_zero"
+
+    # rollouts
+    num_generations: int = 16  # G
+    prompts_per_step: int = 32
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: tuple[str, ...] = ("</answer>",)
+    rollout_batch_size: int = 512  # sequences decoded together
+
+    # objective
+    advantage: str = "group"
+    aggregation: str = "seq_mean"
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    beta: float = 0.001  # KL coefficient; 0 keeps no reference model
+    kl_estimator: str = "k3"
+    ref_update_every: int = 400  # steps between copies of the policy into the reference; 0 = never
+    num_iterations: int = 1  # mu: passes over each rollout
+    minibatches: int = 1  # optimiser steps per pass (the rollout split into this many parts)
+    micro_batch_size: int = 64  # sequences per forward/backward (memory only: same gradient)
+
+    # DAPO extras
+    dynamic_sampling: bool = False  # drop groups with all-equal rewards, refill from new prompts
+    max_refills: int = 3
+    mask_truncated: bool = False  # completions cut at max_new_tokens get no loss
+    overlong_cache: int = 0  # soft overlong punishment over the last this-many tokens; 0 = off
+
+    # optimiser
+    learning_rate: float = 1e-6
+    warmup_steps: int = 10  # Adam's first steps are sign-like: warm up (shared/MEASURED.md)
+    lr_schedule: str = "constant"  # constant | cosine (to min_lr_ratio)
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    max_grad_norm: float = 1.0
+    max_steps: int = 200
+
+    # watching
+    log_every: int = 1
+    sample_every: int = 10  # write sample completions to completions.jsonl every N steps
+    eval_every: int = 50  # held-out evaluation every N steps (0 = only at the end)
+    eval_k: int = 8
+    eval_temperature: float = 0.6
+    eval_top_p: float = 0.95
+    reflection_phrases: tuple[str, ...] = REFLECTION_PHRASES
+
+    # checkpoints
+    save_every: int = 50
+    keep_checkpoints: int = 2
+    resume: bool = False
+    threads: int = 0  # torch threads; 0 = torch's default
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _choice("advantage", self.advantage, ADVANTAGES)
+        _choice("aggregation", self.aggregation, AGGREGATIONS)
+        _choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+        _choice("template", self.template, TEMPLATES)
+        _choice("lr_schedule", self.lr_schedule, ("constant", "cosine"))
+        if self.reward_weights and len(self.reward_weights) != len(self.rewards):
+            raise ValueError(f"reward_weights has {len(self.reward_weights)} entries for {len(self.rewards)} rewards")
+        for name in ("num_generations", "prompts_per_step", "max_new_tokens", "num_iterations", "minibatches",
+                     "micro_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_generations < 2:
+            raise ValueError("num_generations must be >= 2: GRPO's advantage compares completions of a group")
+        if self.beta < 0 or self.temperature <= 0:
+            raise ValueError("beta must be >= 0 and temperature > 0")
+        if not self.data.train and not self.data.tasks:
+            raise ValueError("set data.train (a JSONL of prompt/answer rows) or data.tasks (micro tasks)")
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        return self.reward_weights or (1.0,) * len(self.rewards)
+
+
+def _choice(key: str, value: str, options) -> None:
+    if value not in options:
+        raise ValueError(f"'{key}' must be one of {', '.join(options)}; got '{value}'")

@@ -1,0 +1,140 @@
+"""Rollouts: sample G completions per prompt, score them, and pack them for the update.
+
+A step's experience travels in one frozen `Rollout` of tensors (prompt-major rows: rows
+i*G .. i*G+G-1 are prompt i's completions) plus a `Scored` record of the texts and rewards
+for logging. The policy's log-probs at sampling time come from the sampler itself, so the
+"old" log-probs cost no extra forward pass (the sampler's are equal to a fresh forward within
+1e-5; tests/test_sampling.py checks it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from r1lab.grpo.losses import ADVANTAGES, soft_overlong_penalty, zero_variance_groups
+from r1lab.rewards import combine_rewards
+from r1lab.sampling import Completion, SamplingParams, generate
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """Packed experience of one step. N = P * G rows, L = padded prompt + completion length."""
+
+    input_ids: Tensor  # [N, L] prompt left-padded, completion right-padded
+    attention_mask: Tensor  # [N, L]
+    completion_mask: Tensor  # [N, L-1] 1 where position t predicts a completion token that gets loss
+    old_logp: Tensor  # [N, L-1] log-probs at sampling time (0 outside completions)
+    advantages: Tensor  # [N]
+    ref_logp: Tensor | None = None  # [N, L-1] under the frozen reference, when beta > 0
+
+    @property
+    def num_rows(self) -> int:
+        return self.input_ids.shape[0]
+
+    def rows(self, index: Tensor) -> Rollout:
+        """The sub-rollout of the given rows, trimmed to the columns they use."""
+        mask = self.attention_mask[index]
+        used = mask.any(0).nonzero()
+        lo, hi = int(used[0]), int(used[-1]) + 1
+        return Rollout(
+            input_ids=self.input_ids[index, lo:hi], attention_mask=mask[:, lo:hi],
+            completion_mask=self.completion_mask[index, lo:hi - 1], old_logp=self.old_logp[index, lo:hi - 1],
+            advantages=self.advantages[index],
+            ref_logp=None if self.ref_logp is None else self.ref_logp[index, lo:hi - 1],
+        )
+
+    def with_ref(self, ref_logp: Tensor) -> Rollout:
+        return Rollout(self.input_ids, self.attention_mask, self.completion_mask, self.old_logp,
+                       self.advantages, ref_logp)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """What a step's completions were and how they scored (for metrics and completions.jsonl)."""
+
+    rows: list[dict]  # [P] the dataset rows
+    completions: list[list[Completion]]  # [P][G]
+    rewards: Tensor  # [P, G] weighted total (incl. overlong penalty)
+    per_reward: dict[str, list[float | None]]  # name -> [P*G]
+
+    @property
+    def texts(self) -> list[str]:
+        return [c.text for group in self.completions for c in group]
+
+    def keep(self, groups: Sequence[int]) -> Scored:
+        g = len(self.completions[0])
+        flat = [i * g + j for i in groups for j in range(g)]
+        return Scored([self.rows[i] for i in groups], [self.completions[i] for i in groups],
+                      self.rewards[list(groups)], {k: [v[i] for i in flat] for k, v in self.per_reward.items()})
+
+    @staticmethod
+    def concat(parts: Sequence[Scored]) -> Scored:
+        return Scored([r for p in parts for r in p.rows], [c for p in parts for c in p.completions],
+                      torch.cat([p.rewards for p in parts]),
+                      {k: [x for p in parts for x in p.per_reward[k]] for k in parts[0].per_reward})
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    params: SamplingParams
+    reward_fns: Sequence[tuple[str, Callable]]
+    reward_weights: Sequence[float]
+    overlong_cache: int = 0
+    batch_size: int | None = None
+
+
+def sample_and_score(policy, tokenizer, rows: list[dict], prompt_ids: list[list[int]],
+                     settings: RolloutSettings) -> Scored:
+    """G completions for each prompt, scored by the weighted reward functions."""
+    completions = generate(policy, tokenizer, prompt_ids, settings.params, batch_size=settings.batch_size)
+    g = settings.params.n
+    texts = [c.text for group in completions for c in group]
+    columns = _columns(rows, g)
+    total, per_reward = combine_rewards(settings.reward_fns, settings.reward_weights, texts, **columns)
+    rewards = torch.tensor(total, dtype=torch.float32).view(len(rows), g)
+    if settings.overlong_cache > 0:
+        lengths = torch.tensor([len(c.token_ids) for group in completions for c in group])
+        penalty = soft_overlong_penalty(lengths, settings.params.max_new_tokens, settings.overlong_cache)
+        rewards = rewards + penalty.view(len(rows), g)
+    return Scored(rows, completions, rewards, per_reward)
+
+
+def _columns(rows: list[dict], g: int) -> dict[str, list]:
+    """Dataset columns repeated G times, aligned with the flat completions (TRL's convention)."""
+    keys = {k for row in rows for k in row}
+    return {k: [row.get(k) for row in rows for _ in range(g)] for k in keys if k != "completions"}
+
+
+def informative_groups(scored: Scored) -> list[int]:
+    """Indices of groups whose rewards are not all equal (DAPO dynamic sampling keeps these)."""
+    return (~zero_variance_groups(scored.rewards)).nonzero().flatten().tolist()
+
+
+def pack(scored: Scored, prompt_ids: list[list[int]], advantage: str, pad_id: int,
+         mask_truncated: bool = False) -> Rollout:
+    """Tensors for the update: rows prompt-major, advantages broadcast to every completion token."""
+    g = len(scored.completions[0])
+    advantages = ADVANTAGES[advantage](scored.rewards).reshape(-1)
+    flat = [(prompt_ids[i], c) for i, group in enumerate(scored.completions) for c in group]
+    p_len = max(len(p) for p, _ in flat)
+    c_len = max(max(len(c.token_ids) for _, c in flat), 1)
+    n, width = len(flat), p_len + c_len
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    attention = torch.zeros((n, width), dtype=torch.long)
+    completion_mask = torch.zeros((n, width - 1))
+    old_logp = torch.zeros((n, width - 1))
+    for row, (prompt, c) in enumerate(flat):
+        k = len(c.token_ids)
+        input_ids[row, p_len - len(prompt):p_len] = torch.tensor(prompt)
+        attention[row, p_len - len(prompt):p_len + k] = 1
+        if k:
+            input_ids[row, p_len:p_len + k] = torch.tensor(c.token_ids)
+            old_logp[row, p_len - 1:p_len - 1 + k] = torch.tensor(c.logprobs)
+            if not (mask_truncated and c.finish_reason == "length"):
+                completion_mask[row, p_len - 1:p_len - 1 + k] = 1.0
+    assert n == len(scored.rows) * g
+    return Rollout(input_ids, attention, completion_mask, old_logp, advantages)

@@ -1,0 +1,82 @@
+"""The policy update: mu passes of clipped policy-gradient steps over one rollout.
+
+Gradient accumulation over micro-batches is exact: the loss normalisers (number of sequences,
+of tokens) are counted over the whole minibatch first, so splitting it for memory changes
+nothing but the peak memory (tests/test_grpo_losses.py checks the invariance).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from r1lab.grpo.losses import count_normalisers, grpo_loss
+from r1lab.grpo.rollout import Rollout
+from r1lab.sampling import sequence_logprobs
+
+
+@dataclass(frozen=True)
+class UpdateSettings:
+    num_iterations: int
+    minibatches: int
+    micro_batch_size: int
+    temperature: float
+    eps_low: float
+    eps_high: float
+    beta: float
+    kl_estimator: str
+    aggregation: str
+    max_len: int
+    max_grad_norm: float
+
+
+def update_policy(policy, optimizer, rollout: Rollout, settings: UpdateSettings, seed: int) -> dict[str, float]:
+    """Run the mu x minibatches optimiser steps; return token-weighted loss statistics."""
+    n = rollout.num_rows
+    generator = torch.Generator().manual_seed(seed)
+    totals: dict[str, float] = {}
+    weight = 0.0
+    grad_norms = []
+    for _ in range(settings.num_iterations):
+        order = torch.randperm(n, generator=generator) if settings.minibatches > 1 else torch.arange(n)
+        for minibatch in order.chunk(settings.minibatches):
+            parts = [rollout.rows(idx) for idx in minibatch.split(settings.micro_batch_size)]
+            norm = count_normalisers([p.completion_mask for p in parts])
+            optimizer.zero_grad(set_to_none=True)
+            for part in parts:
+                stats = _backward(policy, part, settings, norm)
+                w = float(part.completion_mask.sum())
+                weight += w
+                for key, value in stats.items():
+                    totals[key] = totals.get(key, 0.0) + w * value
+            if settings.max_grad_norm > 0:
+                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(policy.parameters(), settings.max_grad_norm)))
+            optimizer.step()
+    out = {key: value / max(weight, 1.0) for key, value in totals.items()}
+    if grad_norms:
+        out["grad_norm"] = sum(grad_norms) / len(grad_norms)
+    return out
+
+
+def _backward(policy, part: Rollout, settings: UpdateSettings, norm) -> dict[str, float]:
+    logp = sequence_logprobs(policy, part.input_ids, part.attention_mask, temperature=settings.temperature)
+    loss, stats = grpo_loss(
+        logp, part.old_logp, part.ref_logp, part.advantages, part.completion_mask,
+        eps_low=settings.eps_low, eps_high=settings.eps_high, beta=settings.beta,
+        aggregation=settings.aggregation, kl_estimator=settings.kl_estimator, max_len=settings.max_len,
+        num_sequences=norm.num_sequences, num_tokens=norm.num_tokens)
+    loss.backward()
+    return {"loss": float(loss) * part.num_rows, "kl": float(stats.kl), "clip/low": float(stats.clip_low),
+            "clip/high": float(stats.clip_high), "clip/fraction": float(stats.clip_fraction),
+            "ratio": float(stats.ratio_mean)}
+
+
+@torch.inference_mode()
+def reference_logprobs(reference, rollout: Rollout, temperature: float, micro_batch_size: int) -> torch.Tensor:
+    """[N, L-1] log-probs of the rollout under the frozen reference, in micro-batches."""
+    out = torch.zeros_like(rollout.old_logp)
+    for idx in torch.arange(rollout.num_rows).split(micro_batch_size):
+        out[idx] = sequence_logprobs(reference, rollout.input_ids[idx], rollout.attention_mask[idx],
+                                     temperature=temperature)
+    return out.clone()

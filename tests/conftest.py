@@ -1,0 +1,30 @@
+"""Shared fixtures: a tiny tokenizer and random micro model, built locally (no hub, no network)."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from r1lab.tokenizer import build_tokenizer, micro_corpus_sample
+
+    return build_tokenizer(micro_corpus_sample(400))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    """A saved random micro model with its tokenizer: an ordinary HF checkpoint folder."""
+    from r1lab.modeling import build_model
+
+    path = tmp_path_factory.mktemp("tiny_model")
+    model = build_model("micro", tokenizer, max_positions=512, seed=0)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

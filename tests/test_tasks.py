@@ -1,0 +1,85 @@
+import random
+
+import pytest
+
+from r1lab import tasks
+from r1lab.errors import R1labError
+from r1lab.rewards.answers import extract_answer
+from r1lab.tasks.countdown import evaluate_expression
+
+
+@pytest.mark.parametrize("name", list(tasks.TASKS))
+def test_generation_is_deterministic_from_seed(name):
+    a = tasks.generate(name, "train", 50, seed=3)
+    b = tasks.generate(name, "train", 50, seed=3)
+    c = tasks.generate(name, "train", 50, seed=4)
+    assert a == b
+    assert [p.prompt for p in a] != [p.prompt for p in c]
+
+
+@pytest.mark.parametrize("name", list(tasks.TASKS))
+def test_held_out_split_never_overlaps_training(name):
+    task = tasks.TASKS[name]
+    test = {p.prompt for p in tasks.generate(name, "test", 300, seed=0, levels=task.levels)}
+    train = {p.prompt for seed in range(3) for p in tasks.generate(name, "train", 2000, seed=seed, levels=task.levels)}
+    assert test and train
+    assert not test & train
+    assert all(tasks.split_of(name, p) == "test" for p in test)
+
+
+@pytest.mark.parametrize("name", list(tasks.TASKS))
+def test_clean_solutions_are_right_and_verified(name):
+    task = tasks.TASKS[name]
+    rng = random.Random(0)
+    for problem in tasks.generate(name, "train", 200, seed=1, levels=task.levels):
+        completion = task.solution(problem, rng)
+        assert completion.startswith("<think> ") and completion.endswith("</answer>")
+        assert tasks.verify(name, extract_answer(completion), problem.to_row()), completion
+
+
+def test_arithmetic_verifier_right_wrong_malformed():
+    row = tasks.generate("addition", "test", 1, seed=0)[0].to_row()
+    right = row["answer"]
+    assert tasks.verify("addition", right, row)
+    assert tasks.verify("addition", f" {right} ", row)
+    assert not tasks.verify("addition", str(int(right) + 1), row)
+    for bad in [None, "", "12a", "1e3", "⁵", "1" * 40, "3 or 4", "--5"]:
+        assert not tasks.verify("addition", bad, row), bad
+
+
+def test_countdown_verifier():
+    row = {"operands": [3, 44, 19, 75], "answer": "75"}
+    assert tasks.verify("countdown", "(44-19)*3", row)
+    assert tasks.verify("countdown", "3*(44-19)", row)
+    assert not tasks.verify("countdown", "(44-19)*3+0", row)  # 0 is not one of the numbers
+    assert not tasks.verify("countdown", "(44+19)*3", row)  # wrong value
+    assert not tasks.verify("countdown", "75", row)  # numbers not used
+    assert not tasks.verify("countdown", "(44-19)*3*3/3", row)  # 3 used three times
+    for hostile in ["__import__('os')", "9**9**9", "(" * 500 + "1" + ")" * 500, "1/0", "", None, "3;4"]:
+        assert not tasks.verify("countdown", hostile, row)
+    assert evaluate_expression("44/(19-3)", [44, 19, 3]) == pytest.approx(44 / 16)
+
+
+def test_flawed_corpus_traces_can_be_wrong_and_self_corrected():
+    style = tasks.TraceStyle(p_step_error=0.3, p_fix_error=1.0)
+    rng = random.Random(0)
+    problems = tasks.generate("addition", "train", 200, seed=0, levels=(4,))
+    texts = [tasks.TASKS["addition"].solution(p, rng, style) for p in problems]
+    assert sum("wait ," in t for t in texts) > 50
+    # every error is fixed (p_fix_error=1) and fixes are never wrong, so all answers are right
+    assert all(tasks.verify("addition", extract_answer(t), p.to_row()) for t, p in zip(texts, problems))
+    unfixed = tasks.TraceStyle(p_step_error=0.3)
+    wrong = [not tasks.verify("addition", extract_answer(tasks.TASKS["addition"].solution(p, rng, unfixed)), p.to_row())
+             for p in problems]
+    assert 0.3 < sum(wrong) / len(wrong) < 0.95
+
+
+def test_unknown_task_split_and_level_are_user_errors():
+    with pytest.raises(R1labError, match="unknown task 'division'"):
+        tasks.generate("division", "train", 1)
+    with pytest.raises(R1labError, match="unknown split"):
+        tasks.generate("addition", "dev", 1)
+    with pytest.raises(R1labError, match="no level 9"):
+        tasks.generate("addition", "train", 1, levels=(9,))
+    with pytest.raises(ValueError, match="p_step_error"):
+        tasks.TraceStyle(p_step_error=1.5)
