@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+from transformers.utils import logging as hf_logging
 
 from r1lab.errors import R1labError
 
@@ -78,6 +79,7 @@ def load_model(path: str | os.PathLike, dtype: str = "float32", device: str = "c
         raise R1labError(f"{path}: not a model folder (no config.json)")
     if dtype not in DTYPES:
         raise R1labError(f"unknown dtype '{dtype}' (dtypes: {', '.join(DTYPES)})")
+    hf_logging.disable_progress_bar()  # r1lab shows its own progress; a bar per load is noise
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
     except (OSError, ValueError) as e:

@@ -37,15 +37,17 @@ def update_policy(policy, optimizer, rollout: Rollout, settings: UpdateSettings,
     generator = torch.Generator().manual_seed(seed)
     totals: dict[str, float] = {}
     weight = 0.0
-    grad_norms = []
+    grad_norms, losses = [], []
     for _ in range(settings.num_iterations):
         order = torch.randperm(n, generator=generator) if settings.minibatches > 1 else torch.arange(n)
         for minibatch in order.chunk(settings.minibatches):
             parts = [rollout.rows(idx) for idx in minibatch.split(settings.micro_batch_size)]
             norm = count_normalisers([p.completion_mask for p in parts])
             optimizer.zero_grad(set_to_none=True)
+            minibatch_loss = 0.0
             for part in parts:
-                stats = _backward(policy, part, settings, norm)
+                loss, stats = _backward(policy, part, settings, norm)
+                minibatch_loss += loss  # chunk losses carry the minibatch's normalisers: they add up
                 w = float(part.completion_mask.sum())
                 weight += w
                 for key, value in stats.items():
@@ -53,13 +55,16 @@ def update_policy(policy, optimizer, rollout: Rollout, settings: UpdateSettings,
             if settings.max_grad_norm > 0:
                 grad_norms.append(float(torch.nn.utils.clip_grad_norm_(policy.parameters(), settings.max_grad_norm)))
             optimizer.step()
+            losses.append(minibatch_loss)
     out = {key: value / max(weight, 1.0) for key, value in totals.items()}
+    out["loss"] = sum(losses) / len(losses)
     if grad_norms:
         out["grad_norm"] = sum(grad_norms) / len(grad_norms)
     return out
 
 
-def _backward(policy, part: Rollout, settings: UpdateSettings, norm) -> dict[str, float]:
+def _backward(policy, part: Rollout, settings: UpdateSettings, norm) -> tuple[float, dict[str, float]]:
+    """Forward, loss and backward for one micro-batch; its loss value and token-mean statistics."""
     logp = sequence_logprobs(policy, part.input_ids, part.attention_mask, temperature=settings.temperature)
     loss, stats = grpo_loss(
         logp, part.old_logp, part.ref_logp, part.advantages, part.completion_mask,
@@ -67,9 +72,9 @@ def _backward(policy, part: Rollout, settings: UpdateSettings, norm) -> dict[str
         aggregation=settings.aggregation, kl_estimator=settings.kl_estimator, max_len=settings.max_len,
         num_sequences=norm.num_sequences, num_tokens=norm.num_tokens)
     loss.backward()
-    return {"loss": float(loss) * part.num_rows, "kl": float(stats.kl), "clip/low": float(stats.clip_low),
-            "clip/high": float(stats.clip_high), "clip/fraction": float(stats.clip_fraction),
-            "ratio": float(stats.ratio_mean)}
+    return float(loss.detach()), {"kl": float(stats.kl), "clip/low": float(stats.clip_low),
+                                  "clip/high": float(stats.clip_high), "clip/fraction": float(stats.clip_fraction),
+                                  "ratio": float(stats.ratio_mean)}
 
 
 @torch.inference_mode()

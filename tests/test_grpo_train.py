@@ -1,0 +1,88 @@
+"""End-to-end GRPO runs on a tiny random HF model and a user's JSONL, including kill and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from r1lab.cli import main as cli_main
+from r1lab.io import read_jsonl
+
+TIMING_KEYS = {"step_time", "rollout_s", "train_s", "tokens_per_s"}
+
+
+@pytest.fixture
+def prompts_jsonl(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": f"Compute {a} + {b}.", "answer": str(a + b)} for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (9, 1)]]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _args(model, data, out, *extra):
+    return [f"model={model}", f"data.train={data}", f"output_dir={out}", "template=micro", "num_generations=4",
+            "prompts_per_step=2", "max_new_tokens=12", "beta=0.04", "learning_rate=1e-3", "warmup_steps=1",
+            "eval_every=0", "sample_every=1", "progress=false", "threads=1", *extra]
+
+
+def test_grpo_trains_any_hf_folder_on_user_jsonl(tiny_model_dir, prompts_jsonl, tmp_path):
+    out = tmp_path / "run"
+    assert cli_main(["grpo", *_args(tiny_model_dir, prompts_jsonl, out, "max_steps=2", "num_iterations=2",
+                                    "minibatches=2", "micro_batch_size=3")]) == 0
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ["step_time", "rollout_s", "train_s", "tokens_per_s", "reward/mean", "reward/std", "reward/accuracy",
+                "reward/format", "accuracy", "zero_variance_groups", "completion_length/mean",
+                "completion_length/max", "truncation_rate", "kl", "entropy", "clip/fraction", "clip/low", "clip/high",
+                "reflection_rate", "grad_norm", "loss"]:
+        assert key in rows[-1], key
+    assert rows[0]["kl"] >= 0.0
+    assert (out / "completions.jsonl").exists() and (out / "config.yaml").exists()
+    AutoModelForCausalLM.from_pretrained(out / "final")
+
+
+def test_grpo_bad_input_is_one_line_error(tiny_model_dir, prompts_jsonl, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "hi", "answer": "1"}\n{"prompt": "", "answer": "2"}\n')
+    assert cli_main(["grpo", *_args(tiny_model_dir, bad, tmp_path / "r", "max_steps=1")]) == 2
+    assert "bad.jsonl: row 1 has no 'prompt'" in capsys.readouterr().err
+    assert cli_main(["grpo", *_args(tiny_model_dir, prompts_jsonl, tmp_path / "r", "rewards=[nosuch]")]) == 2
+    assert "nosuch" in capsys.readouterr().err.splitlines()[-1]
+    assert cli_main(["grpo", *_args(tmp_path / "nomodel", prompts_jsonl, tmp_path / "r")]) == 2
+    assert "nomodel: model folder not found" in capsys.readouterr().err
+
+
+def _run(args, env=None):
+    return subprocess.Popen([sys.executable, "-m", "r1lab.cli", "grpo", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _comparable(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
+
+
+def test_killed_run_resumes_to_the_same_metrics(tiny_model_dir, prompts_jsonl, tmp_path):
+    steps = ["max_steps=6", "save_every=2", "max_new_tokens=24"]
+    straight = tmp_path / "straight"
+    assert _run(_args(tiny_model_dir, prompts_jsonl, straight, *steps)).wait(timeout=300) == 0
+
+    killed = tmp_path / "killed"
+    proc = _run(_args(tiny_model_dir, prompts_jsonl, killed, *steps))
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step-000002" / "trainer_state.json").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.time() < deadline
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "final").exists(), "the run finished before it could be killed"
+
+    assert _run(_args(tiny_model_dir, prompts_jsonl, killed, *steps, "resume=true")).wait(timeout=300) == 0
+    a, b = read_jsonl(straight / "metrics.jsonl"), read_jsonl(killed / "metrics.jsonl")
+    assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
+    assert _comparable(a) == _comparable(b)
