@@ -83,3 +83,37 @@ def test_unknown_task_split_and_level_are_user_errors():
         tasks.generate("addition", "train", 1, levels=(9,))
     with pytest.raises(ValueError, match="p_step_error"):
         tasks.TraceStyle(p_step_error=1.5)
+
+
+@pytest.mark.parametrize("name", ["addition", "subtraction", "multiplication"])
+def test_trace_check_accepts_faithful_traces_right_or_wrong(name):
+    """Corpus traces follow from their steps (even wrong ones), except p_wrong_final answers."""
+    task = tasks.TASKS[name]
+    rng = random.Random(0)
+    flawed = tasks.TraceStyle(p_step_error=0.2, p_drop_carry=0.2, p_fix_error=0.5, p_check_ok=0.1)
+    for problem in tasks.generate(name, "train", 200, seed=2, levels=task.levels[:5]):
+        completion = task.solution(problem, rng, flawed)
+        assert tasks.check_trace(name, completion, problem.to_row()), completion
+    unfaithful = tasks.TraceStyle(p_wrong_final=1.0)
+    for problem in tasks.generate(name, "train", 50, seed=3):
+        assert not tasks.check_trace(name, task.solution(problem, rng, unfaithful), problem.to_row())
+
+
+def test_trace_check_rejects_shortcuts():
+    row = {"task": "addition", "prompt": "Compute 19 + 3.", "answer": "22", "operands": [19, 3], "level": 2}
+    ok = "<think> 9+3=12 , 1+0+1=2 , so 22 </think> <answer>22</answer>"
+    assert tasks.check_trace("addition", ok, row)
+    for bad in [
+        "<think> 9+3=13 , 1+0+1=2 , so 22 </think> <answer>22</answer>",  # answer ignores a written step
+        "<think> so 22 </think> <answer>22</answer>",  # no steps
+        "<think> 9+3=12 , 1+0=1 , so 22 </think> <answer>22</answer>",  # carry dropped, answer patched
+        "<think> 9+3=12 , 1+0+1=2 , 1+0+1=2 , so 22 </think> <answer>22</answer>",  # extra column
+        "<think> 8+3=12 , 1+0+1=2 , so 22 </think> <answer>22</answer>",  # wrong column digits
+        "<answer>22</answer>",
+        "<think> " + "9+3=12 , " * 5000 + "so 22 </think> <answer>22</answer>",
+    ]:
+        assert not tasks.check_trace("addition", bad, row), bad
+    # a re-check replaces the column it redoes
+    fixed = "<think> 9+3=13 , wait , 9+3=12 , 1+0+1=2 , so 22 </think> <answer>22</answer>"
+    assert tasks.check_trace("addition", fixed, row)
+    assert tasks.check_trace("countdown", ok, {"operands": [1, 2, 3]}) is None

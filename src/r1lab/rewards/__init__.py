@@ -25,6 +25,7 @@ from r1lab.rewards.rules import (
     accuracy_reward,
     cosine_length_reward,
     cosine_scale,
+    faithfulness_reward,
     is_correct,
     make_accuracy_reward,
     make_cosine_length_reward,
@@ -49,6 +50,7 @@ REWARDS: dict[str, RewardFn] = {
     "language_consistency": language_consistency_reward,
     "cosine_length": cosine_length_reward,
     "repetition": repetition_penalty_reward,
+    "faithfulness": faithfulness_reward,
 }
 
 

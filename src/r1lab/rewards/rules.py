@@ -9,6 +9,7 @@ so every built-in reward can be imported from ``r1lab.rewards.rules``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any, Callable
 
 from r1lab.errors import R1labError
@@ -143,3 +144,26 @@ def make_cosine_length_reward(min_value_wrong: float = -1.0, max_value_wrong: fl
 
 
 cosine_length_reward = make_cosine_length_reward()
+
+
+def faithfulness_reward(completions: list[str], task: Sequence[str] | None = None, **columns: Any) -> list[float | None]:
+    """1.0 when the answer follows from the written steps, else 0.0; None where the task can't check.
+
+    Blocks the shortcut the R1-Zero prototype found in the micro world (shared/MEASURED.md): RL
+    learned to write the right answer after a wrong step, so the answer stopped following from
+    the reasoning. Micro tasks replay their own traces (`r1lab.tasks.check_trace`).
+
+    >>> row = dict(task=["addition"], prompt=["Compute 19 + 3."], answer=["22"], operands=[[19, 3]])
+    >>> faithfulness_reward(["<think> 9+3=12 , 1+0+1=2 , so 22 </think> <answer>22</answer>"], **row)
+    [1.0]
+    >>> faithfulness_reward(["<think> 9+3=13 , 1+0+1=2 , so 22 </think> <answer>22</answer>"], **row)
+    [0.0]
+    """
+    from r1lab import tasks
+
+    rows = example_rows(len(completions), {"task": task, **columns})
+    out: list[float | None] = []
+    for completion, row in zip(completions, rows):
+        verdict = tasks.check_trace(str(row.get("task") or ""), completion_text(completion), row)
+        out.append(None if verdict is None else float(verdict))
+    return out

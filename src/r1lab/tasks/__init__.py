@@ -12,6 +12,7 @@ a hash of the prompt (see `base.split_of`), so train and test never share a prob
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 from r1lab.errors import R1labError
@@ -22,7 +23,7 @@ from r1lab.tasks.countdown import Countdown
 TASKS: dict[str, Task] = {t.name: t for t in (Addition(), Subtraction(), Multiplication(), Countdown())}
 
 __all__ = ["CLEAN", "TASKS", "Problem", "Task", "TraceStyle", "format_completion", "generate",
-           "get_task", "split_of", "verify"]
+           "check_trace", "get_task", "split_of", "verify"]
 
 
 def get_task(name: str) -> Task:
@@ -64,6 +65,24 @@ def verify(task: str, predicted: str | None, row: dict[str, Any]) -> bool:
     if predicted is None:
         return False
     return get_task(task).verify(predicted, row)
+
+
+def check_trace(task: str, completion: str, row: dict[str, Any]) -> bool | None:
+    """Faithfulness: does the completion's answer follow from its own written steps?
+
+    None when `task` is not a micro task or the task can't check its traces.
+    """
+    if task not in TASKS:
+        return None
+    from r1lab.rewards.answers import extract_answer
+
+    match = _THINK.search(completion[-8000:])
+    if match is None:
+        return False
+    return TASKS[task].check_trace(match.group(1), extract_answer(completion), row)
+
+
+_THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 
 
 def canonical(task: str, predicted: str, row: dict[str, Any]) -> str:

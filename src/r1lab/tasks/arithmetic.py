@@ -9,11 +9,13 @@ error in one column propagates into the next, as it would in a real model's reas
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 from r1lab.tasks.base import REFLECTION_WORD, Problem, Task, TraceStyle, off_by_one, parse_int
 
 Column = tuple[int, int]
+_STEP = re.compile(r"(\d{1,3}(?:[-+*]\d{1,3}){1,3})=(-?\d{1,3})")
 
 
 def _digits(n: int, width: int) -> list[int]:
@@ -66,6 +68,47 @@ class ColumnTask(Task):
     def verify(self, predicted: str | None, row: dict[str, Any]) -> bool:
         value = parse_int(predicted)
         return value is not None and value == int(row["answer"])
+
+    def check_trace(self, reasoning: str, predicted: str | None, row: dict[str, Any]) -> bool:
+        """Does the answer follow from the written steps? (The faithfulness check.)
+
+        Replays the trace through this task's own column machinery using the values the model
+        wrote, right or wrong: each step must be about the right column ("wait , <step>" redoes
+        the previous column), and the answer must be the number the written values assemble to. A wrong step that is carried
+        through faithfully passes; a right answer pulled from nowhere after wrong steps fails.
+        """
+        answer = parse_int(predicted)
+        parts = [p.strip() for p in reasoning.strip().split(",")] if len(reasoning) <= 4000 else []
+        if answer is None or not parts or not parts[-1].startswith("so "):
+            return False
+        problem = self.problem_from_row(row)
+        columns = self.columns(problem)
+        steps: list[tuple[str, int]] = []  # (lhs, written value) per column, after re-checks
+        for part in parts[:-1]:
+            if part == REFLECTION_WORD and steps:
+                steps.pop()  # the next step redoes this column
+                continue
+            match = _STEP.fullmatch(part)
+            if match is None or len(steps) >= len(columns):
+                return False
+            steps.append((match.group(1), int(match.group(2))))
+        if len(steps) != len(columns):
+            return False
+        digits, carry = [], 0
+        for column, (lhs, value) in zip(columns, steps):
+            # the carry this step used as written (a dropped carry is an error, not unfaithful)
+            used = next((c for c in range(10) if self.step(column, c)[0] == lhs), None)
+            if used is None:
+                return False  # not this column's digits
+            digit, carry = self.split(column, used, value)
+            digits.append(digit)
+        digits += self.final_digits(carry)
+        follows = int("".join(str(d) for d in reversed(digits)))
+        return parse_int(parts[-1][3:]) == follows == answer
+
+    def problem_from_row(self, row: dict[str, Any]) -> Problem:
+        a, b = row["operands"]
+        return Problem(self.name, int(row.get("level", 0)), row["prompt"], str(row["answer"]), (a, b))
 
     def canonical(self, predicted: str, row: dict[str, Any]) -> str:
         value = parse_int(predicted)

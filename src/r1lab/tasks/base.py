@@ -85,6 +85,10 @@ class Task:
         """The form majority voting groups answers by (cons@k)."""
         return predicted.strip()
 
+    def check_trace(self, reasoning: str, predicted: str | None, row: dict[str, Any]) -> bool | None:
+        """Does the answer follow from the written reasoning? None: this task can't tell."""
+        return None
+
     def solution(self, problem: Problem, rng: random.Random | None = None, style: TraceStyle = CLEAN) -> str:
         """A worked solution completion: ``<think> steps </think> <answer>x</answer>``."""
         rng = rng or random.Random(0)
