@@ -53,6 +53,16 @@ def test_config_errors_name_key_and_file(tmp_path):
         load_config(Cfg, None, ["steps"])
 
 
+@dataclass(frozen=True)
+class Parent:
+    data: Data = field(default_factory=lambda: Data(train="default.jsonl", eval="held.jsonl"))
+
+
+def test_partial_section_keeps_the_parents_defaults():
+    # overriding one key of a section must not reset its other keys to the section class's defaults
+    assert load_config(Parent, None, ["data.eval=x.jsonl"]).data == Data(train="default.jsonl", eval="x.jsonl")
+
+
 def test_saved_config_loads_back(tmp_path):
     cfg = load_config(Cfg, None, ["data.train=x.jsonl", "tasks=[b]"])
     save_config(cfg, tmp_path / "config.yaml")

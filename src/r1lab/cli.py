@@ -33,8 +33,6 @@ def usage() -> str:
 
 
 def parse_args(argv: list[str]) -> tuple[str, str | None, list[str]]:
-    if not argv or argv[0] in ("-h", "--help"):
-        raise SystemExit(usage())
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         raise R1labError(f"unknown command '{command}' (commands: {', '.join(COMMANDS)})")
@@ -65,6 +63,9 @@ def _show_defaults(config_cls: type) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
     try:
         command, config_path, overrides = parse_args(argv)
         module_name, class_name, _ = COMMANDS[command]

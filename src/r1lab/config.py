@@ -50,11 +50,27 @@ def from_dict(cls: type[T], values: dict[str, Any], source: str = "config", pref
             raise R1labError(f"{source}: unknown key '{prefix}{key}' (known: {known})")
     kwargs = {}
     for name, value in values.items():
+        default = _default(fields[name])
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            # a partial section overrides the parent's default for it, not the section class's
+            value = {**_shallow_dict(default), **value}
         kwargs[name] = _coerce(value, hints[name], f"{prefix}{name}", source)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise R1labError(f"{source}: {e}") from None
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _shallow_dict(obj: Any) -> dict[str, Any]:
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
 
 
 def to_dict(config: Any) -> dict[str, Any]:
