@@ -93,7 +93,8 @@ def test_greedy_matches_transformers_when_some_rows_stop_early(model, tokenizer)
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
 def test_sampled_logprobs_equal_a_fresh_forward(model, tokenizer, temperature):
     prompts = encode(tokenizer, PROMPTS[:3])
-    groups = generate(model, tokenizer, prompts, SamplingParams(max_new_tokens=10, temperature=temperature, n=3, seed=1))
+    params = SamplingParams(max_new_tokens=10, temperature=temperature, n=3, seed=1)
+    groups = generate(model, tokenizer, prompts, params)
     completions = [c for g in groups for c in g]
     full = [prompts[c.prompt_index] + list(c.token_ids) for c in completions]
     ids, mask = left_pad(full, tokenizer.pad_token_id)
@@ -110,6 +111,26 @@ def test_sampled_logprobs_equal_a_fresh_forward(model, tokenizer, temperature):
         torch.testing.assert_close(naive[-k:], sampled, atol=1e-5, rtol=0)
         spread += c.logprobs
     assert min(spread) < -2 and max(spread) > -0.5  # the comparison covered a real range of values
+
+
+def test_ragged_stops_keep_every_row_right(tokenizer):
+    # A near-uniform random model with 60 EOS ids stops ~13% of rows per step: rows finish at
+    # ragged times, linger in the batch, then leave it (16 rows: dropped 4 at a time). Every row's
+    # tokens must still come with the log-probs of a fresh forward pass.
+    flat = build_model("micro", tokenizer, seed=1).eval()
+    flat.generation_config.eos_token_id = list(range(100, 160))
+    prompts = encode(tokenizer, PROMPTS)
+    groups = generate(flat, tokenizer, prompts, SamplingParams(max_new_tokens=20, n=4, seed=0))
+    completions = [c for g in groups for c in g]
+    lengths = {len(c.token_ids) for c in completions}
+    assert len(lengths) > 4 and min(lengths) < 10  # ragged
+    for c in completions:
+        assert (c.finish_reason == "eos") == (100 <= c.token_ids[-1] < 160)
+        assert all(not 100 <= t < 160 for t in c.token_ids[:-1])
+        seq = torch.tensor([prompts[c.prompt_index] + list(c.token_ids)])
+        with torch.no_grad():
+            expected = sequence_logprobs(flat, seq, torch.ones_like(seq))[0, -len(c.token_ids):]
+        torch.testing.assert_close(torch.tensor(c.logprobs), expected, atol=1e-5, rtol=0)
 
 
 def test_greedy_logprobs_are_raw_logit_log_softmax(model, tokenizer):
@@ -257,7 +278,8 @@ def test_stop_string_when_sampling(model, tokenizer):
     params = SamplingParams(max_new_tokens=20, temperature=1.0, seed=11)
     free = generate(model, tokenizer, ["Hi"], params)[0][0]
     stop = free.text[-4:-2]  # a single row samples the same tokens until the stop
-    c = generate(model, tokenizer, ["Hi"], SamplingParams(max_new_tokens=20, temperature=1.0, seed=11, stop=(stop,)))[0][0]
+    params = SamplingParams(max_new_tokens=20, temperature=1.0, seed=11, stop=(stop,))
+    c = generate(model, tokenizer, ["Hi"], params)[0][0]
     assert c.finish_reason == "stop" and stop in c.text and free.token_ids[:len(c.token_ids)] == c.token_ids
     assert stop not in tokenizer.decode(list(c.token_ids[:-1]), skip_special_tokens=True)
 

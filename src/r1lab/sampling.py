@@ -1,0 +1,385 @@
+"""Batched sampling with a KV cache for any Hugging Face causal LM, and per-token log-probs.
+
+Used for evaluation and for GRPO rollouts, where generation is most of the time on a CPU:
+
+    params = SamplingParams(max_new_tokens=128, temperature=1.0, n=8, stop=("</answer>",), seed=3)
+    groups = generate(model, tokenizer, prompts, params)       # [len(prompts)][n] Completions
+    logp = sequence_logprobs(model, input_ids, attention_mask)  # [B, L-1], for the training forward
+
+How it works: prompts are left-padded with explicit position ids (so a padded row computes what
+it would alone), each distinct prompt is prefilled once and its KV cache is copied n times, and
+finished sequences leave the decode batch. Log-probs are those of the temperature-scaled
+distribution *before* top-k/top-p truncation, the convention of TRL and verl for training
+log-probs, so `sequence_logprobs(..., temperature=T)` reproduces them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+from transformers import DynamicCache, PreTrainedModel
+from transformers.cache_utils import DynamicLayer
+
+from r1lab.errors import R1labError
+
+# Finished rows leave the decode batch once they are this fraction of it: each drop copies the KV
+# cache, so dropping one row at a time costs more than it saves (measured: 0.125-0.5 all within
+# noise, never dropping 3x slower on ragged lengths).
+DROP_FRACTION = 0.25
+DEFAULT_BATCH_SIZE = 256  # sequences decoded together; more rows per step amortise per-step overhead
+# Config fields of models that change logits after the output projection: those models take the
+# slower path in `sequence_logprobs` (full logits from their own forward).
+_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 256
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    n: int = 1  # samples per prompt
+    stop: tuple[str, ...] = ()  # stop strings, kept in the output text (e.g. "</answer>")
+    seed: int = 0
+
+    def __post_init__(self):
+        if isinstance(self.stop, str):
+            raise ValueError(f"stop must be a tuple of strings, e.g. ({self.stop!r},), not a string")
+        object.__setattr__(self, "stop", tuple(self.stop))
+        checks = [
+            (_is_int(self.max_new_tokens) and self.max_new_tokens >= 1, "max_new_tokens must be an integer >= 1"),
+            (math.isfinite(self.temperature) and self.temperature >= 0, "temperature must be >= 0 (0 = greedy)"),
+            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
+            (_is_int(self.top_k) and self.top_k >= 0, "top_k must be an integer >= 0 (0 = off)"),
+            (_is_int(self.n) and self.n >= 1, "n must be an integer >= 1"),
+            (all(isinstance(s, str) and s for s in self.stop), "stop strings must be non-empty strings"),
+            (_is_int(self.seed), "seed must be an integer"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"SamplingParams: {message} (got {self})")
+
+
+@dataclass(frozen=True)
+class Completion:
+    prompt_index: int
+    text: str  # decode(token_ids, skip_special_tokens=True)
+    token_ids: tuple[int, ...]  # generated tokens, including the EOS token if it stopped on one
+    logprobs: tuple[float, ...]  # per generated token: log_softmax(logits / temperature) of the token
+    finish_reason: str  # "eos" | "stop" | "length"
+
+
+def generate(model, tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]], params: SamplingParams,
+             batch_size: int | None = None, progress: bool = False) -> list[list[Completion]]:
+    """[len(prompts)][params.n] completions.
+
+    Strings are tokenized without special tokens; token id lists are used as they are. Prompts are
+    decoded in length-sorted chunks of about `batch_size` sequences (prompts x n). The same call
+    (prompts, params, batch_size) gives the same samples; a prompt's samples depend on the other
+    prompts in its chunk, as in any batched sampler. The model is put in eval mode for the call.
+    """
+    prompt_ids = _encode_prompts(tokenizer, prompts)
+    # Greedy samples are all the same: decode each prompt once and copy it n times.
+    n_decode = 1 if params.temperature == 0 else params.n
+    per_chunk = max(1, (batch_size or DEFAULT_BATCH_SIZE) // n_decode)
+    order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))  # less padding per chunk
+    decoder = _Decoder(model, tokenizer, params, n_decode)
+    results: list[list[Completion]] = [[] for _ in prompt_ids]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), tqdm(total=len(prompt_ids) * params.n, disable=not progress,
+                                          desc="generate", unit="seq") as bar:
+            def on_finish(finished: int) -> None:
+                bar.update(finished * params.n // n_decode)
+
+            for start in range(0, len(order), per_chunk):
+                chunk = order[start:start + per_chunk]
+                sequences = decoder.run([prompt_ids[i] for i in chunk], on_finish)
+                texts = tokenizer.batch_decode([s[0] for s in sequences], skip_special_tokens=True)
+                for j, ((ids, logps, reason), text) in enumerate(zip(sequences, texts)):
+                    index = chunk[j // n_decode]
+                    completion = Completion(index, text, tuple(ids), tuple(logps), reason)
+                    results[index].extend([completion] * (params.n // n_decode))
+    finally:
+        model.train(was_training)
+    return results
+
+
+class _Decoder:
+    """The decode loop for one chunk of prompts; holds what stays fixed across chunks."""
+
+    def __init__(self, model, tokenizer, params: SamplingParams, n: int):
+        self.model, self.tokenizer, self.params, self.n = model, tokenizer, params, n
+        self.device = _model_device(model)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.eos_ids = _eos_ids(model, tokenizer)
+        # A new stop string must end in the newest token; every token decodes to >= 1 byte, so the
+        # last (longest stop in bytes + margin) tokens hold it. Decoding only that tail keeps it cheap.
+        self.stop_window = max((len(s.encode()) for s in params.stop), default=0) + 3
+        self.generator = torch.Generator(device=self.device).manual_seed(params.seed)
+        self.forward_kwargs = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
+
+    def run(self, prompts: list[list[int]], on_finish) -> list[tuple[list[int], list[float], str]]:
+        """(token ids, log-probs, finish reason) per sequence, n consecutive sequences per prompt."""
+        input_ids, mask = _left_pad(prompts, self.pad_id, self.device)
+        positions = _position_ids(mask)
+        width = input_ids.shape[1]
+        cache = _new_cache(self.model, capacity=width + self.params.max_new_tokens)
+        logits = self._forward(input_ids, mask, positions, cache)
+        if self.n > 1:  # prefill once, then copy each prompt's cache to its n samples
+            expand = torch.arange(len(prompts), device=self.device).repeat_interleave(self.n)
+            cache.reorder_cache(expand)
+            logits, mask, positions = logits[expand], mask[expand], positions[expand]
+        # Generated tokens are never padding: the mask of step t is a prefix of this one. [B, W + T]
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], self.params.max_new_tokens)], dim=1)
+        next_pos = positions[:, -1:] + 1  # [B, 1]
+        sequences = [([], [], "length") for _ in range(len(prompts) * self.n)]
+        rows: list[int | None] = list(range(len(sequences)))  # sequence of each batch row; None: finished
+        for step in range(self.params.max_new_tokens):
+            tokens, logps = _sample(logits, self.params, self.generator)
+            running = self._record(tokens.tolist(), logps.tolist(), rows, sequences)
+            last = step + 1 == self.params.max_new_tokens
+            on_finish(sum(r is not None for r in rows) - (0 if last else len(running)))
+            if not running or last:
+                break
+            if len(running) < len(rows):
+                still = set(running)
+                rows = [r if i in still else None for i, r in enumerate(rows)]
+            if len(rows) - len(running) >= max(1, int(DROP_FRACTION * len(rows))):
+                # Drop finished rows: a copy of the KV cache now, cheaper steps from then on.
+                keep = torch.tensor(running, device=self.device)
+                cache.reorder_cache(keep)
+                mask, next_pos, tokens = mask[keep], next_pos[keep], tokens[keep]
+                rows = [rows[i] for i in running]
+            logits = self._forward(tokens[:, None], mask[:, :width + step + 1], next_pos, cache)
+            next_pos = next_pos + 1
+        return sequences
+
+    def _forward(self, input_ids: Tensor, mask: Tensor, positions: Tensor, cache) -> Tensor:
+        """Logits of the last position, [B, V] float32; `cache` grows by input_ids' length."""
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                         past_key_values=cache, use_cache=True, **self.forward_kwargs)
+        return out.logits[:, -1].float()
+
+    def _record(self, tokens: list[int], logps: list[float], rows: list[int | None], sequences) -> list[int]:
+        """Append each running row's new token; return the batch rows still running."""
+        running = []
+        for row, (seq, token, logp) in enumerate(zip(rows, tokens, logps)):
+            if seq is None:  # finished earlier, still in the batch until the next compaction
+                continue
+            ids, logprobs, _ = sequences[seq]
+            ids.append(token)
+            logprobs.append(logp)
+            if token in self.eos_ids:
+                sequences[seq] = (ids, logprobs, "eos")
+            elif self.params.stop and self._hits_stop(ids):
+                sequences[seq] = (ids, logprobs, "stop")
+            else:
+                running.append(row)
+        return running
+
+    def _hits_stop(self, ids: list[int]) -> bool:
+        tail = self.tokenizer.decode(ids[-self.stop_window:], skip_special_tokens=True)
+        return any(s in tail for s in self.params.stop)
+
+
+def _sample(logits: Tensor, params: SamplingParams, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Next token and its log-prob for each row. logits: [B, V] float32 -> ([B], [B])."""
+    if params.temperature == 0:
+        tokens = logits.argmax(dim=-1)
+        return tokens, _gather_logprobs(logits, tokens)
+    scaled = logits / params.temperature
+    probs = _truncate(scaled, params.top_k, params.top_p).softmax(dim=-1)
+    tokens = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    return tokens, _gather_logprobs(scaled, tokens)
+
+
+def _truncate(logits: Tensor, top_k: int, top_p: float) -> Tensor:
+    """Set logits outside the top-k, then outside the top-p nucleus of what is left, to -inf.
+
+    Same order as transformers' and vLLM's samplers: top-p is taken over the top-k renormalised.
+    The nucleus is the smallest set of most likely tokens whose mass reaches top_p (at least one).
+    """
+    vocab = logits.shape[-1]
+    if (top_k == 0 or top_k >= vocab) and top_p >= 1:
+        return logits
+    if top_p >= 1:  # top-k alone: no sort needed
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        return logits.masked_fill(logits < kth, float("-inf"))
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    if 0 < top_k < vocab:
+        sorted_logits[:, top_k:] = float("-inf")
+    probs = sorted_logits.softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs
+    sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+
+
+def _gather_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
+    """log_softmax(logits)[..., token] without materialising the log_softmax. [..., V], [...] -> [...]"""
+    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)
+
+
+def sequence_logprobs(model, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor | None = None,
+                      temperature: float = 1.0, chunk_size: int = 1024) -> Tensor:
+    """Per-token log-probs of input_ids[:, 1:] under the model: [B, L] -> [B, L-1] float32.
+
+    Batches are left-padded (attention_mask [B, L]); positions come from the mask, so a padded row
+    gives what it would alone. Logits are divided by `temperature` (0 means 1: greedy sampling used
+    the raw logits). `completion_mask` [B, L-1] (1 where the target is a completion token) skips the
+    output projection for the columns before the first completion token and zeroes masked entries.
+    Logits are made `chunk_size` tokens at a time, so no float32 [B, L, V] tensor exists at once on
+    models whose head is a plain linear layer. No inference_mode inside: gradients flow if enabled.
+    """
+    B, L = input_ids.shape
+    if completion_mask is not None and completion_mask.shape != (B, L - 1):
+        raise ValueError(f"completion_mask must have shape {(B, L - 1)} (targets), got {tuple(completion_mask.shape)}")
+    start = 0
+    if completion_mask is not None:
+        columns = completion_mask.bool().any(dim=0).nonzero()
+        start = int(columns[0]) if len(columns) else L - 1
+    hidden, head = _hidden_and_head(model, input_ids, attention_mask)  # hidden [B, L, H] or logits if head is None
+    features = hidden[:, start:L - 1].reshape(B * (L - 1 - start), -1)
+    targets = input_ids[:, start + 1:].reshape(-1)
+    scale = 1.0 if temperature == 0 else temperature
+    pieces = []
+    for s in range(0, features.shape[0], chunk_size):
+        logits = features[s:s + chunk_size]
+        logits = (head(logits) if head is not None else logits).float()
+        pieces.append(_gather_logprobs(logits / scale if scale != 1.0 else logits, targets[s:s + chunk_size]))
+    logps = torch.cat(pieces).reshape(B, L - 1 - start) if pieces else features.new_zeros(B, 0, dtype=torch.float32)
+    logps = torch.cat([logps.new_zeros(B, start), logps], dim=1)
+    if completion_mask is not None:
+        logps = logps.masked_fill(~completion_mask.bool(), 0.0)
+    return logps
+
+
+def _hidden_and_head(model, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, nn.Module | None]:
+    """(last hidden states [B, L, H], output projection), or (logits [B, L, V], None) for models
+    whose logits are not a plain projection of the base model's output."""
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=_position_ids(attention_mask),
+                  use_cache=False)
+    head = model.get_output_embeddings() if isinstance(model, PreTrainedModel) else None
+    config = model.config.get_text_config() if isinstance(model, PreTrainedModel) else None
+    plain = (isinstance(head, nn.Linear) and model.base_model is not model
+             and all(getattr(config, a, None) in (None, 1, 1.0) for a in _LOGIT_POSTPROCESSING))
+    if plain:
+        return model.base_model(**kwargs).last_hidden_state, head
+    return model(**kwargs).logits, None
+
+
+def _new_cache(model, capacity: int) -> DynamicCache:
+    """A DynamicCache for `model`; its plain full-attention layers write into buffers of `capacity`
+    positions instead of concatenating every step (other layer kinds are kept as they are)."""
+    cache = DynamicCache(config=model.config)
+    cache.layers = [_BufferedLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
+
+
+class _BufferedLayer(DynamicLayer):
+    """A DynamicLayer that writes into a buffer preallocated for the whole generation.
+
+    `keys`/`values` are views of the first `length` positions, so the attention code sees what a
+    DynamicLayer gives it, without a [B, H, L, D] copy per token.
+    """
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity, self.length = capacity, 0
+
+    def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        B, H, _, _ = key_states.shape
+        self.key_buffer = key_states.new_empty(B, H, self.capacity, key_states.shape[-1])
+        self.value_buffer = value_states.new_empty(B, H, self.capacity, value_states.shape[-1])
+        self.is_initialized = True
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if end > self.capacity:
+            raise RuntimeError(f"KV buffer overflow: {end} > {self.capacity} positions")
+        self.key_buffer[:, :, self.length:end] = key_states
+        self.value_buffer[:, :, self.length:end] = value_states
+        self.length = end
+        self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def reorder_cache(self, beam_idx: Tensor) -> None:
+        """Keep (or repeat) batch rows `beam_idx`, copying only the positions filled so far."""
+        if self.is_initialized:
+            self.key_buffer = _select_rows(self.key_buffer, beam_idx, self.length)
+            self.value_buffer = _select_rows(self.value_buffer, beam_idx, self.length)
+            self.keys, self.values = self.key_buffer[:, :, :self.length], self.value_buffer[:, :, :self.length]
+
+
+def _select_rows(buffer: Tensor, rows: Tensor, length: int) -> Tensor:
+    """A new [len(rows), H, capacity, D] buffer holding buffer[rows, :, :length]."""
+    out = buffer.new_empty(len(rows), *buffer.shape[1:])
+    out[:, :, :length] = buffer[:, :, :length].index_select(0, rows)
+    return out
+
+
+def _encode_prompts(tokenizer, prompts) -> list[list[int]]:
+    if len(prompts) == 0:
+        return []
+    if all(isinstance(p, str) for p in prompts):
+        ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    elif any(isinstance(p, str) for p in prompts):
+        raise ValueError("prompts must be all strings or all token id lists, not a mix")
+    else:
+        ids = [[int(t) for t in p] for p in prompts]
+    for i, p in enumerate(ids):
+        if not p:
+            raise R1labError(f"prompt {i} is empty: a model needs at least one token to continue from")
+    return ids
+
+
+def _left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[Tensor, Tensor]:
+    """Left-padded input ids and attention mask, both [B, max_len] long."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[i, width - len(p):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _position_ids(attention_mask: Tensor) -> Tensor:
+    """0, 1, 2, ... over the real tokens of each row; 0 on left padding (as transformers does). [B, L]"""
+    positions = attention_mask.long().cumsum(dim=-1) - 1
+    return positions.masked_fill(attention_mask == 0, 0)
+
+
+def _eos_ids(model, tokenizer) -> frozenset[int]:
+    ids = {tokenizer.eos_token_id}
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(config_eos if isinstance(config_eos, (list, tuple)) else [config_eos])
+    return frozenset(i for i in ids if i is not None)
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _accepts(model, argument: str) -> bool:
+    try:
+        return argument in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
