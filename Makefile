@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.r1lab-installed
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: install demo test bench clean
+.PHONY: install sandbox-deps demo test bench clean
 
 install: $(STAMP)
 
@@ -22,7 +22,14 @@ $(STAMP): pyproject.toml
 demo: install
 	$(VENV)/bin/r1lab demo
 
-test: install
+# The code-execution sandbox needs bubblewrap. As root (CI) install it from Debian; elsewhere the
+# sandbox tests skip and say why.
+sandbox-deps:
+	@command -v bwrap >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) >/dev/null; } || \
+		echo "note: bubblewrap missing: sandbox tests will be skipped (apt-get install bubblewrap)"
+
+test: install sandbox-deps
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests
 
 bench: install

@@ -293,7 +293,7 @@ def test_repetition_penalty_against_hand_numbers():
 
 def test_registry_names():
     assert set(REWARDS) == {"accuracy", "format", "format_lenient", "tag_count", "language_consistency",
-                            "cosine_length", "repetition", "faithfulness"}
+                            "cosine_length", "repetition", "faithfulness", "code", "code_binary"}
     for name, fn in REWARDS.items():
         assert load_reward(name) is fn
 

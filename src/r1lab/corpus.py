@@ -28,18 +28,22 @@ from r1lab.templates import render_prompt
 
 
 def build_corpus(task_names: Sequence[str], num_examples: int, style: tasks.TraceStyle, seed: int,
-                 template: str = "micro", levels: dict[str, tuple[int, ...]] | None = None) -> list[dict]:
+                 template: str = "micro", levels: dict[str, tuple[int, ...]] | None = None,
+                 weights: dict[str, float] | None = None) -> list[dict]:
     """`num_examples` rows of {prompt, completion, task, answer, correct}, tasks interleaved.
 
-    Problems come from the train split only, so held-out evaluation problems are never seen.
+    `weights` gives each task's share of the documents (default: equal). Problems come from the
+    train split only, so held-out evaluation problems are never seen.
     """
     rng = random.Random(seed)
-    per_task = -(-num_examples // len(task_names))
+    shares = {name: (weights or {}).get(name, 1.0) for name in task_names}
+    total = sum(shares.values())
     rows = []
     for name in task_names:
         task = tasks.get_task(name)
         task_levels = (levels or {}).get(name) or task.default_levels
-        problems = tasks.generate(name, "train", per_task, seed=seed, levels=tuple(task_levels), unique=False)
+        count = round(num_examples * shares[name] / total)
+        problems = tasks.generate(name, "train", count, seed=seed, levels=tuple(task_levels), unique=False)
         for problem in problems:
             steps, final = task.reasoning(problem, rng, style)
             rows.append({

@@ -27,7 +27,7 @@ from r1lab.rewards.rules import format_reward
 from r1lab.sampling import SamplingParams, generate
 from r1lab.templates import render_prompt
 
-MICRO_TASKS = tuple(tasks.TASKS)
+MICRO_TASKS = tasks.DEFAULT_TASKS
 
 
 @dataclass(frozen=True)

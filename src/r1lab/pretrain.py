@@ -35,8 +35,9 @@ DEFAULT_STYLE = tasks.TraceStyle(p_step_error=0.08, p_drop_carry=0.05, p_wrong_f
 class PretrainConfig:
     output_dir: str = "runs/micro/base"
     size: str = "micro"
-    tasks: tuple[str, ...] = tuple(tasks.TASKS)
+    tasks: tuple[str, ...] = tasks.DEFAULT_TASKS
     levels: dict[str, tuple[int, ...]] = field(default_factory=dict)  # per task; default: the task's
+    task_weights: dict[str, float] = field(default_factory=dict)  # share of documents; default: equal
     num_examples: int = 40000
     eval_examples: int = 500
     style: tasks.TraceStyle = DEFAULT_STYLE
@@ -61,7 +62,7 @@ def main(config: PretrainConfig) -> dict:
 
     # 1. corpus
     rows = build_corpus(config.tasks, config.num_examples + config.eval_examples, config.style,
-                        config.seed, config.template, config.levels)
+                        config.seed, config.template, config.levels, config.task_weights)
     write_jsonl(out / "corpus.jsonl", rows)
     stats = corpus_stats(rows)
     write_json(out / "corpus_stats.json", stats)

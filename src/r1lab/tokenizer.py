@@ -62,8 +62,9 @@ def micro_corpus_sample(n: int = 4000, seed: int = 0) -> Iterator[str]:
 
     rng = random.Random(seed)
     style = tasks.TraceStyle(p_step_error=0.1, p_fix_error=0.5, p_check_ok=0.05)
-    for name, task in tasks.TASKS.items():
-        for problem in tasks.generate(name, "train", n // len(tasks.TASKS), seed=seed, levels=task.levels[1:4]):
+    for name in tasks.DEFAULT_TASKS:
+        task = tasks.TASKS[name]
+        for problem in tasks.generate(name, "train", n // len(tasks.DEFAULT_TASKS), seed=seed, levels=task.levels[1:4]):
             yield problem.prompt + " " + task.solution(problem, rng, style)
     for template in TEMPLATES.values():
         if template.text:

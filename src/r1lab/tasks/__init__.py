@@ -18,11 +18,15 @@ from typing import Any
 from r1lab.errors import R1labError
 from r1lab.tasks.arithmetic import Addition, Multiplication, Subtraction
 from r1lab.tasks.base import CLEAN, Problem, Task, TraceStyle, format_completion, split_of
+from r1lab.tasks.code import CodeTask
 from r1lab.tasks.countdown import Countdown
 
-TASKS: dict[str, Task] = {t.name: t for t in (Addition(), Subtraction(), Multiplication(), Countdown())}
+TASKS: dict[str, Task] = {t.name: t for t in (Addition(), Subtraction(), Multiplication(), Countdown(), CodeTask())}
+# The tasks the micro base model is pretrained and evaluated on by default. "code" needs the
+# sandbox (bubblewrap) to verify answers, so it is opt-in: tasks=[..., code].
+DEFAULT_TASKS = ("addition", "subtraction", "multiplication", "countdown")
 
-__all__ = ["CLEAN", "TASKS", "Problem", "Task", "TraceStyle", "format_completion", "generate",
+__all__ = ["CLEAN", "DEFAULT_TASKS", "TASKS", "Problem", "Task", "TraceStyle", "format_completion", "generate",
            "check_trace", "get_task", "split_of", "verify"]
 
 

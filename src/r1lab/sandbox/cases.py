@@ -1,0 +1,133 @@
+"""Test cases from a dataset's ``tests`` column, in every layout r1lab accepts.
+
+- Python source with asserts (MBPP, r1lab's code task): each top-level ``assert`` (or top-level
+  statement with an assert inside, like ``try: f(-1) except ValueError: pass else: assert False``)
+  is one test, run after the program and after the source's other top-level statements that
+  precede it (imports, helpers); source without one (HumanEval's ``def check(candidate)`` and
+  ``check(f)``) is one test.
+- A list of such strings: each string is one test, as it is.
+- stdin/stdout pairs (APPS, CodeContests): a list of ``{"input": ..., "output": ...}`` or of
+  ``[input, output]``, or ``{"inputs": [...], "outputs": [...]}``, or that as a JSON string.
+  The program runs as a script; it passes when it ends normally and its stdout equals the
+  expected output up to trailing whitespace on each line and trailing blank lines.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from r1lab.errors import R1labError
+
+MAX_TESTS = 1000
+
+
+@dataclass(frozen=True)
+class CodeTest:
+    kind: str  # "assert": `source` runs after the program; "stdio": the program reads `stdin`
+    source: str = ""
+    stdin: str = ""
+    expected: str = ""  # stdio: the expected stdout; it never enters the sandbox
+
+    def spec(self) -> tuple[str, str]:
+        """What the harness gets: no expected output, so the program can't find it."""
+        return (self.kind, self.source if self.kind == "assert" else self.stdin)
+
+
+def parse_tests(spec: Any) -> tuple[CodeTest, ...]:
+    """The tests in one ``tests`` cell; R1labError for a layout r1lab doesn't know.
+
+    >>> [t.source for t in parse_tests("import math\\nassert f(1) == 2\\nassert f(2) == 3")]
+    ['import math\\nassert f(1) == 2', 'import math\\nassert f(2) == 3']
+    >>> parse_tests([{"input": "1 2\\n", "output": "3\\n"}])[0].kind
+    'stdio'
+    """
+    if isinstance(spec, str):
+        stripped = spec.lstrip()
+        if stripped[:1] in ("{", "["):
+            try:
+                return parse_tests(json.loads(spec))
+            except (json.JSONDecodeError, R1labError):
+                pass  # Python source that starts with a list or dict literal
+        tests = split_asserts(spec)
+    elif isinstance(spec, dict):
+        tests = _stdio_columns(spec)
+    elif isinstance(spec, (list, tuple)):
+        tests = tuple(_one(item) for item in spec)
+    else:
+        raise R1labError("tests must be Python source, a list of tests or stdin/stdout pairs, "
+                         f"got {type(spec).__name__}")
+    if not tests:
+        raise R1labError("tests: no test cases")
+    if len(tests) > MAX_TESTS:
+        raise R1labError(f"tests: {len(tests)} test cases, more than {MAX_TESTS}")
+    return tests
+
+
+def split_asserts(source: str) -> tuple[CodeTest, ...]:
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError) as e:
+        raise R1labError(f"tests: the test source is not valid Python: {e}") from None
+    checks = [i for i, node in enumerate(tree.body) if _is_check(node)]
+    if not checks:
+        return (CodeTest("assert", source=source),)
+    tests = []
+    for i in checks:
+        setup = [node for j, node in enumerate(tree.body[:i]) if j not in checks]
+        tests.append(CodeTest("assert", source=ast.unparse(ast.Module(body=setup + [tree.body[i]], type_ignores=[]))))
+    return tuple(tests)
+
+
+def _is_check(node: ast.stmt) -> bool:
+    """A top-level assert, or a statement with one inside (``try: ... else: assert False``);
+    definitions are setup even when their bodies assert (HumanEval's ``def check``)."""
+    if isinstance(node, ast.Assert):
+        return True
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return False
+    return any(isinstance(inner, ast.Assert) for inner in ast.walk(node))
+
+
+def _one(item: Any) -> CodeTest:
+    if isinstance(item, str):
+        try:
+            ast.parse(item)
+        except (SyntaxError, ValueError) as e:
+            raise R1labError(f"tests: a test is not valid Python: {e}") from None
+        return CodeTest("assert", source=item)
+    if isinstance(item, dict) and "input" in item and "output" in item:
+        return _stdio(item["input"], item["output"])
+    if isinstance(item, (list, tuple)) and len(item) == 2:
+        return _stdio(item[0], item[1])
+    raise R1labError(f"tests: can't read a test case of type {type(item).__name__}: "
+                     "use Python source, {'input': ..., 'output': ...} or [input, output]")
+
+
+def _stdio_columns(spec: dict) -> tuple[CodeTest, ...]:
+    if "input" in spec and "output" in spec:
+        return (_stdio(spec["input"], spec["output"]),)
+    inputs, outputs = spec.get("inputs"), spec.get("outputs")
+    if not isinstance(inputs, list) or not isinstance(outputs, list) or len(inputs) != len(outputs):
+        raise R1labError("tests: a dict of tests needs equally long 'inputs' and 'outputs' lists")
+    return tuple(_stdio(i, o) for i, o in zip(inputs, outputs))
+
+
+def _stdio(stdin: Any, expected: Any) -> CodeTest:
+    return CodeTest("stdio", stdin=_text(stdin), expected=_text(expected))
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, list):  # some datasets store lines
+        return "\n".join(map(str, value)) + "\n"
+    return str(value)
+
+
+def normalise_output(text: str) -> str:
+    """Stdout as judges compare it: no trailing whitespace on lines, no trailing blank lines."""
+    lines = [line.rstrip() for line in text.replace("\r\n", "\n").split("\n")]
+    while lines and not lines[-1]:
+        lines.pop()
+    return "\n".join(lines)
