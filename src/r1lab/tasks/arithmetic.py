@@ -118,7 +118,7 @@ class ColumnTask(Task):
 class Addition(ColumnTask):
     name = "addition"
     levels = (1, 2, 3, 4, 5, 6)
-    default_levels = (2, 3, 4)
+    default_levels = (1, 2, 3)
 
     def sample(self, rng: random.Random, level: int) -> Problem:
         a, b = _number(rng, level), _number(rng, rng.randint(1, level))
@@ -141,7 +141,7 @@ class Subtraction(ColumnTask):
 
     name = "subtraction"
     levels = (1, 2, 3, 4, 5, 6)
-    default_levels = (2, 3, 4)
+    default_levels = (1, 2, 3)
 
     def sample(self, rng: random.Random, level: int) -> Problem:
         a, b = _number(rng, level), _number(rng, rng.randint(1, level))
@@ -172,7 +172,7 @@ class Multiplication(ColumnTask):
 
     name = "multiplication"
     levels = (1, 2, 3, 4, 5, 6)
-    default_levels = (2, 3)
+    default_levels = (1, 2)
 
     def sample(self, rng: random.Random, level: int) -> Problem:
         a, b = _number(rng, level), rng.randint(2, 9)
