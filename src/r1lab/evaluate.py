@@ -70,7 +70,8 @@ def main(config: EvalConfig) -> dict:
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
-    records, summary = run_eval(model, tokenizer, rows, config)
+    run = run_code_eval if rows and is_code_row(rows[0]) else run_eval
+    records, summary = run(model, tokenizer, rows, config)
     write_jsonl(out / "samples.jsonl", records)
     write_json(out / "summary.json", summary)
     print(format_table(summary, title=f"{config.model} (k={config.k}, T={config.temperature}, top-p={config.top_p})"))
@@ -87,6 +88,9 @@ def load_problems(config: EvalConfig) -> list[dict]:
             prompt = row.get("problem", row.get("prompt"))
             if not isinstance(prompt, str) or not prompt.strip():
                 raise R1labError(f"{config.data}: row {i} has no 'problem' (or 'prompt') text")
+            if is_code_row(row):  # HumanEval / MBPP layout: judged by running its tests
+                out.append({**row, "task": row.get("task") or "code", "prompt": prompt})
+                continue
             if row.get("answer") in (None, ""):
                 raise R1labError(f"{config.data}: row {i} has no 'answer'")
             out.append({**row, "task": row.get("task") or "math", "prompt": prompt, "answer": str(row["answer"])})
@@ -111,6 +115,31 @@ def run_eval(model, tokenizer, rows: list[dict], config: EvalConfig) -> tuple[li
     summary = summarize(records, config.k)
     summary["seconds"] = round(seconds, 2)
     return records, summary
+
+
+def is_code_row(row: dict) -> bool:
+    """HumanEval (`test` + `entry_point`), MBPP (`test_list`) or r1lab code rows (`tests`)."""
+    return bool((row.get("test") and row.get("entry_point")) or row.get("test_list") or row.get("tests"))
+
+
+def run_code_eval(model, tokenizer, rows: list[dict], config: EvalConfig) -> tuple[list[dict], dict]:
+    """Code benchmarks: k samples per problem, each run against the row's tests in the sandbox."""
+    from r1lab.code_eval import evaluate_code_rows
+
+    prompts = [render_prompt(config.template, row["prompt"], tokenizer) for row in rows]
+    start = time.perf_counter()
+    with torch.inference_mode():
+        completions = generate(model, tokenizer, prompts, config.sampling(), batch_size=config.batch_size,
+                               progress=config.progress)
+    texts = [[c.text for c in group] for group in completions]
+    result = evaluate_code_rows(rows, texts, ks=(config.k,))
+    records = [{"task": row.get("task", "code"), "problem": i, "prompt": row["prompt"], "completion": c.text,
+                "length": len(c.token_ids), "finish_reason": c.finish_reason}
+               for i, (row, group) in enumerate(zip(rows, completions)) for c in group]
+    metrics = {key: result[key] for key in ("pass@1", f"pass@{config.k}") if key in result}
+    metrics.update(problems=result["num_problems"], mean_length=mean([r["length"] for r in records]),
+                   sandbox_errors=result["sandbox_errors"])
+    return records, {"code": metrics, "seconds": round(time.perf_counter() - start, 2)}
 
 
 def judge(row: dict, completion, phrases=REFLECTION_PHRASES) -> dict:
@@ -160,11 +189,13 @@ def _task_metrics(problems: list[list[dict]], k: int) -> dict:
 def format_table(summary: dict, title: str = "") -> str:
     """A fixed-width table: one row per task, metrics as percentages (length in tokens)."""
     columns = [c for c in next(iter(summary.values())) if c != "problems"] if summary else []
-    header = f"{'task':<16}{'problems':>9}" + "".join(f"{c:>13}" for c in columns)
+    widths = {c: max(13, len(c) + 2) for c in columns}
+    header = f"{'task':<16}{'problems':>9}" + "".join(f"{c:>{widths[c]}}" for c in columns)
     lines = [title, header, "-" * len(header)] if title else [header, "-" * len(header)]
     for name, m in summary.items():
         if not isinstance(m, dict):
             continue
-        cells = "".join(f"{m[c]:>13.1f}" if c == "mean_length" else f"{100 * m[c]:>12.1f}%" for c in columns)
+        cells = "".join(f"{m[c]:>{widths[c]}.1f}" if c in ("mean_length", "sandbox_errors")
+                        else f"{100 * m[c]:>{widths[c] - 1}.1f}%" for c in columns)
         lines.append(f"{name:<16}{m['problems']:>9}{cells}")
     return "\n".join(lines)
