@@ -93,3 +93,14 @@ def test_missing_files_and_unknown_keys(tiny_model_dir, tmp_path, capsys):
     assert "unknown key 'temprature'" in capsys.readouterr().err
     assert _eval(tiny_model_dir, tmp_path / "ev", "tasks=[division]") == 2
     assert "unknown task 'division'" in capsys.readouterr().err
+
+
+def test_plot_of_a_run(tmp_path):
+    from r1lab.plots import plot_run
+
+    (tmp_path / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": s, "reward/mean": s / 10, "accuracy": s / 20, "completion_length/mean": 30 + s,
+                    "reflection_rate": 0.1, "kl": 0.01 * s, **({"eval/all/pass@1": 0.5} if s % 2 == 0 else {})}) + "\n"
+        for s in range(1, 7)))
+    png = plot_run(tmp_path)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "sft": ("r1lab.sft", "SFTConfig", "supervised fine-tuning on prompt/completion or messages data"),
     "eval": ("r1lab.evaluate", "EvalConfig", "k samples per problem; pass@1, pass@k, cons@k"),
     "grpo": ("r1lab.grpo.train", "GRPOConfig", "GRPO / R1-Zero reinforcement learning"),
+    "plot": ("r1lab.plots", "PlotConfig", "curves of a run's metrics.jsonl as a PNG"),
     "demo": ("r1lab.demo", "DemoConfig", "the main job on the micro world"),
 }
 

@@ -30,6 +30,7 @@ from r1lab.grpo.metrics import MetricsLog, step_metrics, write_samples
 from r1lab.grpo.rollout import RolloutSettings, Scored, informative_groups, pack, sample_and_score
 from r1lab.grpo.update import UpdateSettings, reference_logprobs, update_policy
 from r1lab.modeling import load_model_and_tokenizer
+from r1lab.plots import plot_run
 from r1lab.rewards import load_reward
 from r1lab.sampling import SamplingParams
 from r1lab.sft import lr_multiplier
@@ -101,7 +102,8 @@ def main(config: GRPOConfig) -> dict:
         _report(progress, metrics)
 
     save_final(out / "final", policy, tokenizer)
-    print(f"grpo: done -> {out / 'final'}; metrics in {out / 'metrics.jsonl'}")
+    plot_run(out)
+    print(f"grpo: done -> {out / 'final'}; metrics in {out / 'metrics.jsonl'}, curves in {out / 'curves.png'}")
     return log.last
 
 
