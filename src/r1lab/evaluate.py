@@ -102,14 +102,19 @@ def load_problems(config: EvalConfig) -> list[dict]:
     return rows
 
 
-def run_eval(model, tokenizer, rows: list[dict], config: EvalConfig) -> tuple[list[dict], dict]:
-    """Sample k completions per row, judge them, and summarise; returns (records, summary)."""
+def sample_rows(model, tokenizer, rows: list[dict], config: EvalConfig) -> tuple[list[list], float]:
+    """k completions for each row's prompt in the configured template, and the seconds it took."""
     prompts = [render_prompt(config.template, row["prompt"], tokenizer) for row in rows]
     start = time.perf_counter()
     with torch.inference_mode():
         completions = generate(model, tokenizer, prompts, config.sampling(), batch_size=config.batch_size,
                                progress=config.progress)
-    seconds = time.perf_counter() - start
+    return completions, time.perf_counter() - start
+
+
+def run_eval(model, tokenizer, rows: list[dict], config: EvalConfig) -> tuple[list[dict], dict]:
+    """Sample k completions per row, judge them, and summarise; returns (records, summary)."""
+    completions, seconds = sample_rows(model, tokenizer, rows, config)
     records = [judge(row, c, config.reflection_phrases) | {"problem": i}
                for i, (row, group) in enumerate(zip(rows, completions)) for c in group]
     summary = summarize(records, config.k)
@@ -126,11 +131,7 @@ def run_code_eval(model, tokenizer, rows: list[dict], config: EvalConfig) -> tup
     """Code benchmarks: k samples per problem, each run against the row's tests in the sandbox."""
     from r1lab.code_eval import evaluate_code_rows
 
-    prompts = [render_prompt(config.template, row["prompt"], tokenizer) for row in rows]
-    start = time.perf_counter()
-    with torch.inference_mode():
-        completions = generate(model, tokenizer, prompts, config.sampling(), batch_size=config.batch_size,
-                               progress=config.progress)
+    completions, seconds = sample_rows(model, tokenizer, rows, config)
     texts = [[c.text for c in group] for group in completions]
     result = evaluate_code_rows(rows, texts, ks=(config.k,))
     records = [{"task": row.get("task", "code"), "problem": i, "prompt": row["prompt"], "completion": c.text,
@@ -139,7 +140,7 @@ def run_code_eval(model, tokenizer, rows: list[dict], config: EvalConfig) -> tup
     metrics = {key: result[key] for key in ("pass@1", f"pass@{config.k}") if key in result}
     metrics.update(problems=result["num_problems"], mean_length=mean([r["length"] for r in records]),
                    sandbox_errors=result["sandbox_errors"])
-    return records, {"code": metrics, "seconds": round(time.perf_counter() - start, 2)}
+    return records, {"code": metrics, "seconds": round(seconds, 2)}
 
 
 def judge(row: dict, completion, phrases=REFLECTION_PHRASES) -> dict:
