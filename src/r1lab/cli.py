@@ -19,6 +19,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "sft": ("r1lab.sft", "SFTConfig", "supervised fine-tuning on prompt/completion or messages data"),
     "eval": ("r1lab.evaluate", "EvalConfig", "k samples per problem; pass@1, pass@k, cons@k"),
     "grpo": ("r1lab.grpo.train", "GRPOConfig", "GRPO / R1-Zero reinforcement learning"),
+    "cold-start": ("r1lab.cold_start", "ColdStartConfig",
+                   "stage 1 data: R1-Zero samples kept if right and readable, rewritten"),
+    "rejection-sample": ("r1lab.rejection_sample", "RejectionSampleConfig",
+                         "stage 3 data: n samples per prompt, keep right and readable"),
+    "reward-model": ("r1lab.reward_model", "RewardModelConfig",
+                     "stage 4 reward model: pairwise helpfulness or pointwise harmlessness"),
     "plot": ("r1lab.plots", "PlotConfig", "curves of a run's metrics.jsonl as a PNG"),
     "demo": ("r1lab.demo", "DemoConfig", "the main job on the micro world"),
 }
@@ -27,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 def usage() -> str:
     lines = ["usage: r1lab COMMAND [CONFIG.yaml] [key=value ...]", "", "commands:"]
     for name, (_, _, help_text) in COMMANDS.items():
-        lines.append(f"  {name:<10} {help_text}")
+        lines.append(f"  {name:<18} {help_text}")
     lines.append("")
     lines.append("Every setting has a default; see the config class of a command with: r1lab COMMAND --help")
     return "\n".join(lines)
