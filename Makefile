@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.r1lab-installed
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: install sandbox-deps demo test bench clean
+.PHONY: install sandbox-deps demo test bench bench-memory clean
 
 install: $(STAMP)
 
@@ -35,6 +35,9 @@ test: install sandbox-deps
 bench: install
 	@$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/grpo_step.py
+
+bench-memory: install
+	$(PY) benchmarks/logprob_memory.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -114,8 +114,16 @@ def load_weights(path: str | Path, model) -> None:
     """Load every ``*.safetensors`` file of a folder into `model` in place (shards included).
 
     Keys the files lack must be tied to keys they have (``lm_head`` tied to the embeddings):
-    ``save_pretrained`` writes a tied tensor once.
+    ``save_pretrained`` writes a tied tensor once. A LoRA checkpoint holds the adapters alone.
     """
+    adapter = Path(path) / "adapter_model.safetensors"
+    if adapter.is_file():
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(model, load_file(adapter))
+        if result.unexpected_keys:
+            raise R1labError(f"{path}: adapter weights do not match the model ({result.unexpected_keys[:3]})")
+        return
     files = sorted(Path(path).glob("*.safetensors"))
     if not files:
         raise R1labError(f"{path}: no .safetensors weights")

@@ -7,7 +7,13 @@ from JSONL, Parquet or a `datasets` folder. Outputs, all under ``output_dir``:
 - ``metrics.jsonl``: one row per logged step (step, loss, lr, grad_norm, tokens_per_s, eval_loss);
 - ``checkpoints/step-000123/``: every ``save_every`` steps and at the end; ``resume=true``
   continues from the newest one with the same data order, as if never stopped;
-- ``final/``: the trained model and tokenizer, a plain Hugging Face folder.
+- ``final/``: the trained model and tokenizer, a plain Hugging Face folder; with LoRA
+  (``lora_r > 0``) it holds the adapters (``PeftModel.from_pretrained(base, folder)``) and
+  ``final-merged/`` the base with the adapters merged in, a plain folder (``save_merged=true``).
+
+Data parallel on several devices or nodes: ``torchrun --nproc_per_node N -m r1lab.cli sft ...``
+(see docs/scaling.md). A step then sees the same examples as in one process, split across the
+processes, and makes the same update; a checkpoint resumes with any number of processes.
 
 `train` is the loop on plain PyTorch (AdamW, linear warmup then cosine, gradient accumulation,
 clipping); it knows nothing about SFT data, and ``r1lab pretrain`` calls it with its own examples.
@@ -17,6 +23,7 @@ distillation of R1's outputs into small dense models (section 2.4).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -26,13 +33,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from r1lab import distributed
 from r1lab.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint, save_final
 from r1lab.config import save_config
 from r1lab.data import IGNORE_INDEX, Example, batches, collate, split_examples, tokenize_rows
 from r1lab.errors import R1labError
 from r1lab.io import append_jsonl, read_jsonl, read_rows, write_jsonl
+from r1lab.lora import apply_lora, is_lora, save_merged
 from r1lab.modeling import DTYPES, load_model_and_tokenizer
 from r1lab.templates import TEMPLATES
 
@@ -113,15 +123,20 @@ def target_count(example: Example) -> int:
 
 @torch.no_grad()
 def eval_loss(model, examples: Sequence[Example], max_tokens: int, pad_id: int) -> float:
-    """Mean per-token loss over `examples` (every target token weighs the same)."""
+    """Mean per-token loss over `examples` (every target token weighs the same).
+
+    Under torchrun each process takes a share of the batches and the sums are added up.
+    """
     was_training, device = model.training, _device_of(model)
     model.eval()
     total, count = 0.0, 0
-    for batch in batches(examples, max_tokens, seed=0, epoch=0):
+    plan = batches(examples, max_tokens, seed=0, epoch=0)
+    for batch in distributed.shard(plan, distributed.rank(), distributed.world_size()):
         tensors = [t.to(device) for t in collate([examples[i] for i in batch], pad_id)]
         total += token_loss_sum(model, *tensors).item()
         count += sum(target_count(examples[i]) for i in batch)
     model.train(was_training)
+    total, count = distributed.all_reduce_sum(torch.tensor([total, count], dtype=torch.float64)).tolist()
     return total / max(count, 1)
 
 
@@ -131,22 +146,34 @@ def train_step(model, optimizer, scheduler, micro_batches: list[list[Example]], 
 
     Each micro-batch's summed loss is divided by the target tokens of the whole step, so the
     gradient is the per-token mean over the step however it is split into micro-batches.
+
+    Under torchrun `model` is wrapped in DistributedDataParallel and `micro_batches` is still the
+    whole (global) step: each process runs its `distributed.shard` of every micro-batch. The
+    target count is the global one (every process knows the whole step, so it needs no
+    all-reduce), and DDP's gradient mean over processes is undone by scaling the loss by the world
+    size: the summed gradient, hence the update, is the one a single process would make.
     """
     device = _device_of(model)
+    rank, world = distributed.rank(), distributed.world_size()
     n_targets = sum(target_count(e) for batch in micro_batches for e in batch)
     lr = scheduler.get_last_lr()[0]
     total = 0.0
-    for batch in micro_batches:
-        tensors = [t.to(device) for t in collate(batch, pad_id)]
-        loss = token_loss_sum(model, *tensors) / max(n_targets, 1)
-        loss.backward()
+    for i, batch in enumerate(micro_batches):
+        # An empty share still runs a (zero-loss) pass: DDP needs every process in every backward.
+        mine = distributed.shard(batch, rank, world) or [Example((pad_id, pad_id), (0, 0))]
+        tensors = [t.to(device) for t in collate(mine, pad_id)]
+        with _no_sync(model, last=i == len(micro_batches) - 1):
+            loss = token_loss_sum(model, *tensors) / max(n_targets, 1)
+            (loss * world if world > 1 else loss).backward()
         total += loss.item()
+    if world > 1:
+        total = distributed.all_reduce_sum(torch.tensor(total, dtype=torch.float64)).item()
     norm_limit = max_grad_norm if max_grad_norm > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], norm_limit)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    tokens = sum(len(e) for batch in micro_batches for e in batch)
+    tokens = sum(len(e) for batch in micro_batches for e in batch)  # the whole step's, all processes
     return {"loss": total, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens}
 
 
@@ -155,6 +182,8 @@ def train(model, tokenizer, train_examples: Sequence[Example], eval_examples: Se
     """Train `model` on `train_examples`; checkpoints, metrics and ``final/`` go to `output_dir`.
 
     Returns {"train_loss", "eval_loss", "steps", "seconds"} (eval_loss None without eval data).
+    Under torchrun (`distributed.init_from_env` called) every process calls it with the same
+    arguments; the model is wrapped in DDP here and only rank 0 writes files.
     """
     if not train_examples:
         raise R1labError("no training examples")
@@ -167,13 +196,15 @@ def train(model, tokenizer, train_examples: Sequence[Example], eval_examples: Se
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(
         s, settings.warmup_steps, total_steps, settings.min_lr_ratio))
     state = _start_state(output_dir, model, optimizer, scheduler, resume, len(train_examples))
+    trainee = _data_parallel(model)  # `model` itself in a single process
     stream = _batch_stream(train_examples, settings, state["epoch"], state["position"])
-    log = _MetricsLog(output_dir / "metrics.jsonl")
-    bar = tqdm(total=total_steps, initial=state["step"], desc=desc, dynamic_ncols=True)
-    model.train()
+    main = distributed.is_main()
+    log = _MetricsLog(output_dir / "metrics.jsonl") if main else None
+    bar = tqdm(total=total_steps, initial=state["step"], desc=desc, dynamic_ncols=True, disable=not main)
+    trainee.train()
     while state["step"] < total_steps:
         group = [next(stream) for _ in range(settings.grad_accum)]
-        result = train_step(model, optimizer, scheduler, [[train_examples[i] for i in g.indices] for g in group],
+        result = train_step(trainee, optimizer, scheduler, [[train_examples[i] for i in g.indices] for g in group],
                             pad_id, settings.max_grad_norm)
         step = state["step"] + 1
         last = step == total_steps
@@ -181,17 +212,20 @@ def train(model, tokenizer, train_examples: Sequence[Example], eval_examples: Se
         evaluated = bool(eval_examples) and (last or _every(step, settings.eval_every))
         if evaluated:
             state["eval_loss"] = eval_loss(model, eval_examples, settings.max_tokens_per_batch, pad_id)
-        log.add(result["tokens"])
-        if evaluated or last or _every(step, settings.log_every):
+        if main:
+            log.add(result["tokens"])
+        if main and (evaluated or last or _every(step, settings.log_every)):
             log.write({"step": step, "epoch": round(group[-1].progress, 4), "loss": result["loss"], "lr": result["lr"],
                        "grad_norm": result["grad_norm"], **({"eval_loss": state["eval_loss"]} if evaluated else {})})
         bar.update(1)
         bar.set_postfix(loss=f"{result['loss']:.4f}")
-        if last or _every(step, settings.save_every):
+        if main and (last or _every(step, settings.save_every)):
             save_checkpoint(checkpoint_dir(output_dir, step), model, tokenizer, optimizer, scheduler, state)
             prune_checkpoints(output_dir, settings.keep_checkpoints)
     bar.close()
-    save_final(output_dir / "final", model, tokenizer)
+    if main:
+        save_final(output_dir / "final", model, tokenizer)
+    distributed.barrier()  # every process returns only once the files are there
     return {"train_loss": state.get("loss"), "eval_loss": state.get("eval_loss"), "steps": state["step"],
             "seconds": round(time.perf_counter() - started, 2)}
 
@@ -220,6 +254,24 @@ class _Batch:
     progress: float  # epochs done, fractional, for the logs
 
 
+def _data_parallel(model):
+    """`model` wrapped in DistributedDataParallel under torchrun; `model` itself otherwise.
+
+    The wrapper is for the training steps only: checkpoints, evaluation and saving use `model`.
+    """
+    if distributed.world_size() == 1:
+        return model
+    device = _device_of(model)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _no_sync(model, last: bool):
+    """DDP's no_sync for all but the last micro-batch of a step: one gradient all-reduce per step."""
+    if isinstance(model, DistributedDataParallel) and not last:
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
 def _batch_stream(examples: Sequence[Example], settings: TrainSettings, epoch: int, position: int) -> Iterator[_Batch]:
     """Micro-batches forever, epoch after epoch, starting at batch `position` of `epoch`."""
     while True:
@@ -245,23 +297,39 @@ def check_output_dir(output_dir: str | Path, resume: bool) -> None:
 
 
 def _start_state(output_dir: Path, model, optimizer, scheduler, resume: bool, num_examples: int) -> dict:
-    """Fresh state, or the newest checkpoint's (weights, optimizer, scheduler, RNG restored)."""
+    """Fresh state, or the newest checkpoint's (weights, optimizer, scheduler, RNG restored).
+
+    Every process loads the checkpoint; only rank 0 touches metrics.jsonl. The data position is
+    global, so the world size may differ from the run that wrote the checkpoint.
+    """
     check_output_dir(output_dir, resume)
     metrics = output_dir / "metrics.jsonl"
     found = latest_checkpoint(output_dir)
+    main = distributed.is_main()
     if found is None:
-        if resume:
+        if resume and main:
             print(f"{output_dir}: no checkpoint to resume from, starting fresh")
-        metrics.unlink(missing_ok=True)  # left by a run that died before its first checkpoint
+        if main:
+            metrics.unlink(missing_ok=True)  # left by a run that died before its first checkpoint
         return {"step": 0, "epoch": 0, "position": 0, "num_examples": num_examples}
     state = load_checkpoint(found, model, optimizer, scheduler)
     if state.get("num_examples") != num_examples:
         raise R1labError(f"{found}: was trained on {state.get('num_examples')} examples, now given {num_examples};"
                          " resuming needs the same data")
-    if metrics.exists():  # drop rows logged after the checkpoint: they will be logged again
+    if main and metrics.exists():  # drop rows logged after the checkpoint: they will be logged again
         write_jsonl(metrics, [r for r in read_jsonl(metrics, tolerant=True) if r.get("step", 0) <= state["step"]])
-    print(f"resuming from {found} (step {state['step']})")
+    if main:
+        print(f"resuming from {found} (step {state['step']})")
     return state
+
+
+def _enable_gradient_checkpointing(model) -> None:
+    """Recompute each layer's activations in the backward (non-reentrant: works with DDP and LoRA)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name; the old one warns
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _every(step: int, interval: int) -> bool:
@@ -295,6 +363,13 @@ class SFTConfig(TrainSettings):
     dtype: str = "float32"
     device: str = "auto"  # auto: cuda if available, else cpu
     threads: int = 0  # torch CPU threads; 0 leaves torch's choice
+    gradient_checkpointing: bool = False  # recompute activations in the backward: less memory, ~30% slower
+    lora_r: int = 0  # LoRA rank; 0: full fine-tuning (LoRA needs `pip install peft`)
+    lora_alpha: float = 16.0  # adapter output scaled by lora_alpha / lora_r
+    lora_dropout: float = 0.0
+    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                            "down_proj")  # Qwen2 / Llama names; "all-linear" also works
+    save_merged: bool = True  # with LoRA: also write final-merged/, the base with adapters merged in
 
     def __post_init__(self):
         super().__post_init__()
@@ -310,6 +385,10 @@ class SFTConfig(TrainSettings):
             raise ValueError(f"unknown dtype '{self.dtype}' (dtypes: {', '.join(DTYPES)})")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
+        if self.lora_r < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
+            raise ValueError("need lora_r >= 0, lora_alpha > 0 and lora_dropout in [0, 1)")
+        if self.lora_r > 0 and not self.lora_target_modules:
+            raise ValueError("lora_target_modules is empty")
 
 
 def train_settings(config) -> TrainSettings:
@@ -318,6 +397,14 @@ def train_settings(config) -> TrainSettings:
 
 
 def main(config: SFTConfig) -> dict:
+    distributed.init_from_env()  # a no-op unless launched by torchrun
+    try:
+        return _sft(config)
+    finally:
+        distributed.cleanup()
+
+
+def _sft(config: SFTConfig) -> dict:
     if not config.model or not config.train_data:
         raise R1labError("sft needs model=FOLDER and train_data=FILE")
     if config.threads > 0:
@@ -326,8 +413,11 @@ def main(config: SFTConfig) -> dict:
     check_output_dir(output_dir, config.resume)  # before config.yaml is overwritten
     train_rows = read_rows(config.train_data)  # before the model: a wrong path fails fast
     eval_rows = read_rows(config.eval_data) if config.eval_data else None
-    device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_model_and_tokenizer(config.model, config.dtype, device)
+    model, tokenizer = load_model_and_tokenizer(config.model, config.dtype, distributed.device(config.device))
+    if config.gradient_checkpointing:
+        _enable_gradient_checkpointing(model)
+    if config.lora_r > 0:
+        model = apply_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
 
     def tokenize(rows, source):
         return tokenize_rows(rows, tokenizer, source, config.max_length, config.template, config.loss_on_prompt)
@@ -338,10 +428,18 @@ def main(config: SFTConfig) -> dict:
     else:
         train_examples, eval_examples = split_examples(train_examples, config.eval_fraction, config.seed)
 
-    save_config(config, output_dir / "config.yaml")
+    if distributed.is_main():
+        save_config(config, output_dir / "config.yaml")
     summary = train(model, tokenizer, train_examples, eval_examples, train_settings(config), output_dir,
                     resume=config.resume, desc="sft")
+    final = output_dir / "final"
+    if is_lora(model) and config.save_merged:
+        final = output_dir / "final-merged"
+        if distributed.is_main():
+            save_merged(model, tokenizer, final)
+    if not distributed.is_main():
+        return summary
     eval_text = f", eval loss {summary['eval_loss']:.4f}" if summary["eval_loss"] is not None else ""
     print(f"sft: {summary['steps']} steps in {summary['seconds']:.0f}s, train loss {summary['train_loss']:.4f}"
-          f"{eval_text}; model saved to {output_dir / 'final'}")
+          f"{eval_text}; model saved to {final}")
     return summary
