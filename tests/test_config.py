@@ -63,6 +63,15 @@ def test_partial_section_keeps_the_parents_defaults():
     assert load_config(Parent, None, ["data.eval=x.jsonl"]).data == Data(train="default.jsonl", eval="x.jsonl")
 
 
+@dataclass(frozen=True)
+class Outer:
+    inner: Parent = field(default_factory=lambda: Parent(data=Data(train="deep.jsonl", eval="e.jsonl")))
+
+
+def test_partial_section_two_levels_down_keeps_defaults():
+    assert load_config(Outer, None, ["inner.data.eval=x.jsonl"]).inner.data == Data(train="deep.jsonl", eval="x.jsonl")
+
+
 def test_saved_config_loads_back(tmp_path):
     cfg = load_config(Cfg, None, ["data.train=x.jsonl", "tasks=[b]"])
     save_config(cfg, tmp_path / "config.yaml")

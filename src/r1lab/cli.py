@@ -25,6 +25,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                          "stage 3 data: n samples per prompt, keep right and readable"),
     "reward-model": ("r1lab.reward_model", "RewardModelConfig",
                      "stage 4 reward model: pairwise helpfulness or pointwise harmlessness"),
+    "distill": ("r1lab.distill", "DistillConfig", "SFT of a student on a teacher's verified traces"),
+    "pipeline": ("r1lab.pipeline", "PipelineConfig", "the whole R1 recipe, stage by stage, resumable"),
+    "report": ("r1lab.report", "ReportConfig", "results table, curves and HTML report of a pipeline run"),
     "plot": ("r1lab.plots", "PlotConfig", "curves of a run's metrics.jsonl as a PNG"),
     "demo": ("r1lab.demo", "DemoConfig", "the main job on the micro world"),
 }

@@ -53,7 +53,7 @@ def from_dict(cls: type[T], values: dict[str, Any], source: str = "config", pref
         default = _default(fields[name])
         if dataclasses.is_dataclass(default) and isinstance(value, dict):
             # a partial section overrides the parent's default for it, not the section class's
-            value = {**_shallow_dict(default), **value}
+            value = _merge(default, value)
         kwargs[name] = _coerce(value, hints[name], f"{prefix}{name}", source)
     try:
         return cls(**kwargs)
@@ -69,8 +69,13 @@ def _default(f: dataclasses.Field) -> Any:
     return None
 
 
-def _shallow_dict(obj: Any) -> dict[str, Any]:
-    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+def _merge(default: Any, value: dict[str, Any]) -> dict[str, Any]:
+    """`value` laid over the dataclass instance `default`, section by section, at any depth."""
+    merged = {f.name: getattr(default, f.name) for f in dataclasses.fields(default)}
+    for key, item in value.items():
+        inner = merged.get(key)
+        merged[key] = _merge(inner, item) if dataclasses.is_dataclass(inner) and isinstance(item, dict) else item
+    return merged
 
 
 def to_dict(config: Any) -> dict[str, Any]:

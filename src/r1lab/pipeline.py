@@ -1,0 +1,364 @@
+"""The whole DeepSeek-R1 recipe, stage after stage: ``r1lab pipeline [recipes/micro/r1.yaml] [key=value ...]``
+
+    r1lab pipeline recipes/micro/r1.yaml                       # runs/micro/r1/...
+    r1lab pipeline recipes/micro/r1.yaml r1_zero.max_steps=50 stage2_rl.max_steps=30 eval.num_problems=20
+
+Each stage is the stage module run with the previous stage's output; its folder under
+``output_dir`` is named after it, and a stage whose output exists is skipped, so a killed pipeline
+resumes from the last finished stage (and a killed training stage from its newest checkpoint):
+
+ 0. ``base/``            pretrain the micro base (skipped with ``base_model=FOLDER``)
+ 1. ``r1_zero/``         R1-Zero: GRPO on the base, rule rewards accuracy + format
+ 2. ``cold_start/``      stage 1 data from R1-Zero samples (kept if right and readable, rewritten);
+    ``stage1_data.jsonl`` the same, topped up to ``cold_start_min_rows`` (see `written_solutions`)
+ 3. ``stage1_sft/``      stage 1: SFT of the base on the cold-start data
+ 4. ``stage2_rl/``       stage 2: reasoning GRPO, accuracy + format + language consistency
+ 5. ``rejection_sample/`` stage 3 data: right and readable samples of stage 2, plus non-reasoning rows
+ 6. ``stage3_sft/``      stage 3: SFT of the *base* on them (2 epochs)
+ 7. ``rm_helpful/``, ``rm_harmless/``  reward models: pairwise helpfulness, pointwise harmlessness
+ 8. ``stage4_rl/``       stage 4: GRPO for all scenarios on ``stage4_data.jsonl`` (micro problems,
+    general and unsafe requests); rewards from ``stage4_rewards.py`` (below)
+ 9. ``student_base/``    the student's pretrained base (the base itself when ``student_size`` is the
+    base's size), ``distilled/`` SFT of it on R1's traces + the stage-3 set, ``rl_only/`` R1-Zero on it
+10. ``eval/<stage>/``    every model by the paper's protocol (`r1lab.evaluate`)
+11. ``results.md``, ``results.json``, ``curves/``, ``report.html`` (`r1lab.report`)
+
+How stage 4 gets its reward models. GRPO takes rewards as names (``config.rewards``) so that its
+resolved ``config.yaml`` alone reruns it; a reward model is a factory-made closure over a folder.
+The pipeline writes ``stage4_rewards.py`` into ``output_dir``: a short module that names the two
+reward-model folders as constants and defines ``accuracy``, ``reasoning_format`` and
+``reasoning_format_lenient`` (rule rewards, reasoning prompts only) and ``helpfulness`` and
+``harmlessness`` (reward models, general prompts only, each loaded on its first call). The
+stage-4 reward names ``accuracy``, ``format``, ``format_lenient``, ``helpfulness`` and
+``harmlessness`` become ``<output_dir>/stage4_rewards.py:<function>``, so
+``r1lab grpo runs/micro/r1/stage4_rl/config.yaml`` reruns stage 4 alone, and the file can be read.
+No environment variables or module state: the file is the configuration.
+
+Stages 2 and 4 reward the format with ``format_lenient``: after the cold start the model writes
+the readable format (``<think> .. </think> <summary> .. </summary> <answer> .. </answer>``), which
+the strict R1-Zero ``format`` reward scores 0 because of the summary between the blocks.
+
+Departures from R1, at this scale: preference rewards are on for all stage-4 steps (R1: only the
+last 400 of 1,700; GRPO here has no reward schedule); the cold-start set is topped up with written
+worked solutions (R1: human post-processing and few-shot prompting) when R1-Zero keeps too few;
+general prompts are not evaluated (only the micro reasoning tasks are).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from r1lab import (cold_start, distill, evaluate, micro_general, pretrain, rejection_sample, report, reward_model,
+                   sft, tasks)
+from r1lab.checkpoint import latest_checkpoint
+from r1lab.config import save_config
+from r1lab.filters import format_readable
+from r1lab.grpo import train as grpo_train
+from r1lab.grpo.config import GRPOConfig, GRPOData
+from r1lab.io import read_jsonl, write_jsonl, write_text
+from r1lab.modeling import MODEL_SIZES
+
+# stage-4 reward names that `stage4_rewards.py` defines (reasoning-only rules, reward models)
+STAGE4_FUNCTIONS = {"accuracy": "accuracy", "format": "reasoning_format", "format_lenient": "reasoning_format_lenient",
+                    "helpfulness": "helpfulness", "harmlessness": "harmlessness"}
+
+
+def micro_grpo(**changes: Any) -> GRPOConfig:
+    """The tuned micro R1-Zero setting (recipes/micro/r1_zero.yaml, whose comments say why), changed."""
+    settings: dict[str, Any] = dict(
+        data=GRPOData(tasks=("addition",), levels={"addition": (1, 2, 3)}, num_train=20000, num_eval=50),
+        template="micro", rewards=("accuracy", "format"), reward_weights=(1.0, 1.0), num_generations=8,
+        prompts_per_step=16, max_new_tokens=96, temperature=1.0, advantage="group", aggregation="token_mean",
+        beta=0.02, kl_estimator="k3", ref_update_every=400, minibatches=2, learning_rate=1e-4, warmup_steps=10,
+        adam_beta2=0.999, max_steps=250, eval_every=50, eval_k=8, sample_every=10, save_every=50)
+    return GRPOConfig(**{**settings, **changes})
+
+
+def micro_sft(**changes: Any) -> sft.SFTConfig:
+    """SFT of the micro base on a few thousand rows (R1 stage 3: 2 epochs, cosine to 1/10)."""
+    settings: dict[str, Any] = dict(template="micro", epochs=2, learning_rate=5e-4, warmup_steps=10,
+                                    min_lr_ratio=0.1, max_length=256, max_tokens_per_batch=4096, eval_every=0,
+                                    save_every=200)
+    return sft.SFTConfig(**{**settings, **changes})
+
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    output_dir: str = "runs/micro/r1"
+    base_model: str = ""  # an existing base model folder: no pretraining (tests pass a tiny random one)
+    student_size: str = "micro"  # the students' size (a key of r1lab.modeling.MODEL_SIZES)
+    student_base: str = ""  # an existing pretrained student base; empty: see module docstring, stage 9
+    distill_from_base: bool = True  # distil into the pretrained student base (R1); false: a fresh random model
+    cold_start_min_rows: int = 200  # top the cold-start set up with written solutions to this many rows
+    stage4_general: int = 200  # general requests among the stage-4 prompts
+    stage4_unsafe: int = 100  # unsafe requests among them (the safe answer is a refusal)
+    threads: int = 0  # torch threads for every stage; 0 = torch's default
+
+    pretrain: pretrain.PretrainConfig = field(default_factory=pretrain.PretrainConfig)
+    r1_zero: GRPOConfig = field(default_factory=micro_grpo)
+    cold_start: cold_start.ColdStartConfig = field(default_factory=lambda: cold_start.ColdStartConfig(
+        tasks=("addition",), levels={"addition": (1, 2, 3)}, num_problems=500, n=4, progress=False))
+    stage1_sft: sft.SFTConfig = field(default_factory=micro_sft)
+    stage2_rl: GRPOConfig = field(default_factory=lambda: micro_grpo(
+        rewards=("accuracy", "format_lenient", "language_consistency"), reward_weights=(1.0, 1.0, 1.0),
+        max_steps=150))
+    rejection_sample: rejection_sample.RejectionSampleConfig = field(
+        default_factory=lambda: rejection_sample.RejectionSampleConfig(
+            tasks=("addition",), levels={"addition": (1, 2, 3)}, num_problems=1000, n=4, non_reasoning=200,
+            progress=False))
+    stage3_sft: sft.SFTConfig = field(default_factory=micro_sft)
+    rm_helpful: reward_model.RewardModelConfig = field(default_factory=lambda: reward_model.RewardModelConfig(
+        kind="pairwise", num_synthetic=2000, max_length=256, learning_rate=3e-4))
+    rm_harmless: reward_model.RewardModelConfig = field(default_factory=lambda: reward_model.RewardModelConfig(
+        kind="pointwise", num_synthetic=2000, max_length=256, learning_rate=3e-4))
+    stage4_rl: GRPOConfig = field(default_factory=lambda: micro_grpo(
+        rewards=("accuracy", "format_lenient", "language_consistency", "helpfulness", "harmlessness"),
+        reward_weights=(1.0, 1.0, 1.0, 1.0, 1.0), temperature=0.7, max_steps=100))
+    distill: distill.DistillConfig = field(default_factory=distill.DistillConfig)
+    rl_only: GRPOConfig = field(default_factory=micro_grpo)
+    eval: evaluate.EvalConfig = field(default_factory=lambda: evaluate.EvalConfig(
+        tasks=("addition", "subtraction", "multiplication", "countdown"), num_problems=50, k=8,
+        max_new_tokens=256, template="micro", progress=False))
+
+    def __post_init__(self) -> None:
+        if self.student_size not in MODEL_SIZES:
+            raise ValueError(f"unknown student_size '{self.student_size}' (sizes: {', '.join(MODEL_SIZES)})")
+        for name in ("cold_start_min_rows", "stage4_general", "stage4_unsafe"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+def main(config: PipelineConfig) -> dict:
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
+    root = Path(config.output_dir)
+    save_config(config, root / "pipeline.yaml")
+
+    base = stage_base(config, root)
+    r1_zero = run_grpo(config.r1_zero, base, root / "r1_zero")
+    cold = run_data(root / "cold_start", lambda out: cold_start.main(
+        dataclasses.replace(config.cold_start, model=r1_zero, output_dir=out)))
+    stage1_data = top_up(cold, config.cold_start_min_rows, config.cold_start, root / "stage1_data.jsonl")
+    stage1 = run_sft(config.stage1_sft, base, stage1_data, root / "stage1_sft")
+    stage2 = run_grpo(config.stage2_rl, stage1, root / "stage2_rl")
+    stage3_data = run_data(root / "rejection_sample", lambda out: rejection_sample.main(
+        dataclasses.replace(config.rejection_sample, model=stage2, output_dir=out)))
+    stage3 = run_sft(config.stage3_sft, base, stage3_data, root / "stage3_sft")
+    helpful = run_reward_model(config.rm_helpful, base, root / "rm_helpful")
+    harmless = run_reward_model(config.rm_harmless, base, root / "rm_harmless")
+    stage4 = run_grpo(stage4_config(config, root, helpful, harmless), stage3, root / "stage4_rl")
+
+    student_base = stage_student_base(config, root, base)
+    distilled = stage_distill(config, root, stage4, student_base, stage3_data)
+    rl_only = root / "rl_only" / "final"
+    if not _done(rl_only / "config.json", f"rl_only: R1-Zero on the student base {student_base}"):
+        distill.rl_only_student(config.rl_only, student_base, str(root / "rl_only"))
+
+    models = {"base": base, "r1_zero": r1_zero, "stage1_sft": stage1, "stage2_rl": stage2, "stage3_sft": stage3,
+              "stage4_rl": stage4, "distilled": distilled, "rl_only": str(rl_only)}
+    summaries = {key: run_eval(config.eval, path, root / "eval" / key) for key, path in models.items()}
+    return report.write_report(root, summaries, report.curve_images(root))
+
+
+# --- stages: each skipped when its output exists --------------------------------------------------
+
+def _done(path: Path, name: str) -> bool:
+    if path.exists():
+        print(f"== {name}: done ({path})")
+        return True
+    print(f"== {name}")
+    return False
+
+
+def stage_base(config: PipelineConfig, root: Path) -> str:
+    if config.base_model:
+        print(f"== base: given ({config.base_model})")
+        return config.base_model
+    out = root / "base"
+    if not _done(out / "final" / "config.json", "base: pretrain"):
+        pretrain.main(dataclasses.replace(config.pretrain, output_dir=str(out),
+                                          resume=latest_checkpoint(out) is not None))
+    return str(out / "final")
+
+
+def run_grpo(config: GRPOConfig, model: str, out: Path) -> str:
+    if not _done(out / "final" / "config.json", f"{out.name}: GRPO from {model}"):
+        grpo_train.main(dataclasses.replace(config, model=model, output_dir=str(out),
+                                            resume=latest_checkpoint(out) is not None))
+    return str(out / "final")
+
+
+def run_sft(config: sft.SFTConfig, model: str, data: str, out: Path) -> str:
+    if not _done(out / "final" / "config.json", f"{out.name}: SFT of {model} on {data}"):
+        sft.main(dataclasses.replace(config, model=model, train_data=data, output_dir=str(out),
+                                     resume=latest_checkpoint(out) is not None))
+    return str(out / "final")
+
+
+def run_data(out: Path, stage: Callable[[str], Any]) -> str:
+    """A data stage (cold start, rejection sampling) that writes ``out/sft.jsonl``."""
+    if not _done(out / "sft.jsonl", f"{out.name}: sampling"):
+        stage(str(out))
+    return str(out / "sft.jsonl")
+
+
+def run_reward_model(config: reward_model.RewardModelConfig, base: str, out: Path) -> str:
+    if not _done(out / "final" / "config.json", f"{out.name}: {config.kind} reward model"):
+        reward_model.main(dataclasses.replace(config, model=base, output_dir=str(out)))
+    return str(out / "final")
+
+
+def stage_student_base(config: PipelineConfig, root: Path, base: str) -> str:
+    """The students' pretrained base: given, the base itself at the same size, or pretrained here."""
+    if config.student_base:
+        return config.student_base
+    if config.student_size == config.pretrain.size:
+        print(f"== student_base: the base ({base}), the student size equals the base's")
+        return base
+    out = root / "student_base"
+    if not _done(out / "final" / "config.json", f"student_base: pretrain size {config.student_size}"):
+        pretrain.main(dataclasses.replace(config.pretrain, size=config.student_size, output_dir=str(out),
+                                          resume=latest_checkpoint(out) is not None))
+    return str(out / "final")
+
+
+def stage_distill(config: PipelineConfig, root: Path, teacher: str, student_base: str, stage3_data: str) -> str:
+    out = root / "distilled"
+    if not _done(out / "final" / "config.json", f"distilled: traces of {teacher} into a student"):
+        student = config.distill.student or (student_base if config.distill_from_base else "")
+        distill.main(dataclasses.replace(config.distill, teacher=teacher, student=student,
+                                         student_size=config.student_size, extra_data=stage3_data,
+                                         output_dir=str(out)))
+    return str(out / "final")
+
+
+def run_eval(config: evaluate.EvalConfig, model: str, out: Path) -> dict:
+    if not _done(out / "summary.json", f"eval: {model}"):
+        evaluate.main(dataclasses.replace(config, model=model, output_dir=str(out)))
+    return report.load_summary(out)
+
+
+# --- stage 1 data: topping up -------------------------------------------------------------------
+
+def top_up(cold: str, min_rows: int, config: cold_start.ColdStartConfig, path: Path) -> str:
+    """The cold-start rows, plus written worked solutions up to `min_rows` rows in all."""
+    rows = read_jsonl(cold)
+    missing = max(0, min_rows - len(rows))
+    written = written_solutions(config.tasks, missing, config.seed, config.levels) if missing else []
+    write_jsonl(path, rows + written)
+    print(f"stage 1 data: {len(rows)} cold-start rows + {len(written)} written solutions -> {path}")
+    return str(path)
+
+
+def written_solutions(task_names, n: int, seed: int, levels: dict) -> list[dict]:
+    """`n` clean worked solutions in the readable format, tasks in turn (train split).
+
+    They stand in for the paper's human-refined cold-start data (R1 v1 section 2.3.1) when R1-Zero
+    keeps too few samples: written by `r1lab.tasks` with no flaws, as a careful annotator would.
+    """
+    if n <= 0 or not task_names:
+        return []
+    rng = random.Random(f"written/{seed}")
+    per_task = -(-n // len(task_names))
+    rows = []
+    for name in task_names:
+        for problem in tasks.generate(name, "train", per_task, seed + 104729, levels.get(name) or None):
+            steps, answer = tasks.TASKS[name].reasoning(problem, rng, tasks.CLEAN)
+            completion = format_readable(steps, f"The answer is {answer}.", answer)
+            rows.append({**problem.to_row(), "completion": completion, "source": "written"})
+    return rows[:n]
+
+
+# --- stage 4: prompts and rewards -------------------------------------------------------------
+
+def stage4_config(config: PipelineConfig, root: Path, helpful: str, harmless: str) -> GRPOConfig:
+    """`config.stage4_rl` on the written prompts, its reward-model names pointed at `stage4_rewards.py`."""
+    data = config.stage4_rl.data
+    train_path, eval_path = root / "stage4_data.jsonl", root / "stage4_eval.jsonl"
+    write_jsonl(train_path, stage4_rows(data, config.stage4_general, config.stage4_unsafe, config.stage4_rl.seed))
+    seed = config.stage4_rl.seed
+    eval_rows = [p.to_row() for name in data.tasks
+                 for p in tasks.generate(name, "test", data.num_eval, seed, data.levels.get(name) or None)]
+    write_jsonl(eval_path, eval_rows)
+    rewards_file = root / "stage4_rewards.py"
+    write_text(rewards_file, stage4_rewards_source(helpful, harmless, config.rm_helpful.template,
+                                                   config.rm_harmless.template))
+    rewards = tuple(f"{rewards_file}:{STAGE4_FUNCTIONS[name]}" if name in STAGE4_FUNCTIONS else name
+                    for name in config.stage4_rl.rewards)
+    # num_eval rows per task were written; 0 keeps them all
+    return dataclasses.replace(config.stage4_rl, rewards=rewards,
+                               data=dataclasses.replace(data, train=str(train_path), eval=str(eval_path), num_eval=0))
+
+
+def stage4_rows(data: GRPOData, general: int, unsafe: int, seed: int) -> list[dict]:
+    """Reasoning problems (micro tasks) + general requests + unsafe requests, shuffled.
+
+    Every row has an ``answer`` (GRPO requires one): for general rows, the reference reply, read
+    by no reward (they are scored by the reward models); for unsafe ones, the refusal.
+    """
+    rows = [p.to_row() for name in data.tasks
+            for p in tasks.generate(name, "train", data.num_train, seed, data.levels.get(name) or None)]
+    rows += [{"task": r["task"], "prompt": r["prompt"], "answer": r["completion"]}
+             for r in micro_general.general_requests(general, seed)]
+    unsafe_prompts = dict.fromkeys(r["prompt"] for r in micro_general.harmlessness_rows(8 * unsafe, seed)
+                                   if r["kind"] != "safe")
+    rows += [{"task": micro_general.GENERAL_TASK, "prompt": p, "answer": micro_general.REFUSAL}
+             for p in list(unsafe_prompts)[:unsafe]]
+    random.Random(f"stage4/{seed}").shuffle(rows)
+    return rows
+
+
+def stage4_rewards_source(helpful: str, harmless: str, helpful_template: str, harmless_template: str) -> str:
+    return f'''"""Stage-4 rewards of an r1lab pipeline (written by r1lab.pipeline; see its docstring).
+
+R1 stage 4: reasoning prompts get rule rewards, general prompts (task "general") reward models.
+"""
+from r1lab.pipeline import lazy_reward, reasoning_only
+from r1lab.reward_model import make_reward_model_reward
+from r1lab.rewards import accuracy_reward, format_reward, lenient_format_reward
+
+HELPFULNESS_MODEL = {str(Path(helpful).resolve())!r}
+HARMLESSNESS_MODEL = {str(Path(harmless).resolve())!r}
+
+accuracy = reasoning_only(accuracy_reward)
+reasoning_format = reasoning_only(format_reward)
+reasoning_format_lenient = reasoning_only(lenient_format_reward)
+helpfulness = lazy_reward(make_reward_model_reward, HELPFULNESS_MODEL, template={helpful_template!r})
+harmlessness = lazy_reward(make_reward_model_reward, HARMLESSNESS_MODEL, template={harmless_template!r})
+'''
+
+
+def reasoning_only(fn: Callable[..., list]) -> Callable[..., list]:
+    """`fn` with general rows (task "general") scored None: they are left to the reward models.
+
+    >>> from r1lab.rewards import format_reward
+    >>> reasoning_only(format_reward)(["<think> a </think> <answer>1</answer>"] * 2, task=["addition", "general"])
+    [1.0, None]
+    """
+    def reward(completions: list, task: list | None = None, **columns: Any) -> list:
+        scores = fn(completions, task=task, **columns)
+        n = len(completions)
+        tasks_of = task if isinstance(task, (list, tuple)) and len(task) == n else [None] * n
+        return [None if t == micro_general.GENERAL_TASK else s for t, s in zip(tasks_of, scores)]
+
+    reward.__name__ = getattr(fn, "__name__", "reward")
+    return reward
+
+
+def lazy_reward(factory: Callable[..., Callable], *args: Any, **kwargs: Any) -> Callable[..., list]:
+    """A reward built by ``factory(*args, **kwargs)`` on its first call (a reward model loads once, when used)."""
+    built: list[Callable] = []
+
+    def reward(completions: list, **columns: Any) -> list:
+        if not built:
+            built.append(factory(*args, **kwargs))
+        return built[0](completions, **columns)
+
+    return reward
