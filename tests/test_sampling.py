@@ -1,8 +1,10 @@
-"""Tests for r1lab.sampling against a tiny random Qwen2 and transformers' own generate / forward.
+"""Tests for r1lab.sampling against tiny random models and transformers' own generate / forward.
 
 A random model's next-token distribution is nearly uniform (every log-prob is about -log V), which
-would make log-prob comparisons weak; scaling the tied embeddings by 4 makes it peaked, so
-log-probs range from about -0.05 to -10 and samples differ from greedy often but not always.
+would make log-prob comparisons weak; scaling the embeddings (and output head) by 4 makes it peaked,
+so log-probs range from about -0.05 to -10 and samples differ from greedy often but not always.
+Qwen2, Qwen3 and Llama models decode through r1lab.lean's forward; the `path` fixture runs the
+core tests a second time through the model's own forward (the path of any other architecture).
 """
 
 import copy
@@ -12,7 +14,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
+from r1lab import lean, sampling
 from r1lab.errors import R1labError
 from r1lab.modeling import build_model
 from r1lab.sampling import Completion, SamplingParams, _truncate, generate, sequence_logprobs
@@ -32,6 +36,14 @@ def model(tokenizer):
     with torch.no_grad():
         model.model.embed_tokens.weight.mul_(4.0)  # tied: also sharpens the output logits
     return model
+
+
+@pytest.fixture(params=["lean", "generic"])
+def path(request, monkeypatch):
+    """Run a test through r1lab.lean's decoder and again through the model's own forward."""
+    if request.param == "generic":
+        monkeypatch.setattr(sampling.LeanModel, "from_model", staticmethod(lambda model, packed=False: None))
+    return request.param
 
 
 def encode(tokenizer, texts):
@@ -62,14 +74,14 @@ def hf_greedy(model, tokenizer, prompts, max_new_tokens):
 # ---------------------------------------------------------------------------- greedy vs transformers
 
 
-def test_greedy_matches_transformers_generate(model, tokenizer):
+def test_greedy_matches_transformers_generate(model, tokenizer, path):
     expected = hf_greedy(model, tokenizer, PROMPTS, max_new_tokens=12)
     got = generate(model, tokenizer, PROMPTS, SamplingParams(max_new_tokens=12, temperature=0))
     assert [list(g[0].token_ids) for g in got] == expected
     assert all(g[0].finish_reason == "length" for g in got)
 
 
-def test_greedy_matches_transformers_when_some_rows_stop_early(model, tokenizer):
+def test_greedy_matches_transformers_when_some_rows_stop_early(model, tokenizer, path):
     # Declare as an extra EOS (generation_config.eos_token_id list, as Qwen and Llama-3 ship) a
     # token that row 0 produces mid-way and some other row never produces: row 0 stops early,
     # leaves the decode batch, and the other rows must still match transformers token for token.
@@ -91,7 +103,7 @@ def test_greedy_matches_transformers_when_some_rows_stop_early(model, tokenizer)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
-def test_sampled_logprobs_equal_a_fresh_forward(model, tokenizer, temperature):
+def test_sampled_logprobs_equal_a_fresh_forward(model, tokenizer, temperature, path):
     prompts = encode(tokenizer, PROMPTS[:3])
     params = SamplingParams(max_new_tokens=10, temperature=temperature, n=3, seed=1)
     groups = generate(model, tokenizer, prompts, params)
@@ -113,7 +125,7 @@ def test_sampled_logprobs_equal_a_fresh_forward(model, tokenizer, temperature):
     assert min(spread) < -2 and max(spread) > -0.5  # the comparison covered a real range of values
 
 
-def test_ragged_stops_keep_every_row_right(tokenizer):
+def test_ragged_stops_keep_every_row_right(tokenizer, path):
     # A near-uniform random model with 60 EOS ids stops ~13% of rows per step: rows finish at
     # ragged times, linger in the batch, then leave it (16 rows: dropped 4 at a time). Every row's
     # tokens must still come with the log-probs of a fresh forward pass.
@@ -124,9 +136,10 @@ def test_ragged_stops_keep_every_row_right(tokenizer):
     completions = [c for g in groups for c in g]
     lengths = {len(c.token_ids) for c in completions}
     assert len(lengths) > 4 and min(lengths) < 10  # ragged
+    ends = set(range(100, 160)) | {tokenizer.eos_token_id}  # the tokenizer's EOS ends a row too
     for c in completions:
-        assert (c.finish_reason == "eos") == (100 <= c.token_ids[-1] < 160)
-        assert all(not 100 <= t < 160 for t in c.token_ids[:-1])
+        assert (c.finish_reason == "eos") == (c.token_ids[-1] in ends)
+        assert all(t not in ends for t in c.token_ids[:-1])
         seq = torch.tensor([prompts[c.prompt_index] + list(c.token_ids)])
         with torch.no_grad():
             expected = sequence_logprobs(flat, seq, torch.ones_like(seq))[0, -len(c.token_ids):]
@@ -312,3 +325,131 @@ def test_bad_prompts(model, tokenizer):
         generate(model, tokenizer, ["Hi", ""], SamplingParams(max_new_tokens=2))
     with pytest.raises(ValueError, match="mix"):
         generate(model, tokenizer, ["Hi", [5, 6]], SamplingParams(max_new_tokens=2))
+
+
+# ---------------------------------------------------------------------------- the lean path on other architectures
+
+
+def _sharpened(model, factor: float = 4.0):
+    """Peaked next-token distributions (see the module docstring); hidden 64 needs a larger factor."""
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(factor)
+        if model.lm_head.weight is not model.model.embed_tokens.weight:
+            model.lm_head.weight.mul_(factor)
+    return model.eval()
+
+
+def _ids(tokenizer) -> dict:
+    return dict(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                bos_token_id=tokenizer.eos_token_id, max_position_embeddings=256)
+
+
+def tiny_llama(tokenizer):
+    """Llama with grouped-query attention (4 query heads, 2 key heads), untied head, Llama-3 RoPE scaling."""
+    torch.manual_seed(0)
+    rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 16, "rope_theta": 10000.0}
+    config = LlamaConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=128, rope_parameters=rope, **_ids(tokenizer))
+    return _sharpened(LlamaForCausalLM(config), 20.0)
+
+
+def tiny_qwen3(tokenizer):
+    """Qwen3: per-head q/k RMSNorms, head_dim 32 with hidden 64 (H * D != hidden), grouped-query attention."""
+    torch.manual_seed(0)
+    config = Qwen3Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         head_dim=32, intermediate_size=128, tie_word_embeddings=True, **_ids(tokenizer))
+    return _sharpened(Qwen3ForCausalLM(config), 6.0)
+
+
+ARCHITECTURES = {"qwen2": lambda tok: _sharpened(build_model("micro", tok, seed=0)), "llama": tiny_llama,
+                 "qwen3": tiny_qwen3}
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_lean_greedy_and_logprobs_match_transformers(arch, tokenizer):
+    model = ARCHITECTURES[arch](tokenizer)
+    assert lean.supports(model)
+    expected = hf_greedy(model, tokenizer, PROMPTS, max_new_tokens=12)
+    got = generate(model, tokenizer, PROMPTS, SamplingParams(max_new_tokens=12, temperature=0))
+    assert [list(g[0].token_ids) for g in got] == expected
+    prompts = encode(tokenizer, PROMPTS)
+    groups = generate(model, tokenizer, prompts, SamplingParams(max_new_tokens=10, n=3, seed=1, temperature=0.8))
+    spread = []
+    for c in (c for g in groups for c in g):
+        seq = prompts[c.prompt_index] + list(c.token_ids)
+        with torch.no_grad():
+            logits = model(torch.tensor([seq])).logits[0, :-1] / 0.8
+        fresh = logits.log_softmax(-1).gather(-1, torch.tensor(seq[1:])[:, None])[:, 0]
+        torch.testing.assert_close(fresh[-len(c.token_ids):], torch.tensor(c.logprobs), atol=1e-5, rtol=0)
+        spread += c.logprobs
+    assert min(spread) < -1 and max(spread) > -0.5
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_lean_logits_equal_the_models_forward_on_padded_batches(arch, tokenizer):
+    model = ARCHITECTURES[arch](tokenizer)
+    ids, mask = left_pad(encode(tokenizer, PROMPTS), tokenizer.pad_token_id)
+    positions = sampling._position_ids(mask)
+    fast = lean.LeanModel(model, packed=True)
+    with torch.inference_mode():
+        expected = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
+        cache = fast.new_cache(len(PROMPTS), ids.shape[1] + 1)
+        torch.testing.assert_close(fast.forward(ids, positions, mask, cache), expected, atol=2e-5, rtol=0)
+        nxt = expected.argmax(-1, keepdim=True)  # one decode step on top of the prefill
+        ids2, mask2 = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
+        expected2 = model(input_ids=ids2, attention_mask=mask2, position_ids=sampling._position_ids(mask2)).logits[:, -1]
+        torch.testing.assert_close(fast.forward(nxt, positions[:, -1:] + 1, mask2, cache), expected2, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_shared_prompt_logprobs_and_gradients_equal_the_full_forward(arch, tokenizer):
+    # A GRPO-shaped batch: 3 prompts of different lengths (left-padded) x 4 completions of ragged
+    # lengths (right-padded). Running each prompt once must give the full forward's log-probs on
+    # every completion token, and the same gradients.
+    model = ARCHITECTURES[arch](tokenizer)
+    prompts = encode(tokenizer, PROMPTS[:3])
+    torch.manual_seed(0)
+    completions = [torch.randint(5, len(tokenizer), (k,)).tolist() for k in (6, 3, 6, 1, 5, 6, 2, 6, 4, 6, 6, 5)]
+    p_len, c_len = max(map(len, prompts)), 6
+    ids = torch.full((12, p_len + c_len), tokenizer.pad_token_id)
+    mask = torch.zeros_like(ids)
+    completion_mask = torch.zeros(12, p_len + c_len - 1)
+    for row, c in enumerate(completions):
+        p = prompts[row // 4]
+        ids[row, p_len - len(p):p_len], ids[row, p_len:p_len + len(c)] = torch.tensor(p), torch.tensor(c)
+        mask[row, p_len - len(p):p_len + len(c)] = 1
+        completion_mask[row, p_len - 1:p_len - 1 + len(c)] = 1
+    full_model, shared_model = copy.deepcopy(model).train(), copy.deepcopy(model).train()
+    full = sequence_logprobs(full_model, ids, mask, temperature=0.7) * completion_mask
+    shared = sequence_logprobs(shared_model, ids, mask, temperature=0.7, prompt_len=p_len) * completion_mask
+    torch.testing.assert_close(shared, full, atol=1e-5, rtol=0)
+    (full.sum()).backward()
+    (shared.sum()).backward()
+    for (name, a), b in zip(full_model.named_parameters(), shared_model.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_unknown_or_modified_models_take_the_generic_path(tokenizer, model):
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    sliding = Qwen2ForCausalLM(Qwen2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                           num_key_value_heads=4, intermediate_size=128, use_sliding_window=True,
+                                           sliding_window=8, max_window_layers=0, **_ids(tokenizer)))
+    hooked = copy.deepcopy(model)
+    hooked.model.layers[0].mlp.register_forward_hook(lambda module, args, out: out * 2)
+    for other in (bf16, sliding, hooked):
+        assert not lean.supports(other)
+        assert lean.LeanModel.from_model(other) is None
+    assert lean.supports(model)
+    # the hook changes the model's outputs; the sampler must see them (generic path)
+    expected = hf_greedy(hooked, tokenizer, PROMPTS[:2], max_new_tokens=6)
+    got = generate(hooked, tokenizer, PROMPTS[:2], SamplingParams(max_new_tokens=6, temperature=0))
+    assert [list(g[0].token_ids) for g in got] == expected
+
+
+def test_inverse_cdf_sampling_follows_the_distribution():
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2]]).repeat(20000, 1)
+    draws = sampling._inverse_cdf_sample(probs, torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=4).float() / len(draws)
+    assert freq[1] == 0  # zero-probability tokens are never drawn
+    torch.testing.assert_close(freq, probs[0], atol=0.015, rtol=0)

@@ -51,6 +51,7 @@ class GRPOConfig:
     top_k: int = 0
     stop: tuple[str, ...] = ("</answer>",)
     rollout_batch_size: int = 512  # sequences decoded together
+    rollout_backend: str = "native"  # native (r1lab.sampling, CPU or GPU) | vllm (GPU; pip install r1lab[vllm])
 
     # objective
     advantage: str = "group"
@@ -103,6 +104,7 @@ class GRPOConfig:
         _choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
         _choice("template", self.template, TEMPLATES)
         _choice("lr_schedule", self.lr_schedule, ("constant", "cosine"))
+        _choice("rollout_backend", self.rollout_backend, ("native", "vllm"))
         if self.reward_weights and len(self.reward_weights) != len(self.rewards):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} entries for {len(self.rewards)} rewards")
         for name in ("num_generations", "prompts_per_step", "max_new_tokens", "num_iterations", "minibatches",

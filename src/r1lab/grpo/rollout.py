@@ -4,11 +4,15 @@ A step's experience travels in one frozen `Rollout` of tensors (prompt-major row
 i*G .. i*G+G-1 are prompt i's completions) plus a `Scored` record of the texts and rewards
 for logging. The policy's log-probs at sampling time come from the sampler itself, so the
 "old" log-probs cost no extra forward pass (the sampler's are equal to a fresh forward within
-1e-5; tests/test_sampling.py checks it).
+1e-5; tests/test_sampling.py and tests/test_grpo_speed_correctness.py check it). The sampler is
+r1lab.sampling.generate, or a vLLM engine with `rollout_backend: vllm` (grpo/vllm_backend.py).
+`Rollout.prompt_len` marks where the prompts end, so the training and reference forwards run
+each group's shared prompt once instead of G times.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -30,6 +34,7 @@ class Rollout:
     old_logp: Tensor  # [N, L-1] log-probs at sampling time (0 outside completions)
     advantages: Tensor  # [N]
     ref_logp: Tensor | None = None  # [N, L-1] under the frozen reference, when beta > 0
+    prompt_len: int | None = None  # columns [0, prompt_len) hold the prompts, the rest completions
 
     @property
     def num_rows(self) -> int:
@@ -45,11 +50,11 @@ class Rollout:
             completion_mask=self.completion_mask[index, lo:hi - 1], old_logp=self.old_logp[index, lo:hi - 1],
             advantages=self.advantages[index],
             ref_logp=None if self.ref_logp is None else self.ref_logp[index, lo:hi - 1],
+            prompt_len=None if self.prompt_len is None else self.prompt_len - lo,
         )
 
     def with_ref(self, ref_logp: Tensor) -> Rollout:
-        return Rollout(self.input_ids, self.attention_mask, self.completion_mask, self.old_logp,
-                       self.advantages, ref_logp)
+        return dataclasses.replace(self, ref_logp=ref_logp)
 
 
 @dataclass(frozen=True)
@@ -85,12 +90,25 @@ class RolloutSettings:
     reward_weights: Sequence[float]
     overlong_cache: int = 0
     batch_size: int | None = None
+    sampler: Callable = generate  # (policy, tokenizer, prompt_ids, params, batch_size=) -> [P][G] Completions
+
+
+def rollout_sampler(backend: str, model_path: str, seed: int) -> Callable:
+    """The sampler of a rollout backend: r1lab.sampling.generate ("native", any HF causal LM, CPU or
+    GPU) or a vLLM engine that gets the policy's weights before each rollout ("vllm", GPU only)."""
+    if backend == "native":
+        return generate
+    if backend == "vllm":
+        from r1lab.grpo.vllm_backend import VLLMSampler
+
+        return VLLMSampler(model_path, seed=seed)
+    raise ValueError(f"rollout_backend must be native or vllm; got '{backend}'")
 
 
 def sample_and_score(policy, tokenizer, rows: list[dict], prompt_ids: list[list[int]],
                      settings: RolloutSettings) -> Scored:
     """G completions for each prompt, scored by the weighted reward functions."""
-    completions = generate(policy, tokenizer, prompt_ids, settings.params, batch_size=settings.batch_size)
+    completions = settings.sampler(policy, tokenizer, prompt_ids, settings.params, batch_size=settings.batch_size)
     g = settings.params.n
     texts = [c.text for group in completions for c in group]
     columns = _columns(rows, g)
@@ -137,4 +155,4 @@ def pack(scored: Scored, prompt_ids: list[list[int]], advantage: str, pad_id: in
             if not (mask_truncated and c.finish_reason == "length"):
                 completion_mask[row, p_len - 1:p_len - 1 + k] = 1.0
     assert n == len(scored.rows) * g
-    return Rollout(input_ids, attention, completion_mask, old_logp, advantages)
+    return Rollout(input_ids, attention, completion_mask, old_logp, advantages, prompt_len=p_len)

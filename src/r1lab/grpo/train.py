@@ -27,7 +27,8 @@ from r1lab.config import save_config
 from r1lab.grpo.config import GRPOConfig
 from r1lab.grpo.data import PromptStream, load_eval_rows, load_train_rows
 from r1lab.grpo.metrics import MetricsLog, step_metrics, write_samples
-from r1lab.grpo.rollout import RolloutSettings, Scored, informative_groups, pack, sample_and_score
+from r1lab.grpo.rollout import (RolloutSettings, Scored, informative_groups, pack, rollout_sampler,
+                                sample_and_score)
 from r1lab.grpo.update import UpdateSettings, reference_logprobs, update_policy
 from r1lab.modeling import load_model_and_tokenizer
 from r1lab.plots import plot_run
@@ -57,7 +58,8 @@ def main(config: GRPOConfig) -> dict:
                               stop=config.stop, seed=config.seed),
         reward_fns=[(spec, load_reward(spec)) for spec in config.rewards],
         reward_weights=config.weights, overlong_cache=config.overlong_cache,
-        batch_size=config.rollout_batch_size)
+        batch_size=config.rollout_batch_size,
+        sampler=rollout_sampler(config.rollout_backend, config.model, config.seed))
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
                                   betas=(config.adam_beta1, config.adam_beta2))
     floor = config.min_lr_ratio if config.lr_schedule == "cosine" else 1.0  # 1.0: constant after warmup

@@ -3,6 +3,10 @@
 Gradient accumulation over micro-batches is exact: the loss normalisers (number of sequences,
 of tokens) are counted over the whole minibatch first, so splitting it for memory changes
 nothing but the peak memory (tests/test_grpo_losses.py checks the invariance).
+
+Both forwards here (the policy's, with gradients, and the frozen reference's) pass the rollout's
+`prompt_len`, so on Qwen2/Qwen3/Llama each group's prompt is run once for its G completions
+(r1lab.lean; same log-probs and gradients as the model's own forward, within float rounding).
 """
 
 from __future__ import annotations
@@ -41,6 +45,10 @@ def update_policy(policy, optimizer, rollout: Rollout, settings: UpdateSettings,
     for _ in range(settings.num_iterations):
         order = torch.randperm(n, generator=generator) if settings.minibatches > 1 else torch.arange(n)
         for minibatch in order.chunk(settings.minibatches):
+            # Rows in prompt order: a micro-batch then holds whole groups, whose shared prompt
+            # the forward runs once (sequence_logprobs' prompt_len). Order within a minibatch
+            # doesn't change its gradient: the loss normalisers are counted over all of it.
+            minibatch = minibatch.sort().values
             parts = [rollout.rows(idx) for idx in minibatch.split(settings.micro_batch_size)]
             norm = count_normalisers([p.completion_mask for p in parts])
             optimizer.zero_grad(set_to_none=True)
@@ -65,7 +73,8 @@ def update_policy(policy, optimizer, rollout: Rollout, settings: UpdateSettings,
 
 def _backward(policy, part: Rollout, settings: UpdateSettings, norm) -> tuple[float, dict[str, float]]:
     """Forward, loss and backward for one micro-batch; its loss value and token-mean statistics."""
-    logp = sequence_logprobs(policy, part.input_ids, part.attention_mask, temperature=settings.temperature)
+    logp = sequence_logprobs(policy, part.input_ids, part.attention_mask, temperature=settings.temperature,
+                             prompt_len=part.prompt_len)
     loss, stats = grpo_loss(
         logp, part.old_logp, part.ref_logp, part.advantages, part.completion_mask,
         eps_low=settings.eps_low, eps_high=settings.eps_high, beta=settings.beta,
@@ -83,5 +92,5 @@ def reference_logprobs(reference, rollout: Rollout, temperature: float, micro_ba
     out = torch.zeros_like(rollout.old_logp)
     for idx in torch.arange(rollout.num_rows).split(micro_batch_size):
         out[idx] = sequence_logprobs(reference, rollout.input_ids[idx], rollout.attention_mask[idx],
-                                     temperature=temperature)
+                                     temperature=temperature, prompt_len=rollout.prompt_len)
     return out.clone()
