@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from r1lab import tasks
-from r1lab.config import save_config
+from r1lab.config import check_choices, save_config
 from r1lab.errors import R1labError
 from r1lab.filters import (DEFAULT_FILTERS, FILTERS, FilterSettings, Sample, filter_report, format_readable,
                            reasoning_part, rules_judge)
@@ -76,16 +76,10 @@ class ColdStartConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in self.tasks:
-            if name not in tasks.TASKS:
-                raise ValueError(f"unknown task '{name}' in 'tasks' (tasks: {', '.join(tasks.TASKS)})")
-        for name in self.filters:
-            if name not in FILTERS:
-                raise ValueError(f"unknown filter '{name}' (filters: {', '.join(FILTERS)})")
-        if self.template not in TEMPLATES:
-            raise ValueError(f"unknown template '{self.template}' (templates: {', '.join(TEMPLATES)})")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"unknown dtype '{self.dtype}' (dtypes: {', '.join(DTYPES)})")
+        check_choices("task", self.tasks, tasks.TASKS)
+        check_choices("filter", self.filters, FILTERS)
+        check_choices("template", self.template, TEMPLATES)
+        check_choices("dtype", self.dtype, DTYPES)
         if self.few_shot < 0:
             raise ValueError(f"few_shot must be >= 0, got {self.few_shot}")
 

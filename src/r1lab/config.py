@@ -61,6 +61,16 @@ def from_dict(cls: type[T], values: dict[str, Any], source: str = "config", pref
         raise R1labError(f"{source}: {e}") from None
 
 
+def check_choices(kind: str, values, options) -> None:
+    """ValueError ``unknown <kind> '<value>' (<kind>s: a, b, ...)`` for the first value not in `options`.
+
+    The config loader turns it into a one-line error naming the config file.
+    """
+    for value in ([values] if isinstance(values, str) else values):
+        if value not in options:
+            raise ValueError(f"unknown {kind} '{value}' ({kind}s: {', '.join(options)})")
+
+
 def _default(f: dataclasses.Field) -> Any:
     if f.default is not dataclasses.MISSING:
         return f.default

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from r1lab import tasks
-from r1lab.config import save_config
+from r1lab.config import check_choices, save_config
 from r1lab.errors import R1labError
 from r1lab.io import read_rows, write_json, write_jsonl
 from r1lab.metrics import REFLECTION_PHRASES, cons_at_k, has_reflection, mean, pass_at_1, pass_at_k
@@ -53,9 +53,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
-        for name in self.tasks:
-            if name not in tasks.TASKS:
-                raise ValueError(f"unknown task '{name}' in 'tasks' (tasks: {', '.join(tasks.TASKS)})")
+        check_choices("task", self.tasks, tasks.TASKS)
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature,

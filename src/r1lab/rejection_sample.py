@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from r1lab import micro_general, tasks
-from r1lab.config import save_config
+from r1lab.config import check_choices, save_config
 from r1lab.errors import R1labError
 from r1lab.filters import (DEFAULT_FILTERS, FILTERS, FilterSettings, Judge, Sample, filter_report, judge_prompt,
                            parse_verdict, rules_judge)
@@ -69,17 +69,10 @@ class RejectionSampleConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in self.tasks:
-            if name not in tasks.TASKS:
-                raise ValueError(f"unknown task '{name}' in 'tasks' (tasks: {', '.join(tasks.TASKS)})")
-        for name in self.filters:
-            if name not in FILTERS:
-                raise ValueError(f"unknown filter '{name}' (filters: {', '.join(FILTERS)})")
-        for name in (self.template, self.judge_template):
-            if name not in TEMPLATES:
-                raise ValueError(f"unknown template '{name}' (templates: {', '.join(TEMPLATES)})")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"unknown dtype '{self.dtype}' (dtypes: {', '.join(DTYPES)})")
+        check_choices("task", self.tasks, tasks.TASKS)
+        check_choices("filter", self.filters, FILTERS)
+        check_choices("template", (self.template, self.judge_template), TEMPLATES)
+        check_choices("dtype", self.dtype, DTYPES)
         if self.non_reasoning < 0 or self.judge_max_new_tokens < 1:
             raise ValueError("non_reasoning must be >= 0 and judge_max_new_tokens >= 1")
 

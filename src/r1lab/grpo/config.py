@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from r1lab.config import check_choices
 from r1lab.grpo.losses import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS
 from r1lab.metrics import REFLECTION_PHRASES
 from r1lab.templates import TEMPLATES
@@ -99,12 +100,12 @@ class GRPOConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        _choice("advantage", self.advantage, ADVANTAGES)
-        _choice("aggregation", self.aggregation, AGGREGATIONS)
-        _choice("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
-        _choice("template", self.template, TEMPLATES)
-        _choice("lr_schedule", self.lr_schedule, ("constant", "cosine"))
-        _choice("rollout_backend", self.rollout_backend, ("native", "vllm"))
+        check_choices("advantage", self.advantage, ADVANTAGES)
+        check_choices("aggregation", self.aggregation, AGGREGATIONS)
+        check_choices("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
+        check_choices("template", self.template, TEMPLATES)
+        check_choices("lr_schedule", self.lr_schedule, ("constant", "cosine"))
+        check_choices("rollout_backend", self.rollout_backend, ("native", "vllm"))
         if self.reward_weights and len(self.reward_weights) != len(self.rewards):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} entries for {len(self.rewards)} rewards")
         for name in ("num_generations", "prompts_per_step", "max_new_tokens", "num_iterations", "minibatches",
@@ -121,8 +122,3 @@ class GRPOConfig:
     @property
     def weights(self) -> tuple[float, ...]:
         return self.reward_weights or (1.0,) * len(self.rewards)
-
-
-def _choice(key: str, value: str, options) -> None:
-    if value not in options:
-        raise ValueError(f"'{key}' must be one of {', '.join(options)}; got '{value}'")
