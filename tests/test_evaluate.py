@@ -31,22 +31,22 @@ def test_summary_from_hand_made_records():
     # problem 0: 2 of 3 right, majority "5" is right; problem 1: 0 of 3 right
     records = [
         {"task": "t", "problem": 0, "correct": True, "vote": "5", "length": 10, "format": True, "reflection": True,
-         "finish_reason": "stop"},
+         "finish_reason": "stop", "readable": True},
         {"task": "t", "problem": 0, "correct": True, "vote": "5", "length": 20, "format": True, "reflection": False,
-         "finish_reason": "stop"},
+         "finish_reason": "stop", "readable": False},
         {"task": "t", "problem": 0, "correct": False, "vote": "6", "length": 30, "format": False, "reflection": False,
-         "finish_reason": "length"},
+         "finish_reason": "length", "readable": False},
         {"task": "t", "problem": 1, "correct": False, "vote": None, "length": 40, "format": False,
-         "reflection": False, "finish_reason": "stop"},
+         "reflection": False, "finish_reason": "stop", "readable": False},
     ] + [{"task": "t", "problem": 1, "correct": False, "vote": "1", "length": 40, "format": False,
-          "reflection": False, "finish_reason": "stop"}] * 2
+          "reflection": False, "finish_reason": "stop", "readable": False}] * 2
     m = summarize(records, k=3)["t"]
     assert m["pass@1"] == pytest.approx((2 / 3 + 0) / 2)
     assert m["pass@3"] == pytest.approx((1 + 0) / 2)
     assert m["cons@3"] == pytest.approx(0.5)
     assert m["mean_length"] == pytest.approx(30.0)
     assert m["format"] == pytest.approx(2 / 6) and m["reflection"] == pytest.approx(1 / 6)
-    assert m["truncated"] == pytest.approx(1 / 6)
+    assert m["truncated"] == pytest.approx(1 / 6) and m["readable"] == pytest.approx(1 / 6)
     assert "t" in format_table({"t": m})
 
 

@@ -141,28 +141,28 @@ def test_written_solutions_are_right():
 
 # --- the table builder on hand-made summaries ------------------------------------------------------
 
-def summary(p1, cons, length, fmt=1.0, refl=0.0, lang=1.0):
+def summary(p1, cons, length, fmt=1.0, refl=0.0, lang=1.0, readable=0.0):
     return {"problems": 10, "pass@1": p1, "pass@4": p1, "cons@4": cons, "mean_length": length, "format": fmt,
-            "reflection": refl, "truncated": 0.0, "language": lang}
+            "readable": readable, "reflection": refl, "truncated": 0.0, "language": lang}
 
 
 def test_build_table_every_row_every_task():
     summaries = {
         "base": {"addition": summary(0.5, 0.6, 40.0), "countdown": summary(0.1, 0.1, 80.0),
                  "all": summary(0.3, 0.35, 60.0)},
-        "stage4_rl": {"addition": summary(0.9, 0.95, 55.5, refl=0.25), "countdown": summary(0.4, 0.5, 90.0),
+        "stage4_rl": {"addition": summary(0.9, 0.95, 55.5, refl=0.25, readable=0.75), "countdown": summary(0.4, 0.5, 90.0),
                       "all": summary(0.65, 0.725, 72.75)},
     }
     result = report.build_table(summaries)
     assert result["rows"] == ROW_KEYS
     assert result["tasks"] == ["addition", "countdown", "all"]
     cells = result["table"]["stage4_rl"]["addition"]
-    assert cells == {"pass@1": 0.9, "cons@k": 0.95, "mean length": 55.5, "format": 1.0, "reflection": 0.25,
-                     "language": 1.0}
+    assert cells == {"pass@1": 0.9, "cons@k": 0.95, "mean length": 55.5, "format": 1.0, "readable": 0.75,
+                     "reflection": 0.25, "language": 1.0}
     assert all(math.isnan(v) for v in result["table"]["r1_zero"]["countdown"].values())
     markdown = report.to_markdown(result)
-    assert "| R1 stage 4: all-scenario RL (R1) | 90.0% | 95.0% | 55.5 | 100.0% | 25.0% | 100.0% |" in markdown
-    assert "| R1-Zero | n/a | n/a | n/a | n/a | n/a | n/a |" in markdown
+    assert "| R1 stage 4: all-scenario RL (R1) | 90.0% | 95.0% | 55.5 | 100.0% | 75.0% | 25.0% | 100.0% |" in markdown
+    assert "| R1-Zero | n/a | n/a | n/a | n/a | n/a | n/a | n/a |" in markdown
     assert markdown.count("### ") == 3
 
 

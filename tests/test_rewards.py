@@ -29,6 +29,7 @@ from r1lab.rewards import (  # noqa: E402
     make_cosine_length_reward,
     make_language_consistency_reward,
     make_repetition_penalty,
+    readable_format_reward,
     repetition_penalty_reward,
     tag_count_reward,
 )
@@ -226,6 +227,22 @@ def test_format_rewards():
     assert tag_count_reward(completions) == [1.0, 1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.0, 0.0]
 
 
+def test_readable_format_reward():
+    completions = [
+        "<think> 9+3=12 </think> <summary> The sum is 12. </summary> <answer>12</answer>",
+        "\n<think>\nx\n</think>\n<summary>\ny\n</summary>\n<answer>1</answer>\n",
+        "<think> x </think> <answer>1</answer>",  # R1-Zero's format: no summary
+        "<think> x </think> <answer>1</answer> <summary> y </summary>",  # summary after the answer
+        "<think> x </think> stray <summary> y </summary> <answer>1</answer>",  # text between blocks
+        "<think> x </think> <summary> y </summary> <summary> z </summary> <answer>1</answer>",
+        "<think> x <summary> y </summary> </think> <answer>1</answer>",  # summary inside the reasoning
+    ]
+    assert readable_format_reward(completions) == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    # the strict R1-Zero format still rejects a summary block
+    assert format_reward(completions[:1]) == [0.0]
+    assert REWARDS["format_readable"] is readable_format_reward
+
+
 def test_format_rewards_accept_a_prompt_that_opened_the_think_block():
     completion = ["reasoning </think> <answer>4</answer>"]
     prompt = ["User: 2+2? Assistant: <think>\n"]
@@ -292,8 +309,8 @@ def test_repetition_penalty_against_hand_numbers():
 
 
 def test_registry_names():
-    assert set(REWARDS) == {"accuracy", "format", "format_lenient", "tag_count", "language_consistency",
-                            "cosine_length", "repetition", "faithfulness", "code", "code_binary"}
+    assert set(REWARDS) == {"accuracy", "format", "format_lenient", "format_readable", "tag_count",
+                            "language_consistency", "cosine_length", "repetition", "faithfulness", "code", "code_binary"}
     for name, fn in REWARDS.items():
         assert load_reward(name) is fn
 

@@ -23,7 +23,7 @@ from r1lab.errors import R1labError
 from r1lab.io import read_rows, write_json, write_jsonl
 from r1lab.metrics import REFLECTION_PHRASES, cons_at_k, has_reflection, mean, pass_at_1, pass_at_k
 from r1lab.rewards.answers import answers_match, extract_answer
-from r1lab.rewards.rules import format_reward
+from r1lab.rewards.formatting import format_reward, readable_format_reward
 from r1lab.sampling import SamplingParams, generate
 from r1lab.templates import render_prompt
 
@@ -145,6 +145,7 @@ def judge(row: dict, completion, phrases=REFLECTION_PHRASES) -> dict:
     """One sample's record: its answer, whether it is right, its format and reflection."""
     text = completion.text
     answer = extract_answer(text)
+    readable = readable_format_reward([text])[0] == 1.0
     task = row["task"]
     if task in tasks.TASKS:
         correct = tasks.verify(task, answer, row)
@@ -155,7 +156,10 @@ def judge(row: dict, completion, phrases=REFLECTION_PHRASES) -> dict:
     return {
         "task": task, "prompt": row["prompt"], "reference": row["answer"], "completion": text,
         "answer": answer, "vote": vote, "correct": bool(correct),
-        "format": format_reward([text])[0] == 1.0, "reflection": has_reflection(text, phrases),
+        # format: R1-Zero's structure, or R1's readable one (a summary before the answer);
+        # readable: only the latter (R1's cold start is there to teach it)
+        "format": format_reward([text])[0] == 1.0 or readable, "readable": readable,
+        "reflection": has_reflection(text, phrases),
         "length": len(completion.token_ids), "finish_reason": completion.finish_reason,
     }
 
@@ -180,6 +184,7 @@ def _task_metrics(problems: list[list[dict]], k: int) -> dict:
         f"cons@{k}": mean([cons_at_k([r["vote"] for r in p], [r["correct"] for r in p]) for p in problems]),
         "mean_length": mean([r["length"] for r in samples]),
         "format": mean([r["format"] for r in samples]),
+        "readable": mean([r["readable"] for r in samples]),
         "reflection": mean([r["reflection"] for r in samples]),
         "truncated": mean([r["finish_reason"] == "length" for r in samples]),
     }

@@ -46,6 +46,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("cons@k", "cons@k"),
     ("mean length", "mean_length"),
     ("format", "format"),
+    ("readable", "readable"),
     ("reflection", "reflection"),
     ("language", "language"),
 )

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 from r1lab.errors import R1labError
 from r1lab.rewards.answers import answers_match, extract_answer, normalise
 from r1lab.rewards.code import binary_code_reward, code_reward, extract_code, make_code_reward
-from r1lab.rewards.formatting import format_reward, lenient_format_reward, tag_count_reward
+from r1lab.rewards.formatting import format_reward, lenient_format_reward, readable_format_reward, tag_count_reward
 from r1lab.rewards.rules import (
     accuracy_reward,
     cosine_length_reward,
@@ -47,6 +47,7 @@ REWARDS: dict[str, RewardFn] = {
     "accuracy": accuracy_reward,
     "format": format_reward,
     "format_lenient": lenient_format_reward,
+    "format_readable": readable_format_reward,
     "tag_count": tag_count_reward,
     "language_consistency": language_consistency_reward,
     "cosine_length": cosine_length_reward,
@@ -187,5 +188,5 @@ __all__ = [
     "cosine_scale", "extract_answer", "format_reward", "is_correct", "language_consistency_reward",
     "language_share", "lenient_format_reward", "load_reward", "make_accuracy_reward",
     "make_cosine_length_reward", "make_language_consistency_reward", "make_repetition_penalty",
-    "normalise", "repetition_penalty_reward", "reward_name", "tag_count_reward",
+    "normalise", "readable_format_reward", "repetition_penalty_reward", "reward_name", "tag_count_reward",
 ]

@@ -14,17 +14,20 @@ from typing import Any
 from r1lab.rewards._columns import think_prefixed
 
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
+READABLE_TAGS = ("<think>", "</think>", "<summary>", "</summary>", "<answer>", "</answer>")
 
 
-def _is_strict_format(text: str) -> bool:
-    if any(text.count(tag) != 1 for tag in TAGS):
+def _is_strict_format(text: str, tags: tuple[str, ...] = TAGS) -> bool:
+    """Each of `tags` (open/close pairs) exactly once, in order, only whitespace outside the blocks."""
+    if any(text.count(tag) != 1 for tag in tags):
         return False
-    positions = [text.find(tag) for tag in TAGS]
+    positions = [text.find(tag) for tag in tags]
     if positions != sorted(positions):
         return False
-    think, end_think, answer, end_answer = positions
-    between = text[end_think + len("</think>") : answer]
-    return not text[:think].strip() and not between.strip() and not text[end_answer + len("</answer>") :].strip()
+    ends = [position + len(tag) for position, tag in zip(positions, tags)]
+    # text before the first block, between consecutive blocks, after the last one
+    gaps = [text[: positions[0]]] + [text[ends[i] : positions[i + 1]] for i in range(1, len(tags) - 1, 2)]
+    return not any(gap.strip() for gap in gaps) and not text[ends[-1] :].strip()
 
 
 def format_reward(completions: list[str], **columns: Any) -> list[float | None]:
@@ -37,6 +40,20 @@ def format_reward(completions: list[str], **columns: Any) -> list[float | None]:
     [1.0, 0.0, 0.0]
     """
     return [float(_is_strict_format(text)) for text in think_prefixed(completions, columns)]
+
+
+def readable_format_reward(completions: list[str], **columns: Any) -> list[float | None]:
+    """1.0 for R1's readable format, ``<think> .. </think> <summary> .. </summary> <answer> .. </answer>``.
+
+    R1 (v1 section 2.3.1) makes the cold-start data readable by ending each response with a
+    summary of the reasoning; this checks that structure as strictly as `format_reward` checks
+    R1-Zero's (each tag once, in order, only whitespace outside the blocks).
+
+    >>> readable_format_reward(["<think> 2+2 </think> <summary> It is 4. </summary> <answer>4</answer>",
+    ...                         "<think> 2+2 </think> <answer>4</answer>"])
+    [1.0, 0.0]
+    """
+    return [float(_is_strict_format(text, READABLE_TAGS)) for text in think_prefixed(completions, columns)]
 
 
 def _is_lenient_format(text: str) -> bool:
