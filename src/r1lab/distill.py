@@ -37,7 +37,7 @@ import torch
 
 from r1lab import rejection_sample, sft
 from r1lab.checkpoint import latest_checkpoint
-from r1lab.config import save_config
+from r1lab.config import check_choices, save_config
 from r1lab.errors import R1labError
 from r1lab.grpo import train as grpo_train
 from r1lab.grpo.config import GRPOConfig
@@ -65,8 +65,8 @@ class DistillConfig:
     threads: int = 0
 
     def __post_init__(self) -> None:
-        if not self.student and self.student_size not in MODEL_SIZES:
-            raise ValueError(f"unknown student_size '{self.student_size}' (sizes: {', '.join(MODEL_SIZES)})")
+        if not self.student:
+            check_choices("student_size", self.student_size, MODEL_SIZES)
         if self.traces.template != self.sft.template:
             raise ValueError(f"traces.template ({self.traces.template}) and sft.template ({self.sft.template}) "
                              "must match: the student is trained on the prompts the teacher saw")

@@ -57,7 +57,7 @@ import torch
 from r1lab import (cold_start, distill, evaluate, micro_general, pretrain, rejection_sample, report, reward_model,
                    sft, tasks)
 from r1lab.checkpoint import latest_checkpoint
-from r1lab.config import save_config
+from r1lab.config import check_choices, save_config
 from r1lab.filters import format_readable
 from r1lab.grpo import train as grpo_train
 from r1lab.grpo.config import GRPOConfig, GRPOData
@@ -128,8 +128,7 @@ class PipelineConfig:
         max_new_tokens=256, template="micro", progress=False))
 
     def __post_init__(self) -> None:
-        if self.student_size not in MODEL_SIZES:
-            raise ValueError(f"unknown student_size '{self.student_size}' (sizes: {', '.join(MODEL_SIZES)})")
+        check_choices("student_size", self.student_size, MODEL_SIZES)
         for name in ("cold_start_min_rows", "stage4_general", "stage4_unsafe"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -40,7 +40,7 @@ from torch import Tensor
 
 from r1lab import micro_general
 from r1lab.checkpoint import save_final
-from r1lab.config import save_config
+from r1lab.config import check_choices, save_config
 from r1lab.data import _bos_to_add, split_examples  # _bos_to_add: Llama-style tokenizers get their BOS
 from r1lab.errors import R1labError
 from r1lab.io import append_jsonl, read_rows, require_columns, write_jsonl
@@ -288,10 +288,8 @@ class RewardModelConfig:
     threads: int = 0
 
     def __post_init__(self) -> None:
-        if self.template not in TEMPLATES:
-            raise ValueError(f"unknown template '{self.template}' (templates: {', '.join(TEMPLATES)})")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"unknown dtype '{self.dtype}' (dtypes: {', '.join(DTYPES)})")
+        check_choices("template", self.template, TEMPLATES)
+        check_choices("dtype", self.dtype, DTYPES)
         if not 0 <= self.eval_fraction < 1:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         for name in ("batch_size", "log_every", "num_synthetic"):

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from r1lab import distributed
 from r1lab.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint, save_final
-from r1lab.config import save_config
+from r1lab.config import check_choices, save_config
 from r1lab.data import IGNORE_INDEX, Example, batches, collate, split_examples, tokenize_rows
 from r1lab.errors import R1labError
 from r1lab.io import append_jsonl, read_jsonl, read_rows, write_jsonl
@@ -373,16 +373,14 @@ class SFTConfig(TrainSettings):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.template not in TEMPLATES:
-            raise ValueError(f"unknown template '{self.template}' (templates: {', '.join(TEMPLATES)})")
+        check_choices("template", self.template, TEMPLATES)
         if not 0 <= self.eval_fraction < 1:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if self.max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {self.max_length}")
         if self.max_tokens_per_batch < self.max_length:
             raise ValueError(f"max_tokens_per_batch ({self.max_tokens_per_batch}) must be >= max_length ({self.max_length})")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"unknown dtype '{self.dtype}' (dtypes: {', '.join(DTYPES)})")
+        check_choices("dtype", self.dtype, DTYPES)
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
         if self.lora_r < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
