@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: install
-	$(VENV)/bin/r1lab demo
+	$(VENV)/bin/r1lab pipeline recipes/micro/r1.yaml
 
 # The code-execution sandbox needs bubblewrap. As root (CI) install it from Debian; elsewhere the
 # sandbox tests skip and say why.

@@ -127,6 +127,9 @@ def test_stage4_rewards_module(tmp_path):
     assert accuracy([good, good], answer=["2", "2"], task=["addition", "general"]) == [1.0, None]
     lenient = load_reward(f"{path}:reasoning_format_lenient")
     assert lenient([good, good], task=["addition", "general"]) == [1.0, None]
+    readable = load_reward(f"{path}:reasoning_format_readable")
+    bare = "<think> 1+1=2 </think> <answer>2</answer>"
+    assert readable([good, bare, good], task=["addition", "addition", "general"]) == [1.0, 0.0, None]
     assert load_reward(f"{path}:helpfulness")  # nothing loaded yet: /nowhere is never opened
     assert "/nowhere/helpful" in source
 
@@ -196,6 +199,6 @@ def test_recipe_loads():
     config = load_config(PipelineConfig, str(Path(__file__).parent.parent / "recipes" / "micro" / "r1.yaml"))
     assert config.output_dir == "runs/micro/r1"
     assert config.r1_zero.data.tasks == ("addition",) and config.r1_zero.learning_rate == 1e-4
-    assert config.stage2_rl.rewards == ("accuracy", "format_lenient", "language_consistency")
+    assert config.stage2_rl.rewards == ("accuracy", "format_readable", "language_consistency")
     assert config.stage4_rl.temperature == 0.7 and "helpfulness" in config.stage4_rl.rewards
     assert config.distill.sft.template == config.distill.traces.template == "micro"

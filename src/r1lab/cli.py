@@ -29,7 +29,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "pipeline": ("r1lab.pipeline", "PipelineConfig", "the whole R1 recipe, stage by stage, resumable"),
     "report": ("r1lab.report", "ReportConfig", "results table, curves and HTML report of a pipeline run"),
     "plot": ("r1lab.plots", "PlotConfig", "curves of a run's metrics.jsonl as a PNG"),
-    "demo": ("r1lab.demo", "DemoConfig", "the main job on the micro world"),
+    "demo": ("r1lab.pipeline", "PipelineConfig", "= make demo: the pipeline with its micro defaults"),
 }
 
 

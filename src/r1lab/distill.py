@@ -59,7 +59,7 @@ class DistillConfig:
     # student SFT: `model`, `train_data` and `output_dir` are set here
     sft: SFTConfig = field(default_factory=lambda: SFTConfig(
         template="micro", epochs=2, learning_rate=1e-3, warmup_steps=10, min_lr_ratio=0.1, max_length=256,
-        max_tokens_per_batch=4096, eval_every=0, save_every=200))
+        max_tokens_per_batch=1024, eval_every=0, save_every=200))
     output_dir: str = "runs/micro/distill"
     seed: int = 0
     threads: int = 0
