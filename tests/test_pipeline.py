@@ -13,7 +13,6 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
-import torch
 
 from r1lab import cold_start, distill, evaluate, grpo, pipeline, rejection_sample, report, reward_model, sft
 from r1lab.config import load_config
@@ -22,14 +21,6 @@ from r1lab.pipeline import PipelineConfig
 from r1lab.rewards import load_reward
 
 ROW_KEYS = [key for key, _ in report.ROWS]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_config(out, base) -> PipelineConfig:

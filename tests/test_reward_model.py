@@ -17,14 +17,6 @@ from r1lab.reward_model import (RewardModelConfig, bradley_terry_loss, build_exa
                                 pointwise_accuracy, pointwise_loss)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_bradley_terry_loss_by_hand():
     # equal scores: -log sigmoid(0) = log 2
     assert bradley_terry_loss(torch.tensor([0.5]), torch.tensor([0.5])).item() == pytest.approx(math.log(2))

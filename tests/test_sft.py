@@ -18,30 +18,16 @@ from r1lab.data import Example, batches, collate, split_examples, tokenize_rows
 from r1lab.errors import R1labError
 from r1lab.modeling import build_model
 from r1lab.sft import SFTConfig, TrainSettings, build_optimizer, lr_multiplier, train, train_step
-from r1lab.tokenizer import build_tokenizer, micro_corpus_sample
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The models are tiny: a second thread buys nothing, and on a busy 2-core machine two
-    # threads waiting on each other make a step 10-100x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer(micro_corpus_sample(400))
+def tok(tokenizer):
+    return tokenizer  # conftest's tiny tokenizer, under a short name
 
 
 @pytest.fixture(scope="module")
-def model_dir(tok, tmp_path_factory):
-    path = tmp_path_factory.mktemp("micro")
-    build_model("micro", tok).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+def model_dir(tiny_model_dir):
+    return tiny_model_dir
 
 
 def ids(tok, text):

@@ -11,7 +11,6 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
-import torch
 
 import r1lab.rejection_sample as rs
 from r1lab import cli, cold_start, tasks
@@ -24,14 +23,6 @@ from r1lab.rejection_sample import ModelJudge, RejectionSampleConfig, rules_then
 from r1lab.sampling import Completion
 
 TINY = dict(tasks=("addition", "countdown"), num_problems=3, n=2, max_new_tokens=12, progress=False)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def read(path):
