@@ -415,7 +415,8 @@ def _sft(config: SFTConfig) -> dict:
     if config.gradient_checkpointing:
         _enable_gradient_checkpointing(model)
     if config.lora_r > 0:
-        model = apply_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
+        model = apply_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules,
+                           seed=config.seed)
 
     def tokenize(rows, source):
         return tokenize_rows(rows, tokenizer, source, config.max_length, config.template, config.loss_on_prompt)
