@@ -22,6 +22,18 @@ from r1lab.checkpoint import save_final
 from r1lab.errors import R1labError
 
 
+# Every projection of a Qwen2 / Llama decoder layer; "all-linear" also works (every linear but the head).
+TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def check_lora_settings(r: int, alpha: float, dropout: float, target_modules) -> None:
+    """The checks of a stage config's lora_* fields (r = 0: LoRA off)."""
+    if r < 0 or alpha <= 0 or not 0 <= dropout < 1:
+        raise ValueError("need lora_r >= 0, lora_alpha > 0 and lora_dropout in [0, 1)")
+    if r > 0 and not target_modules:
+        raise ValueError("lora_target_modules is empty")
+
+
 def apply_lora(model, r: int, alpha: float, dropout: float = 0.0,
                target_modules: Sequence[str] | str = ("q_proj", "k_proj", "v_proj", "o_proj"), seed: int = 0):
     """`model` as a PeftModel with rank-`r` adapters on `target_modules`; base weights frozen.
