@@ -16,7 +16,7 @@ peft = pytest.importorskip("peft", reason="LoRA needs peft (pip install 'r1lab[p
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from r1lab import lean  # noqa: E402
-from r1lab.grpo.rollout import Rollout, pack, RolloutSettings, sample_and_score  # noqa: E402
+from r1lab.grpo.rollout import Rollout, RolloutSettings, pack, sample_and_score  # noqa: E402
 from r1lab.grpo.update import reference_logprobs  # noqa: E402
 from r1lab.lora import apply_lora, disabled_adapters  # noqa: E402
 from r1lab.sampling import SamplingParams, generate, sequence_logprobs  # noqa: E402

@@ -19,7 +19,8 @@ Its outputs equal the model's own forward up to float rounding: tests/test_sampl
 greedy tokens against transformers' generate, and log-probs and gradients against the model's
 forward within 1e-5, for Qwen2, Qwen3 and Llama with grouped-query attention. Anything it doesn't
 know (sliding windows, logit soft-capping, dynamic RoPE, attention dropout, non-float32 weights,
-adapters other than plain LoRA, hooks) makes `supports` false, and callers use the model's own forward.
+adapters other than plain LoRA, hooks) makes `supports` false, and callers use the model's own
+forward.
 A LeanModel holds the weights as they were when it was built: build a new one after they change.
 
 PEFT LoRA models (r1lab.lora) are read without gradients only (sampling, reference log-probs):
@@ -47,7 +48,9 @@ _LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scali
 
 
 def supports(model) -> bool:
-    """Whether `model` is a float32 Qwen2/Qwen3/Llama causal LM whose forward LeanModel reproduces."""
+    """Whether `model` is a float32 Qwen2/Qwen3/Llama causal LM whose forward LeanModel reproduces.
+
+    A PEFT LoRA model counts only while gradients are off (see the module doc)."""
     model = unwrap(model)
     if model is None:
         return False
@@ -81,7 +84,7 @@ def unwrap(model):
     it is no PEFT model, None for other PEFT methods (prompt tuning etc.: not reproduced here)."""
     if not is_lora(model):
         return model
-    if any(str(c.peft_type) not in ("LORA", "PeftType.LORA") for c in model.peft_config.values()):
+    if any(c.peft_type != "LORA" for c in model.peft_config.values()):  # PeftType is a str enum
         return None
     return model.get_base_model()
 
@@ -291,7 +294,7 @@ def _plain_lora(module) -> bool:
                for a in module.active_adapters)
 
 
-def _effective(module) -> nn.Linear | nn.Module:
+def _effective(module) -> nn.Linear | _Weights:
     """What a linear layer computes, as something with `weight` and `bias`: the layer itself, or a
     LoRA layer's base with its active adapters' scale * B @ A added (the base when they are off)."""
     if type(module) is nn.Linear:

@@ -53,12 +53,7 @@ def main(config: GRPOConfig) -> dict:
     torch.manual_seed(config.seed)
     save_config(config, out / "config.yaml")
 
-    policy, tokenizer = load_model_and_tokenizer(config.model)
-    if config.lora_r > 0:
-        policy = apply_lora(policy, config.lora_r, config.lora_alpha, config.lora_dropout,
-                            config.lora_target_modules, seed=config.seed)
-    # With LoRA the reference is the policy with adapters off (`_reference_logprobs`): no copy.
-    reference = _frozen_copy(policy) if config.beta > 0 and not is_lora(policy) else None
+    policy, tokenizer, reference = _load_policy(config)
     stream = PromptStream(load_train_rows(config.data, config.seed), config.seed)
     eval_rows = load_eval_rows(config.data, config.seed)
     rollout_settings = RolloutSettings(
@@ -69,7 +64,8 @@ def main(config: GRPOConfig) -> dict:
         reward_weights=config.weights, overlong_cache=config.overlong_cache,
         batch_size=config.rollout_batch_size,
         sampler=rollout_sampler(config.rollout_backend, config.model, config.seed))
-    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=config.learning_rate, weight_decay=config.weight_decay,
+    trainable = [p for p in policy.parameters() if p.requires_grad]  # with LoRA: the adapters
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay,
                                   betas=(config.adam_beta1, config.adam_beta2))
     floor = config.min_lr_ratio if config.lr_schedule == "cosine" else 1.0  # 1.0: constant after warmup
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -118,6 +114,17 @@ def main(config: GRPOConfig) -> dict:
     plot_run(out)
     print(f"grpo: done -> {final}; metrics in {out / 'metrics.jsonl'}, curves in {out / 'curves.png'}")
     return log.last
+
+
+def _load_policy(config: GRPOConfig):
+    """(policy, tokenizer, frozen reference copy or None). With LoRA the policy is a PEFT model and
+    there is no copy: the reference is the policy with its adapters off (`_reference_logprobs`)."""
+    policy, tokenizer = load_model_and_tokenizer(config.model)
+    if config.lora_r > 0:
+        policy = apply_lora(policy, config.lora_r, config.lora_alpha, config.lora_dropout,
+                            config.lora_target_modules, seed=config.seed)
+    reference = _frozen_copy(policy) if config.beta > 0 and not is_lora(policy) else None
+    return policy, tokenizer, reference
 
 
 def _frozen_copy(model):
