@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 
+import r1lab.grpo.train
 from r1lab.cli import main as cli_main
 from r1lab.grpo.config import GRPOConfig
 from r1lab.io import read_jsonl
@@ -125,7 +126,18 @@ def test_ref_refresh_with_lora_is_a_clear_error():
         GRPOConfig(lora_r=8, ref_update_every=0, rollout_backend="vllm")
 
 
-def test_lora_grpo_raises_the_reward_and_saves_loadable_adapters(toy, tmp_path):
+def test_lora_grpo_raises_the_reward_and_saves_loadable_adapters(toy, tmp_path, monkeypatch):
+    ids = torch.tensor([[5, 17, 42, 8, 3, 11, 60]])
+    mask = torch.ones_like(ids)
+    at_save = {}
+    save_final = r1lab.grpo.train.save_final
+
+    def save_and_note(path, model, tokenizer):  # the trained policy's log-probs, as it is saved
+        with torch.no_grad():
+            at_save[path.name] = sequence_logprobs(model.eval(), ids, mask)
+        return save_final(path, model, tokenizer)
+
+    monkeypatch.setattr(r1lab.grpo.train, "save_final", save_and_note)
     out = tmp_path / "run"
     assert cli_main(["grpo", *_args(toy, out, "max_steps=16", "learning_rate=3e-2", "save_every=8")]) == 0
     rewards = [r["reward/mean"] for r in read_jsonl(out / "metrics.jsonl")]
@@ -138,12 +150,11 @@ def test_lora_grpo_raises_the_reward_and_saves_loadable_adapters(toy, tmp_path):
     adapted = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(toy / "model"), out / "final").eval()
     merged = AutoModelForCausalLM.from_pretrained(out / "final-merged").eval()
     base = AutoModelForCausalLM.from_pretrained(toy / "model").eval()
-    ids = torch.tensor([[5, 17, 42, 8, 3, 11, 60]])
-    mask = torch.ones_like(ids)
     with torch.no_grad():
-        trained = sequence_logprobs(adapted, ids, mask)
-        torch.testing.assert_close(sequence_logprobs(merged, ids, mask), trained, rtol=0, atol=1e-5)
-        assert (trained - sequence_logprobs(base, ids, mask)).abs().max() > 1e-2
+        loaded = sequence_logprobs(adapted, ids, mask)
+        torch.testing.assert_close(loaded, at_save["final"], rtol=0, atol=1e-6)
+        torch.testing.assert_close(sequence_logprobs(merged, ids, mask), loaded, rtol=0, atol=1e-5)
+        assert (loaded - sequence_logprobs(base, ids, mask)).abs().max() > 1e-2
 
 
 def test_lora_grpo_resumes_as_if_never_stopped(toy, tmp_path):
