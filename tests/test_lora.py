@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -97,3 +98,43 @@ def test_apply_lora_freezes_the_base(setup):
     with disabled_adapters(torch.nn.Linear(2, 2)):
         pass  # a plain model passes through
 
+
+
+def test_lora_sft_checkpoints_do_not_change_training(setup, tmp_path):
+    """Issue #7: saving every 2 steps logged a different step-2 loss. The cause was the adapters'
+    init (A) drawn from the global RNG before the run's seed was set: a second run in one process
+    started from another A (B = 0 made step 1 equal). Now the init depends on `seed` alone."""
+    pytest.importorskip("peft", reason="LoRA needs peft (pip install 'r1lab[peft]')")
+    lora = ["max_steps=4", "learning_rate=3e-2", "lora_r=4", "lora_alpha=8", "lora_dropout=0.1"]
+    torch.manual_seed(123)  # any global RNG state: the run must not depend on it
+    plain = sft(setup, tmp_path / "plain", *lora)
+    torch.rand(7)
+    saved = sft(setup, tmp_path / "saved", *lora, "save_every=2", "keep_checkpoints=0")
+    assert [r["loss"] for r in saved] == [r["loss"] for r in plain]
+    assert len({r["loss"] for r in plain}) == 4  # the adapters do train
+
+    # Killed after the step-2 checkpoint (step 3-4 work lost), then resumed: ends as if never stopped.
+    shutil.rmtree(tmp_path / "saved" / "checkpoints" / "step-000004")
+    shutil.rmtree(tmp_path / "saved" / "final")
+    resumed = sft(setup, tmp_path / "saved", *lora, "save_every=2", "keep_checkpoints=0", "resume=true")
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in plain]
+    a = load_file(tmp_path / "plain" / "final" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "saved" / "final" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_apply_lora_init_depends_on_the_seed_alone(setup):
+    pytest.importorskip("peft", reason="LoRA needs peft (pip install 'r1lab[peft]')")
+    from transformers import AutoModelForCausalLM
+
+    def adapters(seed):
+        model = apply_lora(AutoModelForCausalLM.from_pretrained(setup / "model"), r=4, alpha=8, seed=seed)
+        return {k: v.detach().clone() for k, v in model.named_parameters() if "lora_A" in k}
+
+    torch.manual_seed(1)
+    first = adapters(0)
+    state = torch.get_rng_state()
+    again = adapters(0)
+    assert torch.equal(torch.get_rng_state(), state)  # the global stream is left as it was
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not any(torch.equal(first[k], v) for k, v in adapters(1).items())

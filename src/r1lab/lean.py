@@ -19,8 +19,15 @@ Its outputs equal the model's own forward up to float rounding: tests/test_sampl
 greedy tokens against transformers' generate, and log-probs and gradients against the model's
 forward within 1e-5, for Qwen2, Qwen3 and Llama with grouped-query attention. Anything it doesn't
 know (sliding windows, logit soft-capping, dynamic RoPE, attention dropout, non-float32 weights,
-adapters, hooks) makes `supports` false, and callers use the model's own forward.
+adapters other than plain LoRA, hooks) makes `supports` false, and callers use the model's own
+forward.
 A LeanModel holds the weights as they were when it was built: build a new one after they change.
+
+PEFT LoRA models (r1lab.lora) are read without gradients only (sampling, reference log-probs):
+each adapted projection as its merged weight W + scale * B @ A, or W alone inside PEFT's
+`disable_adapter()`. The model is not changed (no merge_adapter/unmerge round trip, whose
+rounding would drift the base weights). With gradients on, a merged weight would cost a full
+weight-sized gradient per layer, which LoRA exists to avoid: those forwards use PEFT's own.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from r1lab.lora import is_lora
+
 # model_type -> whether attention has per-head RMSNorms on queries and keys (Qwen3)
 _ARCHITECTURES = {"qwen2": False, "llama": False, "qwen3": True}
 # RoPE variants whose tables depend only on the position (not on the sequence length)
@@ -39,13 +48,20 @@ _LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scali
 
 
 def supports(model) -> bool:
-    """Whether `model` is a float32 Qwen2/Qwen3/Llama causal LM whose forward LeanModel reproduces."""
+    """Whether `model` is a float32 Qwen2/Qwen3/Llama causal LM whose forward LeanModel reproduces.
+
+    A PEFT LoRA model counts only while gradients are off (see the module doc)."""
+    model = unwrap(model)
+    if model is None:
+        return False
     config = getattr(model, "config", None)
     if config is None or getattr(config, "model_type", None) not in _ARCHITECTURES:
         return False
     base = getattr(model, "model", None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if base is None or type(head) is not nn.Linear or not hasattr(base, "rotary_emb"):
+        return False
+    if type(getattr(base, "embed_tokens", None)) is not nn.Embedding:  # e.g. an adapted embedding
         return False
     if any(getattr(config, a, None) not in (None, 1, 1.0) for a in _LOGIT_POSTPROCESSING):
         return False
@@ -61,6 +77,16 @@ def supports(model) -> bool:
         return False
     qk_norm = _ARCHITECTURES[config.model_type]
     return all(_plain_layer(layer, qk_norm) for layer in base.layers)
+
+
+def unwrap(model):
+    """The transformers model inside a PEFT LoRA model (adapter layers in place), `model` itself if
+    it is no PEFT model, None for other PEFT methods (prompt tuning etc.: not reproduced here)."""
+    if not is_lora(model):
+        return model
+    if any(c.peft_type != "LORA" for c in model.peft_config.values()):  # PeftType is a str enum
+        return None
+    return model.get_base_model()
 
 
 class _Linear:
@@ -147,7 +173,7 @@ class LeanModel:
 
     def __init__(self, model, packed: bool = False):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not packed):
-            self._read(model, packed)
+            self._read(unwrap(model), packed)
 
     def _read(self, model, packed: bool) -> None:
         config = model.config
@@ -166,7 +192,8 @@ class LeanModel:
     @staticmethod
     def from_model(model, packed: bool = False) -> LeanModel | None:
         """A LeanModel of `model`, or None if its architecture isn't one this module reproduces."""
-        return LeanModel(model, packed) if supports(model) else None
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not packed):  # packed: inference only
+            return LeanModel(model, packed) if supports(model) else None
 
     def new_cache(self, batch: int, capacity: int) -> KVCache:
         self._rope_tables(capacity)
@@ -244,7 +271,7 @@ def _plain_layer(layer, qk_norm: bool) -> bool:
     attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
     linears = [getattr(attn, n, None) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
     linears += [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
-    if not all(type(m) is nn.Linear for m in linears):  # LoRA and quantised layers are other types
+    if not all(type(m) is nn.Linear or _plain_lora(m) for m in linears):  # e.g. quantised layers aren't
         return False
     if {n for n, _ in layer.named_children()} != {"self_attn", "mlp", "input_layernorm", "post_attention_layernorm"}:
         return False
@@ -253,10 +280,44 @@ def _plain_layer(layer, qk_norm: bool) -> bool:
     return not any(m._forward_hooks or m._forward_pre_hooks for m in layer.modules())
 
 
+def _plain_lora(module) -> bool:
+    """A PEFT LoRA linear layer that `_effective` can fold into one weight: unmerged, vanilla LoRA
+    (no DoRA or other variant, no adapter bias), no dropout in effect, read without gradients."""
+    if type(module).__module__ != "peft.tuners.lora.layer" or type(module).__name__ != "Linear":
+        return False
+    if torch.is_grad_enabled() or module.merged or type(module.base_layer) is not nn.Linear:
+        return False
+    if module.disable_adapters:
+        return True
+    return all(a in module.lora_A and a not in module.lora_variant and not module.lora_bias.get(a, False)
+               and (type(module.lora_dropout[a]) is nn.Identity or not module.training)
+               for a in module.active_adapters)
+
+
+def _effective(module) -> nn.Linear | _Weights:
+    """What a linear layer computes, as something with `weight` and `bias`: the layer itself, or a
+    LoRA layer's base with its active adapters' scale * B @ A added (the base when they are off)."""
+    if type(module) is nn.Linear:
+        return module
+    base = module.base_layer
+    if module.disable_adapters:
+        return base
+    weight = base.weight + sum(module.get_delta_weight(a) for a in module.active_adapters)
+    return _Weights(weight, base.bias, base.out_features)
+
+
+@dataclass(frozen=True)
+class _Weights:
+    weight: Tensor
+    bias: Tensor | None
+    out_features: int
+
+
 def _read_layer(layer, packed: bool) -> _Layer:
     attn, mlp = layer.self_attn, layer.mlp
 
-    def linear(*parts: nn.Linear) -> _Linear:  # projections of one input: one matmul
+    def linear(*modules: nn.Module) -> _Linear:  # projections of one input: one matmul
+        parts = [_effective(m) for m in modules]
         weight = torch.cat([m.weight for m in parts]) if len(parts) > 1 else parts[0].weight
         if all(m.bias is None for m in parts):
             return _Linear(weight, None, packed)

@@ -22,11 +22,27 @@ from r1lab.checkpoint import save_final
 from r1lab.errors import R1labError
 
 
+# Every projection of a Qwen2 / Llama decoder layer; "all-linear" also works (every linear but the head).
+TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def check_lora_settings(r: int, alpha: float, dropout: float, target_modules) -> None:
+    """The checks of a stage config's lora_* fields (r = 0: LoRA off)."""
+    if r < 0 or alpha <= 0 or not 0 <= dropout < 1:
+        raise ValueError("need lora_r >= 0, lora_alpha > 0 and lora_dropout in [0, 1)")
+    if r > 0 and not target_modules:
+        raise ValueError("lora_target_modules is empty")
+
+
 def apply_lora(model, r: int, alpha: float, dropout: float = 0.0,
-               target_modules: Sequence[str] | str = ("q_proj", "k_proj", "v_proj", "o_proj")):
+               target_modules: Sequence[str] | str = ("q_proj", "k_proj", "v_proj", "o_proj"), seed: int = 0):
     """`model` as a PeftModel with rank-`r` adapters on `target_modules`; base weights frozen.
 
     `target_modules` may be the string "all-linear" (every linear layer but the output head).
+    The adapters' random init (A; B starts at zero) is drawn from `seed` alone, on a forked torch
+    RNG: before, it came from whatever state the global RNG was in, so two runs of one config in
+    one process (tests, a pipeline) started from different A and diverged from step 2 on (B = 0
+    makes step 1 the same), which looked like checkpointing perturbing training (issue #7).
     """
     peft = _peft()
     targets = target_modules if isinstance(target_modules, str) else list(target_modules)
@@ -35,7 +51,9 @@ def apply_lora(model, r: int, alpha: float, dropout: float = 0.0,
     config = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
                              bias="none", task_type="CAUSAL_LM")
     try:
-        return peft.get_peft_model(model, config)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return peft.get_peft_model(model, config)
     except ValueError as e:  # e.g. "Target modules {...} not found in the base model"
         raise R1labError(f"cannot add LoRA adapters: {str(e).splitlines()[0]}") from None
 

@@ -42,7 +42,7 @@ from r1lab.config import check_choices, save_config
 from r1lab.data import IGNORE_INDEX, Example, batches, collate, split_examples, tokenize_rows
 from r1lab.errors import R1labError
 from r1lab.io import append_jsonl, read_jsonl, read_rows, write_jsonl
-from r1lab.lora import apply_lora, is_lora, save_merged
+from r1lab.lora import TARGET_MODULES, apply_lora, check_lora_settings, is_lora, save_merged
 from r1lab.modeling import DTYPES, load_model_and_tokenizer
 from r1lab.templates import TEMPLATES
 
@@ -367,8 +367,7 @@ class SFTConfig(TrainSettings):
     lora_r: int = 0  # LoRA rank; 0: full fine-tuning (LoRA needs `pip install peft`)
     lora_alpha: float = 16.0  # adapter output scaled by lora_alpha / lora_r
     lora_dropout: float = 0.0
-    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                            "down_proj")  # Qwen2 / Llama names; "all-linear" also works
+    lora_target_modules: tuple[str, ...] = TARGET_MODULES  # Qwen2 / Llama names; "all-linear" also works
     save_merged: bool = True  # with LoRA: also write final-merged/, the base with adapters merged in
 
     def __post_init__(self):
@@ -383,10 +382,7 @@ class SFTConfig(TrainSettings):
         check_choices("dtype", self.dtype, DTYPES)
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
-        if self.lora_r < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
-            raise ValueError("need lora_r >= 0, lora_alpha > 0 and lora_dropout in [0, 1)")
-        if self.lora_r > 0 and not self.lora_target_modules:
-            raise ValueError("lora_target_modules is empty")
+        check_lora_settings(self.lora_r, self.lora_alpha, self.lora_dropout, self.lora_target_modules)
 
 
 def train_settings(config) -> TrainSettings:
@@ -415,7 +411,8 @@ def _sft(config: SFTConfig) -> dict:
     if config.gradient_checkpointing:
         _enable_gradient_checkpointing(model)
     if config.lora_r > 0:
-        model = apply_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
+        model = apply_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules,
+                           seed=config.seed)
 
     def tokenize(rows, source):
         return tokenize_rows(rows, tokenizer, source, config.max_length, config.template, config.loss_on_prompt)

@@ -9,6 +9,11 @@ micro model on a CPU. The variants users expect are names, not flags:
 - ``aggregation``: seq_mean (R1/DeepSeekMath) | token_mean (DAPO) | constant (Dr. GRPO)
 - ``eps_low``/``eps_high``: clip-higher (DAPO: 0.2 / 0.28)
 - ``dynamic_sampling``, ``mask_truncated``, ``overlong_cache`` (DAPO)
+
+LoRA (``lora_r > 0``, needs peft): only low-rank adapters train; the reference policy is the
+base model, i.e. the policy with its adapters disabled (no second copy). It can't be refreshed
+to the current policy, so a refresh that would fall inside the run (0 < ref_update_every <=
+max_steps) is an error: set ref_update_every=0.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import dataclass, field
 
 from r1lab.config import check_choices
 from r1lab.grpo.losses import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS
+from r1lab.lora import TARGET_MODULES, check_lora_settings
 from r1lab.metrics import REFLECTION_PHRASES
 from r1lab.templates import TEMPLATES
 
@@ -65,6 +71,13 @@ class GRPOConfig:
     num_iterations: int = 1  # mu: passes over each rollout
     minibatches: int = 1  # optimiser steps per pass (the rollout split into this many parts)
     micro_batch_size: int = 64  # sequences per forward/backward (memory only: same gradient)
+
+    # LoRA: same keys as `r1lab sft`; 0 = full fine-tuning
+    lora_r: int = 0
+    lora_alpha: float = 16.0  # adapter output scaled by lora_alpha / lora_r
+    lora_dropout: float = 0.0  # > 0: the training forward can't use r1lab.lean (slower on CPU)
+    lora_target_modules: tuple[str, ...] = TARGET_MODULES
+    save_merged: bool = True  # with LoRA: final/ holds the adapters, final-merged/ the merged model
 
     # DAPO extras
     dynamic_sampling: bool = False  # drop groups with all-equal rewards, refill from new prompts
@@ -116,6 +129,12 @@ class GRPOConfig:
             raise ValueError("num_generations must be >= 2: GRPO's advantage compares completions of a group")
         if self.beta < 0 or self.temperature <= 0:
             raise ValueError("beta must be >= 0 and temperature > 0")
+        check_lora_settings(self.lora_r, self.lora_alpha, self.lora_dropout, self.lora_target_modules)
+        if self.lora_r > 0 and self.beta > 0 and 0 < self.ref_update_every <= self.max_steps:
+            raise ValueError(f"ref_update_every={self.ref_update_every} with LoRA: the reference is the base model "
+                             "(adapters disabled) and is never refreshed; set ref_update_every=0")
+        if self.lora_r > 0 and self.rollout_backend != "native":
+            raise ValueError("LoRA GRPO samples with rollout_backend=native only (vllm gets no adapter weights)")
         if not self.data.train and not self.data.tasks:
             raise ValueError("set data.train (a JSONL of prompt/answer rows) or data.tasks (micro tasks)")
 

@@ -10,6 +10,10 @@ sampling is on; (3) log-probs under the frozen reference if beta > 0; (4) mu pas
 policy-gradient updates over minibatches; (5) log metrics, sample completions, evaluate,
 refresh the reference, checkpoint. Where this departs from the paper: see grpo/config.py and
 grpo/losses.py (std with eps, log-ratio clamp, chunk-invariant aggregation).
+
+With LoRA (``lora_r=16 lora_alpha=32 ref_update_every=0``) the policy is a PEFT model and the
+reference is the same model with its adapters disabled; checkpoints and ``final/`` hold the
+adapters, ``final-merged/`` the base with the adapters merged in (a plain Hugging Face folder).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from r1lab.grpo.metrics import MetricsLog, step_metrics, write_samples
 from r1lab.grpo.rollout import (RolloutSettings, Scored, informative_groups, pack, rollout_sampler,
                                 sample_and_score)
 from r1lab.grpo.update import UpdateSettings, reference_logprobs, update_policy
+from r1lab.lora import apply_lora, disabled_adapters, is_lora, save_merged
 from r1lab.modeling import load_model_and_tokenizer
 from r1lab.plots import plot_run
 from r1lab.rewards import load_reward
@@ -48,8 +53,7 @@ def main(config: GRPOConfig) -> dict:
     torch.manual_seed(config.seed)
     save_config(config, out / "config.yaml")
 
-    policy, tokenizer = load_model_and_tokenizer(config.model)
-    reference = _frozen_copy(policy) if config.beta > 0 else None
+    policy, tokenizer, reference = _load_policy(config)
     stream = PromptStream(load_train_rows(config.data, config.seed), config.seed)
     eval_rows = load_eval_rows(config.data, config.seed)
     rollout_settings = RolloutSettings(
@@ -60,7 +64,8 @@ def main(config: GRPOConfig) -> dict:
         reward_weights=config.weights, overlong_cache=config.overlong_cache,
         batch_size=config.rollout_batch_size,
         sampler=rollout_sampler(config.rollout_backend, config.model, config.seed))
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
+    trainable = [p for p in policy.parameters() if p.requires_grad]  # with LoRA: the adapters
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay,
                                   betas=(config.adam_beta1, config.adam_beta2))
     floor = config.min_lr_ratio if config.lr_schedule == "cosine" else 1.0  # 1.0: constant after warmup
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -77,9 +82,8 @@ def main(config: GRPOConfig) -> dict:
         policy.eval()
         scored, prompt_ids, sampled = _collect(policy, tokenizer, stream, config, rollout_settings, step)
         rollout = pack(scored, prompt_ids, config.advantage, tokenizer.pad_token_id, config.mask_truncated)
-        if reference is not None:
-            rollout = rollout.with_ref(reference_logprobs(reference, rollout, config.temperature,
-                                                          config.micro_batch_size))
+        if config.beta > 0:
+            rollout = rollout.with_ref(_reference_logprobs(policy, reference, rollout, config))
         t1 = time.perf_counter()
         policy.train()
         stats = update_policy(policy, optimizer, rollout, _update_settings(config), seed=config.seed + step)
@@ -103,16 +107,39 @@ def main(config: GRPOConfig) -> dict:
             prune_checkpoints(out, config.keep_checkpoints)
         _report(progress, metrics)
 
-    save_final(out / "final", policy, tokenizer)
+    save_final(out / "final", policy, tokenizer)  # with LoRA: the adapters
+    final = out / "final"
+    if is_lora(policy) and config.save_merged:
+        final = save_merged(policy, tokenizer, out / "final-merged")
     plot_run(out)
-    print(f"grpo: done -> {out / 'final'}; metrics in {out / 'metrics.jsonl'}, curves in {out / 'curves.png'}")
+    print(f"grpo: done -> {final}; metrics in {out / 'metrics.jsonl'}, curves in {out / 'curves.png'}")
     return log.last
+
+
+def _load_policy(config: GRPOConfig):
+    """(policy, tokenizer, frozen reference copy or None). With LoRA the policy is a PEFT model and
+    there is no copy: the reference is the policy with its adapters off (`_reference_logprobs`)."""
+    policy, tokenizer = load_model_and_tokenizer(config.model)
+    if config.lora_r > 0:
+        policy = apply_lora(policy, config.lora_r, config.lora_alpha, config.lora_dropout,
+                            config.lora_target_modules, seed=config.seed)
+    reference = _frozen_copy(policy) if config.beta > 0 and not is_lora(policy) else None
+    return policy, tokenizer, reference
 
 
 def _frozen_copy(model):
     ref = copy.deepcopy(model).eval()
     ref.requires_grad_(False)
     return ref
+
+
+def _reference_logprobs(policy, reference, rollout, config: GRPOConfig) -> torch.Tensor:
+    """The rollout's log-probs under the reference: the frozen copy, or for a LoRA policy the base
+    model, i.e. the policy with its adapters disabled."""
+    if reference is not None:
+        return reference_logprobs(reference, rollout, config.temperature, config.micro_batch_size)
+    with disabled_adapters(policy):
+        return reference_logprobs(policy, rollout, config.temperature, config.micro_batch_size)
 
 
 def _update_settings(config: GRPOConfig) -> UpdateSettings:
