@@ -89,6 +89,11 @@ def test_pipeline_end_to_end_and_resume(tiny_model_dir, tmp_path, monkeypatch):
     assert all(label in markdown for _, label in report.ROWS)
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 4 and "http" not in page.replace("<!DOCTYPE html>", "")
+    timings = json.loads((out / "timings.json").read_text())
+    assert list(timings) == ["base", "r1_zero", "cold_start", "stage1_sft", "stage2_rl", "rejection_sample",
+                             "stage3_sft", "rm_helpful", "rm_harmless", "stage4_rl", "student_base", "distilled",
+                             "rl_only", "eval"]
+    assert timings["r1_zero"] > 0
 
     # resume: a second run trains nothing; with one evaluation deleted, only that one runs again
     def refuse(*args, **kwargs):
@@ -106,6 +111,8 @@ def test_pipeline_end_to_end_and_resume(tiny_model_dir, tmp_path, monkeypatch):
     again = pipeline.main(config)
     assert calls == [str(out / "rl_only" / "final")]
     assert again["table"] == result["table"]
+    resumed = json.loads((out / "timings.json").read_text())
+    assert resumed["r1_zero"] == timings["r1_zero"]  # skipped stages keep the time of the run that made them
 
 
 def test_stage4_rewards_module(tmp_path):
