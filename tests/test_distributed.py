@@ -14,8 +14,13 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
 from r1lab import cli, distributed
+from r1lab.grpo.parallel import group_seed, share
+from r1lab.grpo.rollout import Rollout
+from r1lab.grpo.update import UpdateSettings, update_policy
+from r1lab.sampling import SamplingParams, generate, sequence_logprobs
 from r1lab.checkpoint import checkpoint_dir
 from r1lab.io import write_jsonl
 from r1lab.modeling import build_model
@@ -173,3 +178,92 @@ def test_grpo_prompts_per_step_must_divide_over_processes(tiny_model_dir, grpo_d
     monkeypatch.setattr(distributed, "world_size", lambda: 2)  # as under torchrun, without launching it
     assert cli.main(grpo_args(tiny_model_dir, grpo_data, tmp_path / "odd") + ["prompts_per_step=3"]) == 2
     assert "prompts_per_step (3) must be divisible by the number of processes (2)" in capsys.readouterr().err
+
+
+def test_share_is_contiguous_and_seeds_depend_on_the_position_only():
+    assert [share(5, r, 2) for r in range(2)] == [range(0, 3), range(3, 5)]
+    assert [list(share(1, r, 2)) for r in range(2)] == [[0], []]
+    assert group_seed(0, 3, 0, 7) == group_seed(0, 3, 0, 7)
+    assert len({group_seed(0, 3, 0, 7), group_seed(0, 3, 1, 7), group_seed(0, 4, 0, 7), group_seed(1, 3, 0, 7)}) == 4
+
+
+def test_seeded_samples_do_not_depend_on_the_batch(tiny_model_dir, tokenizer):
+    """With per-prompt seeds a prompt samples the same completions alone, in a batch, or in
+    chunks of any size: what lets N processes sample what 1 process would."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    prompts = ["1+2=", "30+4=", "5+60=", "7+8="]
+    params = SamplingParams(max_new_tokens=8, temperature=1.0, n=3, seed=0)
+    seeds = [11, 12, 13, 14]
+    together = generate(model, tokenizer, prompts, params, seeds=seeds)
+    chunked = generate(model, tokenizer, prompts, params, seeds=seeds, batch_size=3)  # one prompt per chunk
+    alone = generate(model, tokenizer, prompts[2:3], params, seeds=seeds[2:3])
+    for a, b in zip(together, chunked):
+        assert [c.token_ids for c in a] == [c.token_ids for c in b]
+    assert [c.token_ids for c in alone[0]] == [c.token_ids for c in together[2]]
+    for c, d in zip(alone[0], together[2]):
+        assert c.logprobs == pytest.approx(d.logprobs, abs=1e-5)
+    assert len({c.token_ids for g in together for c in g}) > 4  # the streams differ between and within groups
+    other = generate(model, tokenizer, prompts[2:3], params, seeds=[99])
+    assert [c.token_ids for c in other[0]] != [c.token_ids for c in alone[0]]
+
+
+# A rollout of 4 groups of 3 rows with ragged completions; SGD (not Adam, which hides the scale
+# of the gradient) makes the weights after the update a direct check of the summed gradients.
+GROUPS, G, PROMPT, COMPLETION = 4, 3, 5, 6
+LR = 0.01  # small enough that 12 SGD steps stay near the start (no float noise blown up)
+
+
+def _rollout(model) -> Rollout:
+    gen = torch.Generator().manual_seed(0)
+    prompts = torch.randint(3, 200, (GROUPS, PROMPT), generator=gen).repeat_interleave(G, dim=0)
+    completions = torch.randint(3, 200, (GROUPS * G, COMPLETION), generator=gen)
+    ids = torch.cat([prompts, completions], dim=1)
+    attention = torch.ones_like(ids)
+    lengths = torch.randint(1, COMPLETION + 1, (GROUPS * G,), generator=gen)
+    for row, k in enumerate(lengths.tolist()):
+        attention[row, PROMPT + k:] = 0
+    completion_mask = attention[:, 1:].clone().float()
+    completion_mask[:, :PROMPT - 1] = 0
+    with torch.no_grad():
+        old = sequence_logprobs(model, ids, attention, prompt_len=PROMPT) * completion_mask
+    return Rollout(ids, attention, completion_mask, old - 0.05 * completion_mask,  # ratios != 1: clipping
+                   torch.randn(GROUPS * G, generator=gen), ref_logp=old, prompt_len=PROMPT)
+
+
+def _update(model_dir, aggregation: str, rank: int = 0, world: int = 1):
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    rollout = _rollout(model)
+    mine = share(GROUPS, rank, world)
+    part = rollout.rows(torch.arange(mine.start * G, mine.stop * G))
+    settings = UpdateSettings(num_iterations=2, minibatches=3, micro_batch_size=2, temperature=1.0, eps_low=0.2,
+                              eps_high=0.2, beta=0.1, kl_estimator="k3", aggregation=aggregation, max_len=8,
+                              max_grad_norm=0.0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    stats = update_policy(model, optimizer, part, settings, seed=3, first_row=mine.start * G,
+                          total_rows=GROUPS * G)
+    return stats, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _update_worker(rank: int, world: int, init: str, model_dir: str, out: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        results = {a: _update(model_dir, a, rank, world) for a in ("seq_mean", "token_mean", "constant")}
+    finally:
+        torch.distributed.destroy_process_group()
+    torch.save(results, f"{out}/rank{rank}.pt")
+
+
+def test_update_over_two_processes_is_the_one_process_update(tiny_model_dir, tmp_path):
+    """Each aggregation's normaliser (sequences, tokens, sequences x max_len) summed over
+    processes, minibatches drawn from the global rows (3 minibatches of 4 rows: the processes'
+    shares are unequal), gradients summed: the same SGD steps and statistics as one process."""
+    torch.multiprocessing.spawn(_update_worker, args=(2, f"file://{tmp_path / 'rendezvous'}", str(tiny_model_dir),
+                                                      str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for aggregation in ("seq_mean", "token_mean", "constant"):
+        stats, weights_one = _update(tiny_model_dir, aggregation)
+        for stats_r, weights_r in (r[aggregation] for r in ranks):
+            assert stats_r == pytest.approx(stats, rel=1e-5, abs=1e-7), aggregation
+            for key in weights_one:
+                torch.testing.assert_close(weights_r[key], weights_one[key], rtol=1e-5, atol=1e-6, msg=key)
