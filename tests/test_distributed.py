@@ -67,7 +67,9 @@ def weights(folder):
 def assert_close_weights(a, b, atol=1e-5):
     # Adam's first steps are ~lr * sign(g): float noise in near-zero gradients (the ranks sum in
     # another order) moves a weight by up to ~1% of lr per step, so weights agree to 1e-5 absolute
-    # after SFT's 3 steps at lr 1e-3 (GRPO's 12 optimiser steps: 5e-5).
+    # after SFT's 3 steps at lr 1e-3. GRPO makes 12 optimiser steps: a rare element drifts up to
+    # ~1e-4 (measured 8.6e-5), still 100x below what a wrong gradient does (~lr per step), and the
+    # metrics (loss, grad_norm, kl at 1e-4 relative) check the gradients more sharply.
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=atol, msg=key)
@@ -111,11 +113,12 @@ def test_two_processes_match_one_and_resume_with_one(setup, tmp_path):
 # GRPO under torchrun: 2 processes (gloo) against 1 with the same global batch of 4 prompts.
 # ---------------------------------------------------------------------------------------------
 
-# A random model writes no right answers; this reward gives groups of odd answers a spread (longer
-# is better) and groups of even answers all zeros, so dynamic sampling has groups to refill.
+# A random model writes no right answers; this reward gives the groups of 2 of the 12 prompts a
+# spread (longer is better) and the others all zeros, so dynamic sampling refills and runs out of
+# informative groups: a step may train on fewer groups than processes (one gets an empty share).
 REWARD = '''
-def odd_length(completions, answer, **columns):
-    return [len(c) / 10 if int(a) % 2 else 0.0 for c, a in zip(completions, answer)]
+def some_length(completions, prompt, **columns):
+    return [len(c) / 10 if p in ("1+2=", "3+1=") else 0.0 for c, p in zip(completions, prompt)]
 '''
 GRPO_RUN = ["template=micro", "num_generations=3", "prompts_per_step=4", "max_new_tokens=10", "beta=0.04",
             "learning_rate=1e-3", "warmup_steps=1", "advantage=batch", "aggregation=token_mean",
@@ -128,7 +131,7 @@ TIMING = {"step_time", "rollout_s", "train_s", "tokens_per_s", "eval/addition/se
 @pytest.fixture(scope="module")
 def grpo_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("grpo_ddp")
-    write_jsonl(root / "train.jsonl", [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(4) for b in (1, 2)])
+    write_jsonl(root / "train.jsonl", [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(6) for b in (1, 2)])
     write_jsonl(root / "eval.jsonl", [{"prompt": f"{a}+3=", "answer": str(a + 3)} for a in range(3)])
     (root / "reward.py").write_text(REWARD)
     return root
@@ -136,7 +139,7 @@ def grpo_data(tmp_path_factory):
 
 def grpo_args(model, data, out):
     return ["grpo", f"model={model}", f"data.train={data / 'train.jsonl'}", f"data.eval={data / 'eval.jsonl'}",
-            f"rewards=[accuracy,{data / 'reward.py'}:odd_length]", f"output_dir={out}", *GRPO_RUN]
+            f"rewards=[accuracy,{data / 'reward.py'}:some_length]", f"output_dir={out}", *GRPO_RUN]
 
 
 def torchrun(args, nproc=2):
@@ -158,12 +161,14 @@ def test_grpo_two_processes_match_one_and_resume_with_one(tiny_model_dir, grpo_d
     one, two = comparable(metrics(single)), comparable(metrics(double))
     assert [m["step"] for m in two] == [0, 1, 2, 3]  # rank 0 alone writes
     assert one[1]["zero_variance_groups"] > 0  # the refill path ran
+    # seed 0 draws steps trained on 1 group (process 1's share is empty) and on 2 (one each)
+    assert {m["groups"] for m in one[1:]} == {1, 2}
     for a, b in zip(one, two):
         assert a.keys() == b.keys()
         for key in a:  # rewards, lengths, eval and refills equal; losses and norms up to float rounding
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
     assert (single / "completions.jsonl").read_text() == (double / "completions.jsonl").read_text()
-    assert_close_weights(weights(single / "final"), weights(double / "final"), atol=5e-5)
+    assert_close_weights(weights(single / "final"), weights(double / "final"), atol=2e-4)
 
     # the 2-process checkpoint of step 2 resumes in one process and lands where the 1-process run did
     resumed = tmp_path / "resumed"
@@ -171,13 +176,15 @@ def test_grpo_two_processes_match_one_and_resume_with_one(tiny_model_dir, grpo_d
     shutil.rmtree(checkpoint_dir(resumed, 3))
     assert cli.main(grpo_args(tiny_model_dir, grpo_data, resumed) + ["resume=true"]) == 0
     assert comparable(metrics(resumed))[-1] == pytest.approx(one[-1], rel=1e-4, abs=1e-6)
-    assert_close_weights(weights(single / "final"), weights(resumed / "final"), atol=5e-5)
+    assert_close_weights(weights(single / "final"), weights(resumed / "final"), atol=2e-4)
 
 
-def test_grpo_prompts_per_step_must_divide_over_processes(tiny_model_dir, grpo_data, tmp_path, monkeypatch, capsys):
+def test_grpo_under_torchrun_refuses_what_it_cannot_split(tiny_model_dir, grpo_data, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(distributed, "world_size", lambda: 2)  # as under torchrun, without launching it
     assert cli.main(grpo_args(tiny_model_dir, grpo_data, tmp_path / "odd") + ["prompts_per_step=3"]) == 2
     assert "prompts_per_step (3) must be divisible by the number of processes (2)" in capsys.readouterr().err
+    assert cli.main(grpo_args(tiny_model_dir, grpo_data, tmp_path / "v") + ["rollout_backend=vllm"]) == 2
+    assert "rollout_backend=vllm under torchrun is not supported yet" in capsys.readouterr().err
 
 
 def test_share_is_contiguous_and_seeds_depend_on_the_position_only():

@@ -57,6 +57,9 @@ def _train(config: GRPOConfig) -> dict:
     if config.prompts_per_step % world:
         raise R1labError(f"prompts_per_step ({config.prompts_per_step}) must be divisible by the number of "
                          f"processes ({world})")
+    if world > 1 and config.rollout_backend == "vllm":
+        raise R1labError("rollout_backend=vllm under torchrun is not supported yet (untested): use "
+                         "rollout_backend=native, or one process")
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if config.threads:

@@ -125,6 +125,8 @@ def reference_logprobs(reference, rollout: Rollout, temperature: float, micro_ba
     """[N, L-1] log-probs of the rollout under the frozen reference, in micro-batches."""
     out = torch.zeros_like(rollout.old_logp)
     for idx in torch.arange(rollout.num_rows).split(micro_batch_size):
+        if not len(idx):  # an empty rollout (a process's empty share) still makes one empty split
+            continue
         out[idx] = sequence_logprobs(reference, rollout.input_ids[idx], rollout.attention_mask[idx],
                                      temperature=temperature, prompt_len=rollout.prompt_len)
     return out.clone()
