@@ -1,6 +1,8 @@
-"""Data-parallel SFT under torchrun on CPU (gloo): 2 processes make the same updates as 1.
+"""Data parallel under torchrun on CPU (gloo): SFT, GRPO and reward-model training with 2 processes
+make the same updates as with 1, and resume with another number of processes.
 
-``pytest tests/test_distributed.py``; ~30 s on 2 busy cores (one torchrun launch of 2 processes).
+``pytest tests/test_distributed.py``; ~100 s on 2 busy cores (three torchrun launches of 2
+processes, one spawn of 2).
 """
 
 import json
@@ -274,3 +276,20 @@ def test_update_over_two_processes_is_the_one_process_update(tiny_model_dir, tmp
             assert stats_r == pytest.approx(stats, rel=1e-5, abs=1e-7), aggregation
             for key in weights_one:
                 torch.testing.assert_close(weights_r[key], weights_one[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_reward_model_two_processes_match_one(tiny_model_dir, tmp_path):
+    """Pairwise reward model, 7 steps of 3 pairs (2 + 1 per process) with evaluation."""
+    run = ["reward-model", "kind=pairwise", f"model={tiny_model_dir}", "num_synthetic=24", "batch_size=3",
+           "max_steps=7", "eval_every=3", "log_every=1", "learning_rate=1e-3", "warmup_steps=1", "threads=1",
+           "max_length=64"]
+    single, double = tmp_path / "single", tmp_path / "double"
+    assert cli.main(run + [f"output_dir={single}"]) == 0
+    done = torchrun(run + [f"output_dir={double}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = metrics(single), metrics(double)
+    assert [m["step"] for m in two] == list(range(1, 8)) and "eval_accuracy" in two[-1]
+    for a, b in zip(one, two):
+        assert b == pytest.approx(a, rel=1e-4, abs=1e-6)
+    assert_close_weights(weights(single / "final"), weights(double / "final"), atol=1e-4)
+    assert (double / "train_data.jsonl").read_text() == (single / "train_data.jsonl").read_text()
