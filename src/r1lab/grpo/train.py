@@ -25,8 +25,8 @@ from r1lab import distributed
 from r1lab.checkpoint import (checkpoint_dir, latest_checkpoint, load_checkpoint, load_weights, prune_checkpoints,
                               save_checkpoint, save_final, save_model)
 from r1lab.config import save_config
-from r1lab.grpo.config import GRPOConfig
 from r1lab.errors import R1labError
+from r1lab.grpo.config import GRPOConfig
 from r1lab.grpo.data import PromptStream, load_eval_rows, load_train_rows
 from r1lab.grpo.losses import ADVANTAGES
 from r1lab.grpo.metrics import MetricsLog, step_metrics, write_samples
@@ -53,13 +53,8 @@ def main(config: GRPOConfig) -> dict:
 
 
 def _train(config: GRPOConfig) -> dict:
-    world, is_main = distributed.world_size(), distributed.is_main()
-    if config.prompts_per_step % world:
-        raise R1labError(f"prompts_per_step ({config.prompts_per_step}) must be divisible by the number of "
-                         f"processes ({world})")
-    if world > 1 and config.rollout_backend == "vllm":
-        raise R1labError("rollout_backend=vllm under torchrun is not supported yet (untested): use "
-                         "rollout_backend=native, or one process")
+    _check_world_size(config)
+    is_main = distributed.is_main()
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if config.threads:
@@ -134,6 +129,16 @@ def _train(config: GRPOConfig) -> dict:
         print(f"grpo: done -> {out / 'final'}; metrics in {out / 'metrics.jsonl'}, curves in {out / 'curves.png'}")
     distributed.barrier()  # every process returns once the files are there
     return log.last if log else {}
+
+
+def _check_world_size(config: GRPOConfig) -> None:
+    world = distributed.world_size()
+    if config.prompts_per_step % world:
+        raise R1labError(f"prompts_per_step ({config.prompts_per_step}) must be divisible by the number of "
+                         f"processes ({world})")
+    if world > 1 and config.rollout_backend == "vllm":
+        raise R1labError("rollout_backend=vllm under torchrun is not supported yet (untested): use "
+                         "rollout_backend=native, or one process")
 
 
 def _write_step(out: Path, config: GRPOConfig, step: int, metrics: dict, scored: Scored, log: MetricsLog,
