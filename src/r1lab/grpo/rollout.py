@@ -95,7 +95,7 @@ class RolloutSettings:
     reward_weights: Sequence[float]
     overlong_cache: int = 0
     batch_size: int | None = None
-    sampler: Callable = generate  # (policy, tokenizer, prompt_ids, params, batch_size=) -> [P][G] Completions
+    sampler: Callable = generate  # (policy, tokenizer, prompt_ids, params, batch_size=, seeds=) -> [P][G] Completions
 
 
 def rollout_sampler(backend: str, model_path: str, seed: int) -> Callable:
