@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 T = TypeVar("T")
 
@@ -77,6 +78,17 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if _active():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def data_parallel(model):
+    """`model` wrapped in DistributedDataParallel under torchrun; `model` itself otherwise.
+
+    The wrapper is for the training steps only: checkpoints, evaluation and saving use `model`.
+    """
+    if world_size() == 1:
+        return model
+    device = next(model.parameters()).device
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def shard(items: Sequence[T], rank: int, world: int) -> list[T]:

@@ -22,6 +22,10 @@ eval_loss and eval_accuracy at evaluations) and ``final/``, a Hugging Face folde
 Departures: no checkpoints or resume (reward models train in minutes here); R1 says little of
 how its reward models were trained beyond the data sizes and the two kinds.
 
+Under ``torchrun --nproc_per_node N -m r1lab.cli reward-model ...`` each step's batch is split
+over the processes (DistributedDataParallel, as `r1lab sft`): the update is the 1-process update
+(tests/test_distributed.py), evaluation is split too, and rank 0 alone writes files.
+
 Use as a GRPO reward: ``make_reward_model_reward("runs/micro/rm_helpful/final")``.
 """
 
@@ -38,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from r1lab import micro_general
+from r1lab import distributed, micro_general
 from r1lab.checkpoint import save_final
 from r1lab.config import check_choices, save_config
 from r1lab.data import _bos_to_add, split_examples  # _bos_to_add: Llama-style tokenizers get their BOS
@@ -195,15 +199,20 @@ def batch_loss(model, batch: Sequence[RMExample], kind: str, pad_id: int) -> tup
 
 @torch.no_grad()
 def evaluate(model, examples: Sequence[RMExample], kind: str, pad_id: int, batch_size: int) -> dict[str, float]:
-    """Mean loss and accuracy over `examples` (weighted by batch size)."""
+    """Mean loss and accuracy over `examples` (weighted by batch size); under torchrun each
+    process scores its share and the sums are all-reduced."""
     was_training = model.training
     model.eval()
+    mine = distributed.shard(examples, distributed.rank(), distributed.world_size())
     loss = accuracy = 0.0
-    for start in range(0, len(examples), batch_size):
-        batch = examples[start:start + batch_size]
+    for start in range(0, len(mine), batch_size):
+        batch = mine[start:start + batch_size]
         batch_l, batch_a = batch_loss(model, batch, kind, pad_id)
         loss, accuracy = loss + batch_l.item() * len(batch), accuracy + batch_a.item() * len(batch)
     model.train(was_training)
+    if distributed.world_size() > 1:
+        sums = torch.tensor([loss, accuracy], dtype=torch.float64, device=next(model.parameters()).device)
+        loss, accuracy = distributed.all_reduce_sum(sums).tolist()
     return {"loss": loss / max(len(examples), 1), "accuracy": accuracy / max(len(examples), 1)}
 
 
@@ -306,14 +315,22 @@ class RewardModelConfig:
 
 
 def main(config: RewardModelConfig) -> dict:
+    distributed.init_from_env()  # a no-op unless launched by torchrun
+    try:
+        return _main(config)
+    finally:
+        distributed.cleanup()
+
+
+def _main(config: RewardModelConfig) -> dict:
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     out = Path(config.output_dir)
     train_rows, train_source = load_rows(config, out)  # before the model: a wrong path fails fast
     eval_rows = read_rows(config.eval_data) if config.eval_data else None
     tokenizer = load_tokenizer(config.model)
-    device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_reward_model(config.model, tokenizer, config.dtype, device)
+    torch.manual_seed(config.seed)  # the fresh scalar head: the same on every process, and run to run
+    model = load_reward_model(config.model, tokenizer, config.dtype, distributed.device(config.device))
 
     def examples(rows, source):
         return build_examples(rows, config.kind, tokenizer, config.template, config.max_length, source)
@@ -322,10 +339,15 @@ def main(config: RewardModelConfig) -> dict:
     eval_set = examples(eval_rows, config.eval_data) if eval_rows is not None else []
     if eval_rows is None:
         train_set, eval_set = split_examples(train_set, config.eval_fraction, config.seed)
-    save_config(config, out / "config.yaml")
+    if distributed.is_main():
+        save_config(config, out / "config.yaml")
     summary = train_reward_model(model, tokenizer, train_set, eval_set, config, out)
     model.config.r1lab_reward_kind = config.kind  # so make_reward_model_reward knows the view
-    save_final(out / "final", model, tokenizer)
+    if distributed.is_main():
+        save_final(out / "final", model, tokenizer)
+    distributed.barrier()  # every process returns once the files are there
+    if not distributed.is_main():
+        return summary
     eval_text = f", eval accuracy {summary['eval_accuracy']:.3f}" if eval_set else ""
     print(f"reward-model ({config.kind}): {summary['steps']} steps, train accuracy "
           f"{summary['train_accuracy']:.3f}{eval_text}; saved to {out / 'final'}")
@@ -337,8 +359,9 @@ def load_rows(config: RewardModelConfig, out: Path) -> tuple[list[dict], str]:
     if config.train_data:
         return read_rows(config.train_data), config.train_data
     make = micro_general.helpfulness_pairs if config.kind == "pairwise" else micro_general.harmlessness_rows
-    rows = make(config.num_synthetic, config.seed)
-    write_jsonl(out / "train_data.jsonl", rows)
+    rows = make(config.num_synthetic, config.seed)  # the same rows on every process
+    if distributed.is_main():
+        write_jsonl(out / "train_data.jsonl", rows)
     return rows, str(out / "train_data.jsonl")
 
 
@@ -349,7 +372,9 @@ def train_reward_model(model, tokenizer, train_set: list[RMExample], eval_set: l
         raise R1labError("no training examples")
     out.mkdir(parents=True, exist_ok=True)
     metrics = out / "metrics.jsonl"
-    metrics.unlink(missing_ok=True)
+    is_main = distributed.is_main()
+    if is_main:
+        metrics.unlink(missing_ok=True)
     pad_id, settings, started = tokenizer.pad_token_id, config.optimizer_settings(), time.perf_counter()
     per_epoch = -(-len(train_set) // config.batch_size)
     total = config.max_steps if config.max_steps > 0 else config.epochs * per_epoch
@@ -358,12 +383,12 @@ def train_reward_model(model, tokenizer, train_set: list[RMExample], eval_set: l
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(
         s, settings.warmup_steps, total, settings.min_lr_ratio))
     model.train()
+    trainee = distributed.data_parallel(model)  # `model` itself in a single process
     window: list[tuple[float, float]] = []
     last_eval: dict[str, float] = {}
     for step, batch in enumerate(_batches(train_set, config.batch_size, config.seed, total), start=1):
         lr = scheduler.get_last_lr()[0]
-        loss, accuracy = batch_loss(model, batch, config.kind, pad_id)
-        loss.backward()
+        loss, accuracy = _step_loss(trainee, batch, config.kind, pad_id)
         limit = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), limit)
         optimizer.step()
@@ -377,13 +402,34 @@ def train_reward_model(model, tokenizer, train_set: list[RMExample], eval_set: l
             if evaluated:
                 last_eval = evaluate(model, eval_set, config.kind, pad_id, config.batch_size)
                 row.update(eval_loss=last_eval["loss"], eval_accuracy=last_eval["accuracy"])
-            append_jsonl(metrics, row)
+            if is_main:
+                append_jsonl(metrics, row)
             window = []
     # accuracy of the final model on (at most 1024 of) the training examples, not the running mean
     final_train = evaluate(model, train_set[:1024], config.kind, pad_id, config.batch_size)
     return {"steps": total, "train_loss": final_train["loss"], "train_accuracy": final_train["accuracy"],
             "eval_loss": last_eval.get("loss"), "eval_accuracy": last_eval.get("accuracy"),
             "seconds": round(time.perf_counter() - started, 2)}
+
+
+def _step_loss(model, batch: list[RMExample], kind: str, pad_id: int) -> tuple[Tensor, Tensor]:
+    """Backward of one batch's mean loss; returns the batch's (loss, accuracy).
+
+    Under torchrun (`model` in DDP) each process takes every N-th example; its mean, weighted by
+    its share of the batch and by N (DDP averages the processes' gradients), sums to the batch
+    mean's gradient. A process with no examples runs one at weight 0: DDP needs every process in
+    every backward.
+    """
+    world = distributed.world_size()
+    if world == 1:
+        loss, accuracy = batch_loss(model, batch, kind, pad_id)
+        loss.backward()
+        return loss.detach(), accuracy
+    mine = distributed.shard(batch, distributed.rank(), world)
+    share = len(mine) / len(batch)
+    loss, accuracy = batch_loss(model, mine or batch[:1], kind, pad_id)
+    (loss * share * world).backward()
+    return tuple(distributed.all_reduce_sum(torch.stack([loss.detach(), accuracy.float()]) * share))
 
 
 def _batches(examples: list[RMExample], batch_size: int, seed: int, steps: int):

@@ -85,15 +85,23 @@ class Completion:
 
 
 def generate(model, tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]], params: SamplingParams,
-             batch_size: int | None = None, progress: bool = False) -> list[list[Completion]]:
+             batch_size: int | None = None, progress: bool = False,
+             seeds: Sequence[int] | None = None) -> list[list[Completion]]:
     """[len(prompts)][params.n] completions.
 
     Strings are tokenized without special tokens; token id lists are used as they are. Prompts are
     decoded in length-sorted chunks of about `batch_size` sequences (prompts x n). The same call
     (prompts, params, batch_size) gives the same samples; a prompt's samples depend on the other
     prompts in its chunk, as in any batched sampler. The model is put in eval mode for the call.
+
+    `seeds` (one per prompt) gives each prompt its own random stream instead (params.seed is then
+    unused): its samples no longer depend on the other prompts, the chunking or `batch_size`, up to
+    float rounding in the batched forward. Data-parallel GRPO relies on it: a prompt samples the
+    same completions whichever process it lands on.
     """
     prompt_ids = _encode_prompts(tokenizer, prompts)
+    if seeds is not None and len(seeds) != len(prompt_ids):
+        raise ValueError(f"seeds has {len(seeds)} entries for {len(prompt_ids)} prompts")
     # Greedy samples are all the same: decode each prompt once and copy it n times.
     n_decode = 1 if params.temperature == 0 else params.n
     per_chunk = max(1, (batch_size or DEFAULT_BATCH_SIZE) // n_decode)
@@ -110,7 +118,8 @@ def generate(model, tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]],
 
             for start in range(0, len(order), per_chunk):
                 chunk = order[start:start + per_chunk]
-                sequences = decoder.run([prompt_ids[i] for i in chunk], on_finish)
+                sequences = decoder.run([prompt_ids[i] for i in chunk], on_finish,
+                                        None if seeds is None else [seeds[i] for i in chunk])
                 texts = tokenizer.batch_decode([s[0] for s in sequences], skip_special_tokens=True)
                 for j, ((ids, logps, reason), text) in enumerate(zip(sequences, texts)):
                     index = chunk[j // n_decode]
@@ -137,8 +146,12 @@ class _Decoder:
         self.forward_kwargs = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
         self.lean = LeanModel.from_model(model, packed=True)  # None: the model's own forward
 
-    def run(self, prompts: list[list[int]], on_finish) -> list[tuple[list[int], list[float], str]]:
-        """(token ids, log-probs, finish reason) per sequence, n consecutive sequences per prompt."""
+    def run(self, prompts: list[list[int]], on_finish,
+            seeds: list[int] | None = None) -> list[tuple[list[int], list[float], str]]:
+        """(token ids, log-probs, finish reason) per sequence, n consecutive sequences per prompt.
+
+        With `seeds` (one per prompt), sequence s draws its t-th token with uniforms[s, t]."""
+        uniforms = None if seeds is None else self._uniforms(seeds)
         input_ids, mask = _left_pad(prompts, self.pad_id, self.device)
         positions = _position_ids(mask)
         width = input_ids.shape[1]
@@ -154,7 +167,8 @@ class _Decoder:
         sequences = [([], [], "length") for _ in range(len(prompts) * self.n)]
         rows: list[int | None] = list(range(len(sequences)))  # sequence of each batch row; None: finished
         for step in range(self.params.max_new_tokens):
-            tokens, logps = _sample(logits, self.params, self.generator)
+            u = None if uniforms is None else uniforms[[r or 0 for r in rows], step]  # finished rows: any u
+            tokens, logps = _sample(logits, self.params, self.generator, u)
             running = self._record(tokens.tolist(), logps.tolist(), rows, sequences)
             last = step + 1 == self.params.max_new_tokens
             on_finish(sum(r is not None for r in rows) - (0 if last else len(running)))
@@ -172,6 +186,13 @@ class _Decoder:
             logits = stepper.forward(tokens[:, None], mask[:, :width + step + 1], next_pos)
             next_pos = next_pos + 1
         return sequences
+
+    def _uniforms(self, seeds: list[int]) -> Tensor:
+        """[len(seeds) * n, max_new_tokens] uniforms, n rows per prompt, each prompt from its own
+        seeded CPU generator (so also the same on any device)."""
+        shape = (self.n, self.params.max_new_tokens)
+        draws = [torch.rand(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
+        return torch.cat(draws).to(self.device)
 
     def _stepper(self, batch: int, capacity: int):
         if self.lean is not None:
@@ -242,18 +263,20 @@ class _LeanStepper:
         self.cache.select(rows)
 
 
-def _sample(logits: Tensor, params: SamplingParams, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """Next token and its log-prob for each row. logits: [B, V] float32 -> ([B], [B])."""
+def _sample(logits: Tensor, params: SamplingParams, generator: torch.Generator,
+            uniforms: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Next token and its log-prob for each row. logits: [B, V] float32 -> ([B], [B]).
+    `uniforms` [B]: each row's draw in [0, 1), instead of drawing from `generator`."""
     if params.temperature == 0:
         tokens = logits.argmax(dim=-1)
         return tokens, _gather_logprobs(logits, tokens)
     scaled = logits / params.temperature
     probs = _truncate(scaled, params.top_k, params.top_p).softmax(dim=-1)
-    tokens = _inverse_cdf_sample(probs, generator)
+    tokens = _inverse_cdf_sample(probs, generator, uniforms)
     return tokens, _gather_logprobs(scaled, tokens)
 
 
-def _inverse_cdf_sample(probs: Tensor, generator: torch.Generator) -> Tensor:
+def _inverse_cdf_sample(probs: Tensor, generator: torch.Generator, uniforms: Tensor | None = None) -> Tensor:
     """One draw per row of probs [B, V] -> [B]: the first token whose cumulative mass exceeds u.
 
     Same distribution as torch.multinomial, which draws V exponentials per row: on a 32 x 454
@@ -264,7 +287,9 @@ def _inverse_cdf_sample(probs: Tensor, generator: torch.Generator) -> Tensor:
     """
     cdf = probs.cumsum(dim=-1)
     total = cdf[:, -1:]
-    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=probs.dtype) * total
+    if uniforms is None:
+        uniforms = torch.rand(probs.shape[0], generator=generator, device=probs.device, dtype=probs.dtype)
+    u = uniforms.to(probs.dtype)[:, None] * total
     u = torch.minimum(u, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, u, right=True).squeeze(1)
 

@@ -196,7 +196,7 @@ def train(model, tokenizer, train_examples: Sequence[Example], eval_examples: Se
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(
         s, settings.warmup_steps, total_steps, settings.min_lr_ratio))
     state = _start_state(output_dir, model, optimizer, scheduler, resume, len(train_examples))
-    trainee = _data_parallel(model)  # `model` itself in a single process
+    trainee = distributed.data_parallel(model)  # `model` itself in a single process
     stream = _batch_stream(train_examples, settings, state["epoch"], state["position"])
     main = distributed.is_main()
     log = _MetricsLog(output_dir / "metrics.jsonl") if main else None
@@ -252,17 +252,6 @@ class _Batch:
     epoch: int  # the data position after this batch: (epoch, position) is where the next starts
     position: int
     progress: float  # epochs done, fractional, for the logs
-
-
-def _data_parallel(model):
-    """`model` wrapped in DistributedDataParallel under torchrun; `model` itself otherwise.
-
-    The wrapper is for the training steps only: checkpoints, evaluation and saving use `model`.
-    """
-    if distributed.world_size() == 1:
-        return model
-    device = _device_of(model)
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def _no_sync(model, last: bool):

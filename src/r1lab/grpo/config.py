@@ -110,6 +110,7 @@ class GRPOConfig:
     keep_checkpoints: int = 2
     resume: bool = False
     threads: int = 0  # torch threads; 0 = torch's default
+    device: str = "auto"  # auto: cuda:LOCAL_RANK when there is a GPU, else cpu
     progress: bool = True
 
     def __post_init__(self) -> None:

@@ -27,7 +27,9 @@ def load_train_rows(data: GRPOData, seed: int) -> list[dict]:
 
 def load_eval_rows(data: GRPOData, seed: int) -> list[dict]:
     if data.eval:
-        return _user_rows(data.eval)[: data.num_eval] if data.num_eval > 0 else _user_rows(data.eval)
+        rows = _user_rows(data.eval)
+        rows = [{**row, "task": row.get("task") or "math"} for row in rows]  # evaluation groups by task
+        return rows[: data.num_eval] if data.num_eval > 0 else rows
     if data.train:
         return []
     rows = []

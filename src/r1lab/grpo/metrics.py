@@ -52,6 +52,7 @@ def step_metrics(step: int, scored: Scored, sampled: Scored, stats: dict[str, fl
         "reward/mean": float(rewards.mean()),
         "reward/std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
         "zero_variance_groups": float(zero_variance_groups(sampled.rewards).float().mean()),
+        "groups": len(scored.rows),  # trained on; fewer than prompts_per_step when refills ran out
         "completion_length/mean": mean(lengths),
         "completion_length/max": max(lengths) if lengths else 0,
         "truncation_rate": mean([c.finish_reason == "length" for c in completions]),

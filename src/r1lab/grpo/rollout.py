@@ -56,6 +56,11 @@ class Rollout:
     def with_ref(self, ref_logp: Tensor) -> Rollout:
         return dataclasses.replace(self, ref_logp=ref_logp)
 
+    def to(self, device) -> Rollout:
+        """The same rollout with its tensors on `device` (the policy's)."""
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)
+                                            if isinstance(getattr(self, f.name), Tensor)})
+
 
 @dataclass(frozen=True)
 class Scored:
@@ -90,7 +95,7 @@ class RolloutSettings:
     reward_weights: Sequence[float]
     overlong_cache: int = 0
     batch_size: int | None = None
-    sampler: Callable = generate  # (policy, tokenizer, prompt_ids, params, batch_size=) -> [P][G] Completions
+    sampler: Callable = generate  # (policy, tokenizer, prompt_ids, params, batch_size=, seeds=) -> [P][G] Completions
 
 
 def rollout_sampler(backend: str, model_path: str, seed: int) -> Callable:
@@ -106,9 +111,12 @@ def rollout_sampler(backend: str, model_path: str, seed: int) -> Callable:
 
 
 def sample_and_score(policy, tokenizer, rows: list[dict], prompt_ids: list[list[int]],
-                     settings: RolloutSettings) -> Scored:
-    """G completions for each prompt, scored by the weighted reward functions."""
-    completions = settings.sampler(policy, tokenizer, prompt_ids, settings.params, batch_size=settings.batch_size)
+                     settings: RolloutSettings, seeds: Sequence[int] | None = None) -> Scored:
+    """G completions for each prompt, scored by the weighted reward functions. `seeds`: one per
+    prompt, each group's own random stream (see r1lab.sampling.generate)."""
+    extra = {} if seeds is None else {"seeds": seeds}
+    completions = settings.sampler(policy, tokenizer, prompt_ids, settings.params, batch_size=settings.batch_size,
+                                   **extra)
     g = settings.params.n
     texts = [c.text for group in completions for c in group]
     columns = _columns(rows, g)
@@ -133,10 +141,17 @@ def informative_groups(scored: Scored) -> list[int]:
 
 
 def pack(scored: Scored, prompt_ids: list[list[int]], advantage: str, pad_id: int,
-         mask_truncated: bool = False) -> Rollout:
-    """Tensors for the update: rows prompt-major, advantages broadcast to every completion token."""
+         mask_truncated: bool = False, advantages: Tensor | None = None) -> Rollout:
+    """Tensors for the update: rows prompt-major, advantages broadcast to every completion token.
+    `advantages` [P, G]: computed by the caller on a larger batch (a process's share of a step),
+    instead of from `scored.rewards` by the `advantage` estimator."""
+    if not scored.rows:  # a process's share of a step with fewer kept groups than processes
+        return Rollout(*(torch.zeros((0, 1), dtype=torch.long) for _ in range(2)), torch.zeros((0, 0)),
+                       torch.zeros((0, 0)), torch.zeros(0), prompt_len=0)
     g = len(scored.completions[0])
-    advantages = ADVANTAGES[advantage](scored.rewards).reshape(-1)
+    if advantages is None:
+        advantages = ADVANTAGES[advantage](scored.rewards)
+    advantages = advantages.reshape(-1)
     flat = [(prompt_ids[i], c) for i, group in enumerate(scored.completions) for c in group]
     p_len = max(len(p) for p, _ in flat)
     c_len = max(max(len(c.token_ids) for _, c in flat), 1)

@@ -2,6 +2,7 @@
 
     r1lab grpo recipes/micro/r1_zero.yaml                  # R1-Zero on the micro base model
     r1lab grpo model=my-hf-folder data.train=prompts.jsonl template=chat max_steps=500
+    torchrun --nproc_per_node 8 -m r1lab.cli grpo recipes/micro/r1_zero.yaml   # data parallel: grpo/parallel.py
 
 Each step: (1) take P prompts and sample G completions each from the current policy (the "old"
 policy; the sampler returns its log-probs); (2) score them with the weighted rule rewards and
@@ -19,18 +20,21 @@ adapters, ``final-merged/`` the base with the adapters merged in (a plain Huggin
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from pathlib import Path
 
 import torch
 
+from r1lab import distributed
 from r1lab.checkpoint import (checkpoint_dir, latest_checkpoint, load_checkpoint, load_weights, prune_checkpoints,
                               save_checkpoint, save_final, save_model)
 from r1lab.config import save_config
+from r1lab.errors import R1labError
 from r1lab.grpo.config import GRPOConfig
 from r1lab.grpo.data import PromptStream, load_eval_rows, load_train_rows
+from r1lab.grpo.losses import ADVANTAGES
 from r1lab.grpo.metrics import MetricsLog, step_metrics, write_samples
+from r1lab.grpo.parallel import gather_lists, gather_scored, group_seed, share
 from r1lab.grpo.rollout import (RolloutSettings, Scored, informative_groups, pack, rollout_sampler,
                                 sample_and_score)
 from r1lab.grpo.update import UpdateSettings, reference_logprobs, update_policy
@@ -38,7 +42,7 @@ from r1lab.lora import apply_lora, disabled_adapters, is_lora, save_merged
 from r1lab.modeling import load_model_and_tokenizer
 from r1lab.plots import plot_run
 from r1lab.rewards import load_reward
-from r1lab.sampling import SamplingParams
+from r1lab.sampling import SamplingParams, generate
 from r1lab.sft import lr_multiplier
 from r1lab.templates import render_prompt
 
@@ -46,15 +50,27 @@ __all__ = ["GRPOConfig", "main"]
 
 
 def main(config: GRPOConfig) -> dict:
+    distributed.init_from_env()  # a no-op unless launched by torchrun (see grpo/parallel.py)
+    try:
+        return _train(config)
+    finally:
+        distributed.cleanup()
+
+
+def _train(config: GRPOConfig) -> dict:
+    _check_world_size(config)
+    is_main = distributed.is_main()
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    save_config(config, out / "config.yaml")
+    if is_main:
+        save_config(config, out / "config.yaml")
 
     policy, tokenizer, reference = _load_policy(config)
-    stream = PromptStream(load_train_rows(config.data, config.seed), config.seed)
+    device = next(policy.parameters()).device
+    stream = PromptStream(load_train_rows(config.data, config.seed), config.seed)  # every process: the whole stream
     eval_rows = load_eval_rows(config.data, config.seed)
     rollout_settings = RolloutSettings(
         params=SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
@@ -72,21 +88,28 @@ def main(config: GRPOConfig) -> dict:
         optimizer, lambda s: lr_multiplier(s, config.warmup_steps, config.max_steps, floor))
 
     start, ref_step = _resume(config, out, policy, reference, optimizer, scheduler, stream)
-    log = MetricsLog(out / "metrics.jsonl", keep_up_to=start)
+    log = MetricsLog(out / "metrics.jsonl", keep_up_to=start) if is_main else None
     if start == 0 and eval_rows:
-        log.write({"step": 0, **_evaluate(policy, tokenizer, eval_rows, config)})
+        evaluation = _evaluate(policy, tokenizer, eval_rows, config)  # every process: a share of the rows
+        if log:
+            log.write({"step": 0, **evaluation})
 
-    progress = _progress(config, start)
+    progress = _progress(config, start) if is_main else None
     for step in range(start + 1, config.max_steps + 1):
         t0 = time.perf_counter()
         policy.eval()
+        # every process gets the step's whole scored batch; it trains on its share `mine` of the groups
         scored, prompt_ids, sampled = _collect(policy, tokenizer, stream, config, rollout_settings, step)
-        rollout = pack(scored, prompt_ids, config.advantage, tokenizer.pad_token_id, config.mask_truncated)
+        mine, g = share(len(scored.rows)), config.num_generations
+        advantages = ADVANTAGES[config.advantage](scored.rewards)  # on the whole batch ("batch" needs all of it)
+        rollout = pack(scored.keep(mine), prompt_ids[mine.start:mine.stop], config.advantage, tokenizer.pad_token_id,
+                       config.mask_truncated, advantages=advantages[mine.start:mine.stop]).to(device)
         if config.beta > 0:
             rollout = rollout.with_ref(_reference_logprobs(policy, reference, rollout, config))
         t1 = time.perf_counter()
         policy.train()
-        stats = update_policy(policy, optimizer, rollout, _update_settings(config), seed=config.seed + step)
+        stats = update_policy(policy, optimizer, rollout, _update_settings(config), seed=config.seed + step,
+                              first_row=mine.start * g, total_rows=len(scored.rows) * g)
         scheduler.step()
         t2 = time.perf_counter()
 
@@ -95,31 +118,51 @@ def main(config: GRPOConfig) -> dict:
         if reference is not None and config.ref_update_every and step % config.ref_update_every == 0:
             reference.load_state_dict(policy.state_dict())
             ref_step = step
-            save_model(out / "reference" / f"step-{step:06d}", reference, tokenizer)
+            if is_main:
+                save_model(out / "reference" / f"step-{step:06d}", reference, tokenizer)
         if eval_rows and ((config.eval_every and step % config.eval_every == 0) or step == config.max_steps):
             metrics.update(_evaluate(policy, tokenizer, eval_rows, config))
-        log.write(metrics)
-        if config.sample_every and step % config.sample_every == 0:
-            write_samples(out / "completions.jsonl", step, scored)
-        if step % config.save_every == 0 or step == config.max_steps:
-            state = {"step": step, "ref_step": ref_step, "stream": stream.state()}
-            save_checkpoint(checkpoint_dir(out, step), policy, tokenizer, optimizer, scheduler, state)
-            prune_checkpoints(out, config.keep_checkpoints)
+        if is_main:
+            _write_step(out, config, step, metrics, scored, log, (policy, tokenizer, optimizer, scheduler),
+                        {"step": step, "ref_step": ref_step, "stream": stream.state()})
         _report(progress, metrics)
 
-    save_final(out / "final", policy, tokenizer)  # with LoRA: the adapters
-    final = out / "final"
-    if is_lora(policy) and config.save_merged:
-        final = save_merged(policy, tokenizer, out / "final-merged")
-    plot_run(out)
-    print(f"grpo: done -> {final}; metrics in {out / 'metrics.jsonl'}, curves in {out / 'curves.png'}")
-    return log.last
+    if is_main:
+        save_final(out / "final", policy, tokenizer)  # with LoRA: the adapters
+        final = out / "final"
+        if is_lora(policy) and config.save_merged:
+            final = save_merged(policy, tokenizer, out / "final-merged")
+        plot_run(out)
+        print(f"grpo: done -> {final}; metrics in {out / 'metrics.jsonl'}, curves in {out / 'curves.png'}")
+    distributed.barrier()  # every process returns once the files are there
+    return log.last if log else {}
+
+
+def _check_world_size(config: GRPOConfig) -> None:
+    world = distributed.world_size()
+    if config.prompts_per_step % world:
+        raise R1labError(f"prompts_per_step ({config.prompts_per_step}) must be divisible by the number of "
+                         f"processes ({world})")
+    if world > 1 and config.rollout_backend == "vllm":
+        raise R1labError("rollout_backend=vllm under torchrun is not supported yet (untested): use "
+                         "rollout_backend=native, or one process")
+
+
+def _write_step(out: Path, config: GRPOConfig, step: int, metrics: dict, scored: Scored, log: MetricsLog,
+                trainer: tuple, state: dict) -> None:
+    """metrics.jsonl, completions.jsonl and the checkpoint of a step (the main process only)."""
+    log.write(metrics)
+    if config.sample_every and step % config.sample_every == 0:
+        write_samples(out / "completions.jsonl", step, scored)
+    if step % config.save_every == 0 or step == config.max_steps:
+        save_checkpoint(checkpoint_dir(out, step), *trainer, state)
+        prune_checkpoints(out, config.keep_checkpoints)
 
 
 def _load_policy(config: GRPOConfig):
     """(policy, tokenizer, frozen reference copy or None). With LoRA the policy is a PEFT model and
     there is no copy: the reference is the policy with its adapters off (`_reference_logprobs`)."""
-    policy, tokenizer = load_model_and_tokenizer(config.model)
+    policy, tokenizer = load_model_and_tokenizer(config.model, device=distributed.device(config.device))
     if config.lora_r > 0:
         policy = apply_lora(policy, config.lora_r, config.lora_alpha, config.lora_dropout,
                             config.lora_target_modules, seed=config.seed)
@@ -153,16 +196,15 @@ def _update_settings(config: GRPOConfig) -> UpdateSettings:
 def _collect(policy, tokenizer, stream: PromptStream, config: GRPOConfig, settings: RolloutSettings, step: int):
     """P scored groups for this step; with dynamic sampling, all-equal groups are replaced by
     groups from fresh prompts (up to `max_refills` rounds). Returns (scored, prompt ids, all
-    groups sampled this step: the zero-variance share is measured on these)."""
+    groups sampled this step: the zero-variance share is measured on these). Under torchrun every
+    process returns all of them, so every process makes the same refill decisions."""
     kept: list[Scored] = []
     sampled: list[Scored] = []
     need = config.prompts_per_step
     rounds = 1 + (config.max_refills if config.dynamic_sampling else 0)
     for r in range(rounds):
-        rows = stream.take(need)
-        params = dataclasses.replace(settings.params, seed=config.seed * 1_000_003 + step * 101 + r)
-        scored = sample_and_score(policy, tokenizer, rows, _prompt_ids(rows, tokenizer, config.template),
-                                  dataclasses.replace(settings, params=params))
+        rows = stream.take(need)  # the same rows on every process
+        scored = _sample_shared(policy, tokenizer, rows, config, settings, [step, r])
         sampled.append(scored)
         if config.dynamic_sampling:
             scored = scored.keep(informative_groups(scored))
@@ -176,6 +218,20 @@ def _collect(policy, tokenizer, stream: PromptStream, config: GRPOConfig, settin
     if len(result.rows) > config.prompts_per_step:
         result = result.keep(range(config.prompts_per_step))
     return result, _prompt_ids(result.rows, tokenizer, config.template), Scored.concat(sampled)
+
+
+def _sample_shared(policy, tokenizer, rows: list[dict], config: GRPOConfig, settings: RolloutSettings,
+                   draw: list[int]) -> Scored:
+    """All `rows` sampled and scored: each process samples its share, then all shares are gathered.
+    Prompt i samples from its own stream, seeded by (seed, step, round, i), wherever it runs."""
+    mine = share(len(rows))
+    part = None
+    if mine:
+        local = rows[mine.start:mine.stop]
+        seeds = [group_seed(config.seed, *draw, i) for i in mine]
+        part = sample_and_score(policy, tokenizer, local, _prompt_ids(local, tokenizer, config.template), settings,
+                                seeds)
+    return gather_scored(part)
 
 
 def _prompt_ids(rows: list[dict], tokenizer, template: str) -> list[list[int]]:
@@ -192,20 +248,32 @@ def _resume(config, out, policy, reference, optimizer, scheduler, stream) -> tup
     stream.restore(state["stream"])
     if reference is not None and state.get("ref_step"):
         load_weights(out / "reference" / f"step-{state['ref_step']:06d}", reference)
-    print(f"grpo: resumed from {ckpt} (step {state['step']})")
+    if distributed.is_main():
+        print(f"grpo: resumed from {ckpt} (step {state['step']})")
     return state["step"], state.get("ref_step", 0)
 
 
 def _evaluate(policy, tokenizer, rows: list[dict], config: GRPOConfig) -> dict:
-    """Held-out metrics by the paper's protocol, flattened as eval/<task>/<metric>."""
-    from r1lab.evaluate import EvalConfig, run_eval
+    """Held-out metrics by the paper's protocol, flattened as eval/<task>/<metric>.
+
+    Each process samples a share of the rows, each row from its own seeded stream (the same for
+    every evaluation of the run, and whatever the number of processes); every process gets the
+    result."""
+    from r1lab.evaluate import EvalConfig, judge, summarize
 
     eval_config = EvalConfig(k=config.eval_k, temperature=config.eval_temperature, top_p=config.eval_top_p,
                              max_new_tokens=config.max_new_tokens, template=config.template, stop=config.stop,
                              seed=config.seed, reflection_phrases=config.reflection_phrases, progress=False,
                              batch_size=config.rollout_batch_size)
+    mine = share(len(rows))
+    prompts = [render_prompt(config.template, rows[i]["prompt"], tokenizer) for i in mine]
     policy.eval()
-    _, summary = run_eval(policy, tokenizer, rows, eval_config)
+    with torch.inference_mode():
+        groups = generate(policy, tokenizer, prompts, eval_config.sampling(), batch_size=config.rollout_batch_size,
+                          seeds=[group_seed(config.seed, "eval", 0, i) for i in mine])
+    records = gather_lists([judge(rows[i], c, config.reflection_phrases) | {"problem": i}
+                            for i, group in zip(mine, groups) for c in group])
+    summary = summarize(records, config.eval_k)
     return {f"eval/{task}/{key}": value for task, m in summary.items() if isinstance(m, dict)
             for key, value in m.items() if key != "problems"}
 

@@ -2,7 +2,9 @@
 
 Gradient accumulation over micro-batches is exact: the loss normalisers (number of sequences,
 of tokens) are counted over the whole minibatch first, so splitting it for memory changes
-nothing but the peak memory (tests/test_grpo_losses.py checks the invariance).
+nothing but the peak memory (tests/test_grpo_losses.py checks the invariance). Under torchrun the
+same holds across processes: the normalisers and the gradients are summed over them
+(grpo/parallel.py), so N processes make the one-process update.
 
 Both forwards here (the policy's, with gradients, and the frozen reference's) pass the rollout's
 `prompt_len`, so on Qwen2/Qwen3/Llama each group's prompt is run once for its G completions
@@ -15,9 +17,14 @@ from dataclasses import dataclass
 
 import torch
 
-from r1lab.grpo.losses import count_normalisers, grpo_loss
+from r1lab import distributed
+from r1lab.grpo.losses import Normalisers, count_normalisers, grpo_loss
+from r1lab.grpo.parallel import sum_gradients, sum_over_processes
 from r1lab.grpo.rollout import Rollout
 from r1lab.sampling import sequence_logprobs
+
+
+STAT_KEYS = ("kl", "clip/low", "clip/high", "clip/fraction", "ratio")  # what `_backward` reports
 
 
 @dataclass(frozen=True)
@@ -35,11 +42,19 @@ class UpdateSettings:
     max_grad_norm: float
 
 
-def update_policy(policy, optimizer, rollout: Rollout, settings: UpdateSettings, seed: int) -> dict[str, float]:
-    """Run the mu x minibatches optimiser steps; return token-weighted loss statistics."""
-    n = rollout.num_rows
+def update_policy(policy, optimizer, rollout: Rollout, settings: UpdateSettings, seed: int,
+                  first_row: int = 0, total_rows: int | None = None) -> dict[str, float]:
+    """Run the mu x minibatches optimiser steps; return token-weighted loss statistics.
+
+    Under torchrun `rollout` is this process's share: rows [first_row, first_row + its rows) of
+    the step's `total_rows`. Minibatches are drawn from the global rows, so each process trains
+    on its part of the minibatch a single process would use.
+    """
+    n = total_rows or rollout.num_rows
+    mine = range(first_row, first_row + rollout.num_rows)
+    device = rollout.input_ids.device
     generator = torch.Generator().manual_seed(seed)
-    totals: dict[str, float] = {}
+    totals = dict.fromkeys(STAT_KEYS, 0.0)  # every process sums the same keys, even with no rows
     weight = 0.0
     grad_norms, losses = [], []
     for _ in range(settings.num_iterations):
@@ -49,8 +64,9 @@ def update_policy(policy, optimizer, rollout: Rollout, settings: UpdateSettings,
             # the forward runs once (sequence_logprobs' prompt_len). Order within a minibatch
             # doesn't change its gradient: the loss normalisers are counted over all of it.
             minibatch = minibatch.sort().values
-            parts = [rollout.rows(idx) for idx in minibatch.split(settings.micro_batch_size)]
-            norm = count_normalisers([p.completion_mask for p in parts])
+            minibatch = minibatch[(minibatch >= mine.start) & (minibatch < mine.stop)] - first_row
+            parts = [rollout.rows(idx.to(device)) for idx in minibatch.split(settings.micro_batch_size) if len(idx)]
+            norm = _global_normalisers(parts, device)
             optimizer.zero_grad(set_to_none=True)
             minibatch_loss = 0.0
             for part in parts:
@@ -60,15 +76,33 @@ def update_policy(policy, optimizer, rollout: Rollout, settings: UpdateSettings,
                 weight += w
                 for key, value in stats.items():
                     totals[key] = totals.get(key, 0.0) + w * value
+            sum_gradients(policy.parameters())
             if settings.max_grad_norm > 0:
                 grad_norms.append(float(torch.nn.utils.clip_grad_norm_(policy.parameters(), settings.max_grad_norm)))
             optimizer.step()
             losses.append(minibatch_loss)
+    # each process's loss is its share of the minibatch loss (global normalisers): they add up
+    totals = sum_over_processes({**totals, "_weight": weight, **{f"_loss{i}": v for i, v in enumerate(losses)}},
+                                device)
+    weight = totals.pop("_weight")
+    losses = [totals.pop(f"_loss{i}") for i in range(len(losses))]
     out = {key: value / max(weight, 1.0) for key, value in totals.items()}
     out["loss"] = sum(losses) / len(losses)
     if grad_norms:
         out["grad_norm"] = sum(grad_norms) / len(grad_norms)
     return out
+
+
+def _global_normalisers(parts: list[Rollout], device) -> Normalisers:
+    """The minibatch's sequence and token counts over all processes (a process's share may be empty)."""
+    if distributed.world_size() == 1:
+        return count_normalisers([p.completion_mask for p in parts])
+    counts = torch.zeros(2, dtype=torch.float64, device=device)
+    if parts:
+        local = count_normalisers([p.completion_mask for p in parts])
+        counts += torch.stack([local.num_sequences, local.num_tokens]).to(counts)
+    counts = distributed.all_reduce_sum(counts).float()
+    return Normalisers(counts[0], counts[1])
 
 
 def _backward(policy, part: Rollout, settings: UpdateSettings, norm) -> tuple[float, dict[str, float]]:
@@ -91,6 +125,8 @@ def reference_logprobs(reference, rollout: Rollout, temperature: float, micro_ba
     """[N, L-1] log-probs of the rollout under the frozen reference, in micro-batches."""
     out = torch.zeros_like(rollout.old_logp)
     for idx in torch.arange(rollout.num_rows).split(micro_batch_size):
+        if not len(idx):  # an empty rollout (a process's empty share) still makes one empty split
+            continue
         out[idx] = sequence_logprobs(reference, rollout.input_ids[idx], rollout.attention_mask[idx],
                                      temperature=temperature, prompt_len=rollout.prompt_len)
     return out.clone()

@@ -65,17 +65,23 @@ class VLLMSampler:
         self._loaded_version: tuple | None = None
 
     def __call__(self, model, tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]], params: SamplingParams,
-                 batch_size: int | None = None, progress: bool = False) -> list[list[Completion]]:
-        """[len(prompts)][params.n] completions of the policy `model` (its weights are loaded first)."""
+                 batch_size: int | None = None, progress: bool = False,
+                 seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+        """[len(prompts)][params.n] completions of the policy `model` (its weights are loaded first).
+        `seeds`: one per prompt, as vLLM's per-request seed (see r1lab.sampling.generate)."""
         self.sync_weights(model)
         prompt_ids = _encode_prompts(tokenizer, prompts)
         if not prompt_ids:
             return []
-        sampling = self._vllm.SamplingParams(
+        settings = dict(
             n=params.n, temperature=params.temperature, top_p=params.top_p,
             top_k=params.top_k if params.top_k > 0 else -1, max_tokens=params.max_new_tokens,
-            stop=list(params.stop) or None, include_stop_str_in_output=True, logprobs=0, seed=params.seed,
+            stop=list(params.stop) or None, include_stop_str_in_output=True, logprobs=0,
             skip_special_tokens=True)
+        if seeds is None:
+            sampling = self._vllm.SamplingParams(**settings, seed=params.seed)
+        else:  # per-request seeds: a prompt samples the same on whichever process it runs
+            sampling = [self._vllm.SamplingParams(**settings, seed=seed) for seed in seeds]
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], sampling_params=sampling,
                                     use_tqdm=progress)
         return [[_completion(i, out, tokenizer) for out in request.outputs] for i, request in enumerate(outputs)]
