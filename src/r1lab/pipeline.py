@@ -129,7 +129,9 @@ class PipelineConfig:
     rejection_sample: rejection_sample.RejectionSampleConfig = field(
         default_factory=lambda: rejection_sample.RejectionSampleConfig(
             tasks=tasks.DEFAULT_TASKS, num_problems=500, n=4, non_reasoning=200, progress=False))
-    stage3_sft: sft.SFTConfig = field(default_factory=micro_sft)
+    # 4 epochs (R1: 2, on 600k + 200k rows): 2 epochs on ~1,200 rows (128 updates) left the base at
+    # 23% readable, held-out addition 38%
+    stage3_sft: sft.SFTConfig = field(default_factory=lambda: micro_sft(epochs=4))
     rm_helpful: reward_model.RewardModelConfig = field(default_factory=lambda: reward_model.RewardModelConfig(
         kind="pairwise", num_synthetic=2000, max_length=256, learning_rate=3e-4))
     rm_harmless: reward_model.RewardModelConfig = field(default_factory=lambda: reward_model.RewardModelConfig(
