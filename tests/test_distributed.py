@@ -127,7 +127,7 @@ GRPO_RUN = ["template=micro", "num_generations=3", "prompts_per_step=4", "max_ne
             "dynamic_sampling=true", "max_refills=1", "num_iterations=2", "minibatches=2", "micro_batch_size=2",
             "max_steps=3", "save_every=2", "keep_checkpoints=0", "eval_every=2", "data.num_eval=3", "eval_k=2",
             "sample_every=1", "progress=false", "threads=1"]
-TIMING = {"step_time", "rollout_s", "train_s", "tokens_per_s", "eval/addition/seconds"}
+TIMING = {"step_time", "rollout_s", "train_s", "tokens_per_s", "eval/addition/seconds", "peak_memory_mb"}
 
 
 @pytest.fixture(scope="module")

@@ -168,7 +168,8 @@ def test_lora_grpo_resumes_as_if_never_stopped(toy, tmp_path):
     assert cli_main(["grpo", *_args(toy, killed, *steps, "resume=true")]) == 0
 
     def comparable(run):
-        return [{k: v for k, v in r.items() if k not in {"step_time", "rollout_s", "train_s", "tokens_per_s"}}
+        return [{k: v for k, v in r.items() if k not in {"step_time", "rollout_s", "train_s", "tokens_per_s",
+                                                                 "peak_memory_mb"}}
                 for r in read_jsonl(run / "metrics.jsonl")]
 
     assert [r["step"] for r in comparable(killed)] == [1, 2, 3, 4]

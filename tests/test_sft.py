@@ -205,7 +205,8 @@ def test_loss_goes_down_on_a_memorisation_set(tok, tmp_path):
     assert [m["step"] for m in metrics] == list(range(1, 26))
     assert summary["train_loss"] < 0.3 * metrics[0]["loss"]
     assert summary["eval_loss"] == metrics[-1]["eval_loss"] < 0.3 * metrics[0]["loss"]
-    assert {"loss", "lr", "grad_norm", "tokens_per_s"} <= set(metrics[0])
+    assert {"loss", "lr", "grad_norm", "tokens_per_s", "peak_memory_mb"} <= set(metrics[0])
+    assert metrics[0]["peak_memory_mb"] > 10  # MiB: at least the interpreter and torch
 
 
 def test_resume_reproduces_an_uninterrupted_run(tok, tmp_path, monkeypatch):

@@ -107,3 +107,12 @@ def shard(items: Sequence[T], rank: int, world: int) -> list[T]:
 
 def _active() -> bool:
     return dist.is_available() and dist.is_initialized()
+
+
+def peak_memory_mb() -> float:
+    """This process's peak memory so far, in MiB: CUDA's peak allocation on a GPU, else peak RSS."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB

@@ -242,6 +242,7 @@ class _MetricsLog:
     def write(self, row: dict) -> None:
         now = time.perf_counter()
         row["tokens_per_s"] = round(self.tokens / max(now - self.clock, 1e-9), 1)
+        row["peak_memory_mb"] = distributed.peak_memory_mb()
         append_jsonl(self.path, row)
         self.clock, self.tokens = now, 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from r1lab.distributed import peak_memory_mb
 from r1lab.grpo.losses import zero_variance_groups
 from r1lab.grpo.rollout import Scored
 from r1lab.io import append_jsonl, read_jsonl, write_jsonl
@@ -59,6 +60,7 @@ def step_metrics(step: int, scored: Scored, sampled: Scored, stats: dict[str, fl
         "reflection_rate": reflection_rate(texts, phrases),
         "entropy": _sampled_entropy(completions),
         "lr": lr,
+        "peak_memory_mb": peak_memory_mb(),
     }
     for name, scores in scored.per_reward.items():
         judged = [s for s in scores if s is not None]
