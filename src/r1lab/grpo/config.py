@@ -53,6 +53,7 @@ class GRPOConfig:
     stop: tuple[str, ...] = ("</answer>",)
     rollout_batch_size: int = 512  # sequences decoded together
     rollout_backend: str = "native"  # native (r1lab.sampling, CPU or GPU) | vllm (GPU; pip install r1lab[vllm])
+    step_noise: float = 0.0  # micro tasks: chance a column step's units digit is corrupted in rollouts (grpo/noise.py)
 
     # objective
     advantage: str = "group"
@@ -116,6 +117,10 @@ class GRPOConfig:
             raise ValueError("num_generations must be >= 2: GRPO's advantage compares completions of a group")
         if self.beta < 0 or self.temperature <= 0:
             raise ValueError("beta must be >= 0 and temperature > 0")
+        if not 0 <= self.step_noise < 1:
+            raise ValueError(f"step_noise must be in [0, 1), got {self.step_noise}")
+        if self.step_noise and self.rollout_backend != "native":
+            raise ValueError("step_noise needs rollout_backend native (the noise acts inside r1lab's sampler)")
         if not self.data.train and not self.data.tasks:
             raise ValueError("set data.train (a JSONL of prompt/answer rows) or data.tasks (micro tasks)")
 

@@ -27,6 +27,7 @@ from r1lab.config import save_config
 from r1lab.grpo.config import GRPOConfig
 from r1lab.grpo.data import PromptStream, load_eval_rows, load_train_rows
 from r1lab.grpo.metrics import MetricsLog, step_metrics, write_samples
+from r1lab.grpo.noise import noise_metrics
 from r1lab.grpo.rollout import (RolloutSettings, Scored, informative_groups, pack, rollout_sampler,
                                 sample_and_score)
 from r1lab.grpo.update import UpdateSettings, reference_logprobs, update_policy
@@ -59,7 +60,7 @@ def main(config: GRPOConfig) -> dict:
         reward_fns=[(spec, load_reward(spec)) for spec in config.rewards],
         reward_weights=config.weights, overlong_cache=config.overlong_cache,
         batch_size=config.rollout_batch_size,
-        sampler=rollout_sampler(config.rollout_backend, config.model, config.seed))
+        sampler=rollout_sampler(config.rollout_backend, config.model, config.seed), step_noise=config.step_noise)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
                                   betas=(config.adam_beta1, config.adam_beta2))
     floor = config.min_lr_ratio if config.lr_schedule == "cosine" else 1.0  # 1.0: constant after warmup
@@ -88,6 +89,8 @@ def main(config: GRPOConfig) -> dict:
 
         metrics = step_metrics(step, scored, sampled, stats, rollout_s=t1 - t0, train_s=t2 - t1,
                                lr=scheduler.get_last_lr()[0], phrases=config.reflection_phrases)
+        if config.step_noise:
+            metrics.update(noise_metrics(scored.completions, tokenizer, scored.rows, config.num_generations))
         if reference is not None and config.ref_update_every and step % config.ref_update_every == 0:
             reference.load_state_dict(policy.state_dict())
             ref_step = step

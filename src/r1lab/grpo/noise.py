@@ -1,0 +1,153 @@
+"""Rollout environment noise: errors the policy cannot train away, so that a re-check can pay.
+
+    r1lab grpo recipes/micro/r1_zero_noisy.yaml      # step_noise: 0.15
+
+On the clean micro tasks R1-Zero trains step errors away, so re-checking ("wait , <step>")
+never pays and fades (README, R1-Zero). With `step_noise: p`, while a rollout is sampled, the
+units digit of each first-attempt column step (the `2` of `9+3=12`) is replaced with
+probability p by a wrong digit (the right one +-1, the corpus's own kind of slip) and the model
+continues from the corrupted text. Steps written after `wait ,` (re-checks) are never corrupted,
+so a re-check is the one way to a right answer after a corrupted step that the faithfulness
+reward also pays. The replaced tokens were chosen by the environment, not the policy: the
+sampler reports their positions (`Completion.forced`) and `rollout.pack` masks them out of the
+loss, the KL and the ratio. Evaluation never adds noise.
+
+`StepNoise` is the sampler's token hook; `pending_step_value` is the pure rule it applies;
+`noise_metrics` measures whether reflection is targeted (re-check rate right after a corrupted
+step against after a clean one).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+
+from r1lab.tasks.base import REFLECTION_WORD
+
+# An open column step at the end of the text: optional "wait ," (a re-check), the left-hand
+# side as the micro tasks write it (`5+2+1`, `12-7-1`, `4*6+4`), "=", and the result digits
+# written so far. The lookbehind stops a match from starting inside a longer expression.
+_OPEN_STEP = re.compile(rf"(?:\b({REFLECTION_WORD})\s*,\s*)?(?<![\d+*-])(\d{{1,3}}(?:[-+*]\d{{1,3}}){{1,3}})=(\d{{0,2}})$")
+_STEP = re.compile(rf"(?:\b({REFLECTION_WORD})\s*,\s*)?(?<![\d+*-])(\d{{1,3}}(?:[-+*]\d{{1,3}}){{1,3}})=(\d{{1,3}})")
+_FOLLOWED_BY_RECHECK = re.compile(rf"\s*,\s*{REFLECTION_WORD}\b")
+_TAIL_TOKENS = 32  # tokens decoded to find the open step: >= the longest "wait , lhs=dd" in characters
+
+
+def evaluate_lhs(lhs: str) -> int:
+    """The value of a step's left-hand side: + and - of products, e.g. ``4*6+4`` -> 28.
+
+    >>> evaluate_lhs("12-7-1"), evaluate_lhs("4*6+4"), evaluate_lhs("5+2+1")
+    (4, 28, 8)
+    """
+    total = 0
+    for sign, term in re.findall(r"([-+]?)([\d*]+)", lhs):
+        product = 1
+        for factor in term.split("*"):
+            product *= int(factor)
+        total += -product if sign == "-" else product
+    return total
+
+
+def pending_step_value(text: str) -> int | None:
+    """The value of the step open at the end of `text` if the next digit written is its units
+    digit and the step is a first attempt (not a re-check after "wait ,"); else None.
+
+    >>> pending_step_value("<think> 9+3=1"), pending_step_value("<think> 9+3=12 , 5+2+1=")
+    (12, 8)
+    >>> pending_step_value("<think> 9+3="), pending_step_value("9+3=13 , wait , 9+3=1") is None
+    (None, True)
+    """
+    match = _OPEN_STEP.search(text)
+    if match is None or match.group(1):
+        return None
+    value = evaluate_lhs(match.group(2))
+    if value < 0 or len(match.group(3)) != len(str(value)) - 1:
+        return None
+    return value
+
+
+class StepNoise:
+    """A sampler token hook (r1lab.sampling.generate's `token_hook`): corrupts the units digit
+    of first-attempt column steps with probability `p`. One instance per generate call; its
+    draws are seeded, so a rollout is reproducible."""
+
+    def __init__(self, p: float, tokenizer, seed: int):
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"step_noise must be in [0, 1), got {p}")
+        self.p, self.tokenizer = p, tokenizer
+        self.rng = random.Random(seed)
+        digit_ids = {d: tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)}
+        if any(i is None or i == tokenizer.unk_token_id or tokenizer.decode([i]) != str(d)
+               for d, i in digit_ids.items()):
+            raise ValueError("step_noise needs a tokenizer with one token per digit 0-9 (e.g. the micro or Qwen tokenizers)")
+        self.digit_ids = digit_ids
+        self.is_digit = frozenset(digit_ids.values())
+
+    def __call__(self, ids: Sequence[int], token: int) -> int | None:
+        """The token to write instead of `token` (sampled after `ids`), or None to keep it."""
+        if token not in self.is_digit or not self.p:
+            return None
+        value = pending_step_value(self.tokenizer.decode(list(ids[-_TAIL_TOKENS:]), skip_special_tokens=True))
+        if value is None or self.rng.random() >= self.p:
+            return None
+        return self.digit_ids[(value % 10 + self.rng.choice((-1, 1))) % 10]
+
+
+def step_outcomes(text: str, corrupted_ends: Sequence[int]) -> list[tuple[bool, bool]]:
+    """(corrupted, followed by a re-check) for each first-attempt step of `text`.
+
+    `corrupted_ends`: character offsets just after each corrupted digit (the step's value ends
+    there). Re-check steps themselves are not counted.
+
+    >>> step_outcomes("9+3=13 , wait , 9+3=12 , 1+0+1=2 , so 22", [6])
+    [(True, True), (False, False)]
+    """
+    corrupted = set(corrupted_ends)
+    out = []
+    for match in _STEP.finditer(text):
+        if match.group(1):
+            continue
+        out.append((match.end() in corrupted, _FOLLOWED_BY_RECHECK.match(text, match.end()) is not None))
+    return out
+
+
+def noise_metrics(completions, tokenizer, rows: Sequence[dict] | None = None, g: int = 1) -> dict[str, float]:
+    """Whether reflection is targeted at the injected errors, over a step's completions.
+
+    noise/corrupted: share of completions with a corrupted step; noise/recheck_after_corrupted
+    and noise/recheck_after_clean: share of first-attempt steps followed by "wait ," when the
+    step was corrupted / not; noise/reflection_corrupted and noise/reflection_clean: share of
+    completions with a re-check among those with / without a corruption; noise/faithful: share
+    of completions whose answer follows from their steps (rows given: the faithfulness check).
+    """
+    from r1lab.metrics import has_reflection
+
+    flat = [c for group in completions for c in group] if completions and isinstance(completions[0], list) else list(completions)
+    steps: list[tuple[bool, bool]] = []
+    refl = {True: [], False: []}
+    for c in flat:
+        ends = [len(tokenizer.decode(list(c.token_ids[:i + 1]), skip_special_tokens=True)) for i in c.forced]
+        steps += step_outcomes(c.text, ends)
+        refl[bool(c.forced)].append(has_reflection(c.text, (REFLECTION_WORD,)))
+    shares = {
+        "noise/corrupted": _share([bool(c.forced) for c in flat]),
+        "noise/recheck_after_corrupted": _share([r for bad, r in steps if bad]),
+        "noise/recheck_after_clean": _share([r for bad, r in steps if not bad]),
+        "noise/reflection_corrupted": _share(refl[True]),
+        "noise/reflection_clean": _share(refl[False]),
+    }
+    out = {k: v for k, v in shares.items() if v is not None}
+    if rows is not None:
+        from r1lab.rewards.rules import faithfulness_reward
+
+        columns = {k: [row.get(k) for row in rows for _ in range(g)] for k in {k for r in rows for k in r}}
+        scores = [s for s in faithfulness_reward([c.text for c in flat], **columns) if s is not None]
+        if scores:
+            out["noise/faithful"] = sum(scores) / len(scores)
+    return out
+
+
+def _share(values: Sequence) -> float | None:
+    """Mean of booleans/floats; None when empty (no such steps this batch, not a rate of 0)."""
+    return sum(values) / len(values) if values else None
