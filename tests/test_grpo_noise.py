@@ -138,10 +138,31 @@ def test_noise_metrics_separate_corrupted_and_clean_steps():
     clean = "9+3=12 , 1+0+1=2 , so 22"
     comps = [_completion(fixed, (5,)), _completion(kept, (5,)), _completion(clean, ())]
     rows = [{"task": "addition", "prompt": "Compute 19 + 3.", "answer": "22", "operands": [19, 3]}]
-    m = noise_metrics([comps], _CharTokenizer(), rows, g=3)
+    scored = Scored(rows, [comps], torch.zeros(1, 3), {"accuracy": [1.0, 0.0, 1.0]})
+    m = noise_metrics(scored, _CharTokenizer())
     assert m["noise/corrupted"] == pytest.approx(2 / 3)
     assert m["noise/recheck_after_corrupted"] == 0.5  # 1 of the 2 corrupted steps re-checked
     assert m["noise/recheck_after_clean"] == 0.0  # 4 clean first attempts, none re-checked
     assert m["noise/reflection_corrupted"] == 0.5 and m["noise/reflection_clean"] == 0.0
     assert m["noise/faithful"] == 1.0  # all three answers follow from their steps
+    assert m["noise/accuracy_corrupted"] == 0.5 and m["noise/accuracy_clean"] == 1.0
+    assert m["noise/shortcut"] == 0.0
+    shortcut = _completion("9+3=13 , 1+0+1=2 , so 22", (5,))  # right answer, not from the steps
+    m = noise_metrics(Scored(rows, [[shortcut, shortcut]], torch.zeros(1, 2), {"accuracy": [1.0, 1.0]}),
+                      _CharTokenizer())
+    assert m["noise/shortcut"] == 1.0 and m["noise/faithful"] == 0.0 and "noise/accuracy_clean" not in m
     assert step_outcomes(kept, [6]) == [(True, False), (False, False)]
+
+
+def test_noisy_recipe_loads_and_differs_from_r1_zero_only_in_noise_and_faithfulness():
+    from pathlib import Path
+
+    from r1lab.config import load_config
+
+    recipes = Path(__file__).parent.parent / "recipes" / "micro"
+    noisy = load_config(GRPOConfig, str(recipes / "r1_zero_noisy.yaml"))
+    clean = load_config(GRPOConfig, str(recipes / "r1_zero.yaml"))
+    assert noisy.step_noise == 0.15 and "faithfulness" in noisy.rewards
+    assert clean.step_noise == 0.0
+    differ = {f for f in GRPOConfig.__dataclass_fields__ if getattr(noisy, f) != getattr(clean, f)}
+    assert differ <= {"step_noise", "rewards", "reward_weights", "output_dir", "max_steps"}

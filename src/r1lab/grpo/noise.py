@@ -112,40 +112,45 @@ def step_outcomes(text: str, corrupted_ends: Sequence[int]) -> list[tuple[bool, 
     return out
 
 
-def noise_metrics(completions, tokenizer, rows: Sequence[dict] | None = None, g: int = 1) -> dict[str, float]:
-    """Whether reflection is targeted at the injected errors, over a step's completions.
+def noise_metrics(scored, tokenizer) -> dict[str, float]:
+    """Whether reflection is targeted at the injected errors, over a step's completions (a
+    grpo.rollout.Scored). Rates with nothing to count this step are left out, not logged as 0.
 
-    noise/corrupted: share of completions with a corrupted step; noise/recheck_after_corrupted
+    noise/corrupted: share of completions with a corrupted step. noise/recheck_after_corrupted
     and noise/recheck_after_clean: share of first-attempt steps followed by "wait ," when the
-    step was corrupted / not; noise/reflection_corrupted and noise/reflection_clean: share of
-    completions with a re-check among those with / without a corruption; noise/faithful: share
-    of completions whose answer follows from their steps (rows given: the faithfulness check).
+    step was corrupted / not (clean steps include the model's own slips). noise/reflection_corrupted
+    and noise/reflection_clean: share of completions with a re-check, with / without a
+    corruption. noise/faithful: share whose answer follows from their steps. With an accuracy
+    reward: noise/accuracy_corrupted and noise/accuracy_clean, and noise/shortcut: share of
+    corrupted completions with a right answer that does not follow from the steps (the
+    unfaithful repair the prototype found).
     """
     from r1lab.metrics import has_reflection
+    from r1lab.rewards.rules import faithfulness_reward
 
-    flat = [c for group in completions for c in group] if completions and isinstance(completions[0], list) else list(completions)
+    flat = [c for group in scored.completions for c in group]
+    g = len(scored.completions[0]) if scored.completions else 1
+    columns = {k: [row.get(k) for row in scored.rows for _ in range(g)] for k in {k for r in scored.rows for k in r}}
+    faithful = faithfulness_reward([c.text for c in flat], **columns)
+    accuracy = scored.per_reward.get("accuracy", [None] * len(flat))
     steps: list[tuple[bool, bool]] = []
-    refl = {True: [], False: []}
-    for c in flat:
+    by = {True: [], False: []}  # corrupted? -> [(reflection, accuracy, faithful)]
+    for c, acc, faith in zip(flat, accuracy, faithful):
         ends = [len(tokenizer.decode(list(c.token_ids[:i + 1]), skip_special_tokens=True)) for i in c.forced]
         steps += step_outcomes(c.text, ends)
-        refl[bool(c.forced)].append(has_reflection(c.text, (REFLECTION_WORD,)))
+        by[bool(c.forced)].append((has_reflection(c.text, (REFLECTION_WORD,)), acc, faith))
     shares = {
         "noise/corrupted": _share([bool(c.forced) for c in flat]),
         "noise/recheck_after_corrupted": _share([r for bad, r in steps if bad]),
         "noise/recheck_after_clean": _share([r for bad, r in steps if not bad]),
-        "noise/reflection_corrupted": _share(refl[True]),
-        "noise/reflection_clean": _share(refl[False]),
+        "noise/reflection_corrupted": _share([r for r, _, _ in by[True]]),
+        "noise/reflection_clean": _share([r for r, _, _ in by[False]]),
+        "noise/faithful": _share([f for f in faithful if f is not None]),
+        "noise/accuracy_corrupted": _share([a for _, a, _ in by[True] if a is not None]),
+        "noise/accuracy_clean": _share([a for _, a, _ in by[False] if a is not None]),
+        "noise/shortcut": _share([bool(a and not f) for _, a, f in by[True] if a is not None and f is not None]),
     }
-    out = {k: v for k, v in shares.items() if v is not None}
-    if rows is not None:
-        from r1lab.rewards.rules import faithfulness_reward
-
-        columns = {k: [row.get(k) for row in rows for _ in range(g)] for k in {k for r in rows for k in r}}
-        scores = [s for s in faithfulness_reward([c.text for c in flat], **columns) if s is not None]
-        if scores:
-            out["noise/faithful"] = sum(scores) / len(scores)
-    return out
+    return {k: v for k, v in shares.items() if v is not None}
 
 
 def _share(values: Sequence) -> float | None:

@@ -90,7 +90,7 @@ def main(config: GRPOConfig) -> dict:
         metrics = step_metrics(step, scored, sampled, stats, rollout_s=t1 - t0, train_s=t2 - t1,
                                lr=scheduler.get_last_lr()[0], phrases=config.reflection_phrases)
         if config.step_noise:
-            metrics.update(noise_metrics(scored.completions, tokenizer, scored.rows, config.num_generations))
+            metrics.update(noise_metrics(scored, tokenizer))
         if reference is not None and config.ref_update_every and step % config.ref_update_every == 0:
             reference.load_state_dict(policy.state_dict())
             ref_step = step
