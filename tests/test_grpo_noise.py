@@ -166,3 +166,10 @@ def test_noisy_recipe_loads_and_differs_from_r1_zero_only_in_noise_and_faithfuln
     assert clean.step_noise == 0.0
     differ = {f for f in GRPOConfig.__dataclass_fields__ if getattr(noisy, f) != getattr(clean, f)}
     assert differ <= {"step_noise", "rewards", "reward_weights", "output_dir", "max_steps"}
+
+
+def test_recheck_probe_scores_each_variant(model, tokenizer):
+    out = noise.recheck_probe(model, tokenizer, num_problems=3, n=2, temperature=1.0)
+    assert list(out) == list(noise.PROBE_VARIANTS)
+    for scores in out.values():
+        assert set(scores) == {"accuracy", "faithful"} and all(0.0 <= v <= 1.0 for v in scores.values())

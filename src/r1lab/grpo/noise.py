@@ -1,6 +1,7 @@
 """Rollout environment noise: errors the policy cannot train away, so that a re-check can pay.
 
     r1lab grpo recipes/micro/r1_zero_noisy.yaml      # step_noise: 0.15
+    python -m r1lab.grpo.noise runs/micro/base/final 1.0    # does a re-check repair a corrupted step?
 
 On the clean micro tasks R1-Zero trains step errors away, so re-checking ("wait , <step>")
 never pays and fades (README, R1-Zero). With `step_noise: p`, while a rollout is sampled, the
@@ -14,7 +15,9 @@ loss, the KL and the ratio. Evaluation never adds noise.
 
 `StepNoise` is the sampler's token hook; `pending_step_value` is the pure rule it applies;
 `noise_metrics` measures whether reflection is targeted (re-check rate right after a corrupted
-step against after a clean one).
+step against after a clean one). `recheck_probe` asks what a re-check is worth to a model: it
+starts solutions with a clean first step, a corrupted one, or a corrupted one followed by a
+forced "wait ,", and scores how the model goes on.
 """
 
 from __future__ import annotations
@@ -156,3 +159,64 @@ def noise_metrics(scored, tokenizer) -> dict[str, float]:
 def _share(values: Sequence) -> float | None:
     """Mean of booleans/floats; None when empty (no such steps this batch, not a rate of 0)."""
     return sum(values) / len(values) if values else None
+
+
+PROBE_VARIANTS = ("clean", "corrupted", "corrupted+wait")
+
+
+def probe_prefix(task, problem, variant: str, rng: random.Random) -> str:
+    """The start of a solution for `recheck_probe`: its first column step, right or with the units
+    digit +-1, and for "corrupted+wait" a forced re-check opening after it.
+
+    >>> from r1lab import tasks
+    >>> p = tasks.get_task("addition").problem_from_row(
+    ...     {"prompt": "Compute 19 + 3.", "answer": "22", "operands": [19, 3]})
+    >>> [probe_prefix(tasks.get_task("addition"), p, v, random.Random(0)) for v in PROBE_VARIANTS]
+    [' <think> 9+3=12 ,', ' <think> 9+3=13 ,', ' <think> 9+3=13 , wait ,']
+    """
+    lhs, value = task.step(task.columns(problem)[0], 0)
+    if variant != "clean":
+        value = value - value % 10 + (value % 10 + rng.choice((-1, 1))) % 10
+    return f" <think> {lhs}={value} ," + (f" {REFLECTION_WORD} ," if variant.endswith("wait") else "")
+
+
+def recheck_probe(model, tokenizer, task_name: str = "addition", num_problems: int = 100, n: int = 8,
+                  temperature: float = 1.0, seed: int = 0, template: str = "micro") -> dict[str, dict[str, float]]:
+    """{variant: {accuracy, faithful}} of the model's continuations of `probe_prefix` starts, on
+    train-split problems of levels 2-3 (at least two columns). A re-check pays when
+    corrupted+wait is more accurate than corrupted."""
+    from r1lab import tasks
+    from r1lab.rewards.rules import accuracy_reward, faithfulness_reward
+    from r1lab.sampling import SamplingParams, generate
+    from r1lab.templates import render_prompt
+
+    task = tasks.get_task(task_name)
+    problems = tasks.generate(task_name, "train", num_problems, seed=seed, levels=(2, 3))
+    params = SamplingParams(max_new_tokens=96, temperature=temperature, n=n, stop=("</answer>",), seed=seed)
+    out = {}
+    for variant in PROBE_VARIANTS:
+        rng = random.Random(seed)
+        starts = [probe_prefix(task, p, variant, rng) for p in problems]
+        groups = generate(model, tokenizer, [render_prompt(template, p.prompt, tokenizer) + s
+                                             for p, s in zip(problems, starts)], params)
+        texts = [s + c.text for s, group in zip(starts, groups) for c in group]
+        rows = [p.to_row() for p in problems for _ in range(n)]
+        columns = {k: [r.get(k) for r in rows] for k in rows[0]}
+        right, faithful = accuracy_reward(texts, **columns), faithfulness_reward(texts, **columns)
+        out[variant] = {"accuracy": sum(x or 0 for x in right) / len(right),
+                        "faithful": sum(x or 0 for x in faithful) / len(faithful)}
+    return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    import torch
+
+    from r1lab.modeling import load_model_and_tokenizer
+
+    torch.set_num_threads(1)
+    model, tok = load_model_and_tokenizer(sys.argv[1])
+    temperature = float(sys.argv[2]) if len(sys.argv) > 2 else 1.0
+    for name, scores in recheck_probe(model, tok, temperature=temperature).items():
+        print(f"T={temperature} {name:15s} accuracy {scores['accuracy']:.1%}  faithful {scores['faithful']:.1%}")
