@@ -16,8 +16,8 @@ loss, the KL and the ratio. Evaluation never adds noise.
 `StepNoise` is the sampler's token hook; `pending_step_value` is the pure rule it applies;
 `noise_metrics` measures whether reflection is targeted (re-check rate right after a corrupted
 step against after a clean one). `recheck_probe` asks what a re-check is worth to a model: it
-starts solutions with a clean first step, a corrupted one, or a corrupted one followed by a
-forced "wait ,", and scores how the model goes on.
+starts solutions with a clean or a corrupted first step, each with or without a forced "wait ,"
+after it, and scores how the model goes on.
 """
 
 from __future__ import annotations
@@ -161,21 +161,21 @@ def _share(values: Sequence) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-PROBE_VARIANTS = ("clean", "corrupted", "corrupted+wait")
+PROBE_VARIANTS = ("clean", "clean+wait", "corrupted", "corrupted+wait")
 
 
 def probe_prefix(task, problem, variant: str, rng: random.Random) -> str:
     """The start of a solution for `recheck_probe`: its first column step, right or with the units
-    digit +-1, and for "corrupted+wait" a forced re-check opening after it.
+    digit +-1, and for the "+wait" variants a forced re-check opening after it.
 
     >>> from r1lab import tasks
     >>> p = tasks.get_task("addition").problem_from_row(
     ...     {"prompt": "Compute 19 + 3.", "answer": "22", "operands": [19, 3]})
     >>> [probe_prefix(tasks.get_task("addition"), p, v, random.Random(0)) for v in PROBE_VARIANTS]
-    [' <think> 9+3=12 ,', ' <think> 9+3=13 ,', ' <think> 9+3=13 , wait ,']
+    [' <think> 9+3=12 ,', ' <think> 9+3=12 , wait ,', ' <think> 9+3=13 ,', ' <think> 9+3=13 , wait ,']
     """
     lhs, value = task.step(task.columns(problem)[0], 0)
-    if variant != "clean":
+    if variant.startswith("corrupted"):
         value = value - value % 10 + (value % 10 + rng.choice((-1, 1))) % 10
     return f" <think> {lhs}={value} ," + (f" {REFLECTION_WORD} ," if variant.endswith("wait") else "")
 
@@ -184,7 +184,8 @@ def recheck_probe(model, tokenizer, task_name: str = "addition", num_problems: i
                   temperature: float = 1.0, seed: int = 0, template: str = "micro") -> dict[str, dict[str, float]]:
     """{variant: {accuracy, faithful}} of the model's continuations of `probe_prefix` starts, on
     train-split problems of levels 2-3 (at least two columns). A re-check pays when
-    corrupted+wait is more accurate than corrupted."""
+    corrupted+wait is more accurate than corrupted, and a model that can't tell the two apart
+    also needs clean+wait to cost little against clean."""
     from r1lab import tasks
     from r1lab.rewards.rules import accuracy_reward, faithfulness_reward
     from r1lab.sampling import SamplingParams, generate
