@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -82,11 +82,13 @@ class Completion:
     token_ids: tuple[int, ...]  # generated tokens, including the EOS token if it stopped on one
     logprobs: tuple[float, ...]  # per generated token: log_softmax(logits / temperature) of the token
     finish_reason: str  # "eos" | "stop" | "length"
+    forced: tuple[int, ...] = ()  # indices of tokens a token_hook wrote instead of the sampled one
 
 
 def generate(model, tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]], params: SamplingParams,
              batch_size: int | None = None, progress: bool = False,
-             seeds: Sequence[int] | None = None) -> list[list[Completion]]:
+             seeds: Sequence[int] | None = None,
+             token_hook: Callable[[list[int], int], int | None] | None = None) -> list[list[Completion]]:
     """[len(prompts)][params.n] completions.
 
     Strings are tokenized without special tokens; token id lists are used as they are. Prompts are
@@ -98,6 +100,10 @@ def generate(model, tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]],
     unused): its samples no longer depend on the other prompts, the chunking or `batch_size`, up to
     float rounding in the batched forward. Data-parallel GRPO relies on it: a prompt samples the
     same completions whichever process it lands on.
+
+    `token_hook(ids so far, sampled token)` may return a token to write instead (an environment
+    acting on the text, e.g. r1lab.grpo.noise.StepNoise); the model continues from it, its
+    log-prob is the model's for the written token, and `Completion.forced` lists its index.
     """
     prompt_ids = _encode_prompts(tokenizer, prompts)
     if seeds is not None and len(seeds) != len(prompt_ids):
@@ -106,7 +112,7 @@ def generate(model, tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]],
     n_decode = 1 if params.temperature == 0 else params.n
     per_chunk = max(1, (batch_size or DEFAULT_BATCH_SIZE) // n_decode)
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))  # less padding per chunk
-    decoder = _Decoder(model, tokenizer, params, n_decode)
+    decoder = _Decoder(model, tokenizer, params, n_decode, token_hook)
     results: list[list[Completion]] = [[] for _ in prompt_ids]
     was_training = model.training
     model.eval()
@@ -123,7 +129,7 @@ def generate(model, tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]],
                 texts = tokenizer.batch_decode([s[0] for s in sequences], skip_special_tokens=True)
                 for j, ((ids, logps, reason), text) in enumerate(zip(sequences, texts)):
                     index = chunk[j // n_decode]
-                    completion = Completion(index, text, tuple(ids), tuple(logps), reason)
+                    completion = Completion(index, text, tuple(ids), tuple(logps), reason, tuple(decoder.forced[j]))
                     results[index].extend([completion] * (params.n // n_decode))
     finally:
         model.train(was_training)
@@ -133,8 +139,10 @@ def generate(model, tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]],
 class _Decoder:
     """The decode loop for one chunk of prompts; holds what stays fixed across chunks."""
 
-    def __init__(self, model, tokenizer, params: SamplingParams, n: int):
+    def __init__(self, model, tokenizer, params: SamplingParams, n: int, token_hook=None):
         self.model, self.tokenizer, self.params, self.n = model, tokenizer, params, n
+        self.token_hook = token_hook
+        self.forced: list[list[int]] = []  # per sequence of the last run: indices the hook wrote
         self.device = _model_device(model)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.eos_ids = _eos_ids(model, tokenizer)
@@ -165,10 +173,13 @@ class _Decoder:
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], self.params.max_new_tokens)], dim=1)
         next_pos = positions[:, -1:] + 1  # [B, 1]
         sequences = [([], [], "length") for _ in range(len(prompts) * self.n)]
+        self.forced = [[] for _ in sequences]
         rows: list[int | None] = list(range(len(sequences)))  # sequence of each batch row; None: finished
         for step in range(self.params.max_new_tokens):
             u = None if uniforms is None else uniforms[[r or 0 for r in rows], step]  # finished rows: any u
             tokens, logps = _sample(logits, self.params, self.generator, u)
+            if self.token_hook is not None:
+                tokens, logps = self._apply_hook(tokens, logps, logits, rows, sequences)
             running = self._record(tokens.tolist(), logps.tolist(), rows, sequences)
             last = step + 1 == self.params.max_new_tokens
             on_finish(sum(r is not None for r in rows) - (0 if last else len(running)))
@@ -193,6 +204,26 @@ class _Decoder:
         shape = (self.n, self.params.max_new_tokens)
         draws = [torch.rand(shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
         return torch.cat(draws).to(self.device)
+
+    def _apply_hook(self, tokens: Tensor, logps: Tensor, logits: Tensor, rows: list[int | None],
+                    sequences) -> tuple[Tensor, Tensor]:
+        """Let the token hook overwrite sampled tokens [B]; their log-probs become the model's for
+        the written token (logits [B, V]) and their indices are kept in self.forced."""
+        changed = {}
+        for row, (seq, token) in enumerate(zip(rows, tokens.tolist())):
+            if seq is not None:
+                new = self.token_hook(sequences[seq][0], token)
+                if new is not None:
+                    changed[row] = new
+                    self.forced[seq].append(len(sequences[seq][0]))
+        if not changed:
+            return tokens, logps
+        index = torch.tensor(list(changed), device=tokens.device)
+        tokens, logps = tokens.clone(), logps.clone()
+        tokens[index] = torch.tensor(list(changed.values()), device=tokens.device)
+        scale = self.params.temperature or 1.0
+        logps[index] = _gather_logprobs(logits[index] / scale, tokens[index])
+        return tokens, logps
 
     def _stepper(self, batch: int, capacity: int):
         if self.lean is not None:

@@ -59,6 +59,7 @@ class GRPOConfig:
     stop: tuple[str, ...] = ("</answer>",)
     rollout_batch_size: int = 512  # sequences decoded together
     rollout_backend: str = "native"  # native (r1lab.sampling, CPU or GPU) | vllm (GPU; pip install r1lab[vllm])
+    step_noise: float = 0.0  # micro tasks: chance a column step's units digit is corrupted in rollouts (grpo/noise.py)
 
     # objective
     advantage: str = "group"
@@ -136,6 +137,10 @@ class GRPOConfig:
                              "(adapters disabled) and is never refreshed; set ref_update_every=0")
         if self.lora_r > 0 and self.rollout_backend != "native":
             raise ValueError("LoRA GRPO samples with rollout_backend=native only (vllm gets no adapter weights)")
+        if not 0 <= self.step_noise < 1:
+            raise ValueError(f"step_noise must be in [0, 1), got {self.step_noise}")
+        if self.step_noise and self.rollout_backend != "native":
+            raise ValueError("step_noise needs rollout_backend native (the noise acts inside r1lab's sampler)")
         if not self.data.train and not self.data.tasks:
             raise ValueError("set data.train (a JSONL of prompt/answer rows) or data.tasks (micro tasks)")
 

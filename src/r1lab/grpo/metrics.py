@@ -91,4 +91,5 @@ def write_samples(path: Path, step: int, scored: Scored, per_prompt: int = 2, pr
             flat = i * g + j
             append_jsonl(path, {"step": step, "prompt": row["prompt"], "answer": row.get("answer"),
                                 "completion": c.text, "reward": float(scored.rewards[i, j]),
+                                **({"forced": list(c.forced)} if c.forced else {}),  # step noise (grpo/noise.py)
                                 **{f"reward/{_short(k)}": v[flat] for k, v in scored.per_reward.items()}})

@@ -96,6 +96,7 @@ class RolloutSettings:
     overlong_cache: int = 0
     batch_size: int | None = None
     sampler: Callable = generate  # (policy, tokenizer, prompt_ids, params, batch_size=, seeds=) -> [P][G] Completions
+    step_noise: float = 0.0  # micro column steps corrupted while sampling (grpo/noise.py)
 
 
 def rollout_sampler(backend: str, model_path: str, seed: int) -> Callable:
@@ -114,7 +115,12 @@ def sample_and_score(policy, tokenizer, rows: list[dict], prompt_ids: list[list[
                      settings: RolloutSettings, seeds: Sequence[int] | None = None) -> Scored:
     """G completions for each prompt, scored by the weighted reward functions. `seeds`: one per
     prompt, each group's own random stream (see r1lab.sampling.generate)."""
-    extra = {} if seeds is None else {"seeds": seeds}
+    extra: dict = {} if seeds is None else {"seeds": seeds}
+    if settings.step_noise > 0:
+        from r1lab.grpo.noise import StepNoise
+
+        # one noise stream per call: under torchrun the corruptions depend on the process's share
+        extra["token_hook"] = StepNoise(settings.step_noise, tokenizer, seed=settings.params.seed)
     completions = settings.sampler(policy, tokenizer, prompt_ids, settings.params, batch_size=settings.batch_size,
                                    **extra)
     g = settings.params.n
@@ -169,5 +175,7 @@ def pack(scored: Scored, prompt_ids: list[list[int]], advantage: str, pad_id: in
             old_logp[row, p_len - 1:p_len - 1 + k] = torch.tensor(c.logprobs)
             if not (mask_truncated and c.finish_reason == "length"):
                 completion_mask[row, p_len - 1:p_len - 1 + k] = 1.0
+                # tokens the environment wrote (step noise) are not the policy's choice: no loss
+                completion_mask[row, [p_len - 1 + i for i in c.forced]] = 0.0
     assert n == len(scored.rows) * g
     return Rollout(input_ids, attention, completion_mask, old_logp, advantages, prompt_len=p_len)
