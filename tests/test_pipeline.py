@@ -32,8 +32,9 @@ def tiny_config(out, base) -> PipelineConfig:
     sampling = dict(tasks=("addition",), levels={"addition": (1,)}, num_problems=2, n=2, max_new_tokens=8,
                     progress=False)
     rm = dict(num_synthetic=16, max_steps=2, batch_size=4, max_length=64, eval_every=0, log_every=1)
-    config = PipelineConfig(output_dir=str(out), base_model=str(base), cold_start_min_rows=4, stage4_general=2,
-                            stage4_unsafe=2, distill_from_base=False)
+    # student_size=micro, the base's size: the students start from the base (no second pretraining)
+    config = PipelineConfig(output_dir=str(out), base_model=str(base), student_size="micro", cold_start_min_rows=4,
+                            stage4_general=2, stage4_unsafe=2, distill_from_base=False)
     return dataclasses.replace(
         config,
         r1_zero=dataclasses.replace(config.r1_zero, **rl),
