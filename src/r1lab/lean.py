@@ -71,15 +71,17 @@ class _Linear:
     Packing costs ~1 ms per million weights. A packed layer has no autograd: inference only.
     """
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, packed: bool):
+    def __init__(self, weight: Tensor, bias: Tensor | None, packed: bool, dtype: torch.dtype | None = None):
         self.weight, self.bias, self.packed = weight, bias, None
+        self.dtype = dtype or weight.dtype  # of the packed copy: bf16 under the sampler's autocast
         if packed and weight.device.type == "cpu" and _onednn_available():
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 32)
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(self.dtype), 32)
+            self.bias = None if bias is None else bias.detach().to(self.dtype)
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.packed is None:
-            return F.linear(x, self.weight, self.bias)
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [None], "")
+            return F.linear(x, self.weight, self.bias)  # autocast, if on, casts here
+        return torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.packed, self.bias, "none", [None], "")
 
 
 @dataclass(frozen=True)
@@ -145,11 +147,13 @@ class _GrowingCache:
 class LeanModel:
     """The decoder stack of a Qwen2/Qwen3/Llama causal LM as plain tensor ops (see module doc)."""
 
-    def __init__(self, model, packed: bool = False):
+    def __init__(self, model, packed: bool = False, dtype: torch.dtype | None = None):
+        """`dtype`: of the packed weights' copies (bf16 for a sampler under bf16 autocast); the
+        output projection stays float32, so logits and log-probs are float32 either way."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not packed):
-            self._read(model, packed)
+            self._read(model, packed, dtype)
 
-    def _read(self, model, packed: bool) -> None:
+    def _read(self, model, packed: bool, dtype: torch.dtype | None) -> None:
         config = model.config
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
@@ -159,14 +163,14 @@ class LeanModel:
         self.final_norm = base.norm.weight
         head = model.get_output_embeddings()
         self.head = _Linear(head.weight, head.bias, packed)
-        self.layers = [_read_layer(layer, packed) for layer in base.layers]
+        self.layers = [_read_layer(layer, packed, dtype) for layer in base.layers]
         self.rotary = base.rotary_emb
         self._cos = self._sin = torch.empty(0, self.head_dim, dtype=self.embed.dtype, device=self.embed.device)
 
     @staticmethod
-    def from_model(model, packed: bool = False) -> LeanModel | None:
+    def from_model(model, packed: bool = False, dtype: torch.dtype | None = None) -> LeanModel | None:
         """A LeanModel of `model`, or None if its architecture isn't one this module reproduces."""
-        return LeanModel(model, packed) if supports(model) else None
+        return LeanModel(model, packed, dtype) if supports(model) else None
 
     def new_cache(self, batch: int, capacity: int) -> KVCache:
         self._rope_tables(capacity)
@@ -177,7 +181,7 @@ class LeanModel:
         """Run input_ids [B, S] at positions [B, S] after the cache's contents; return the last
         position's logits [B, V]. key_mask [B, >= cache.length + S]: 1 real token, 0 padding."""
         hidden = self._decoder(input_ids, positions, key_mask, cache)
-        return self.head(F.rms_norm(hidden[:, -1], hidden.shape[-1:], self.final_norm, self.eps))
+        return float32_head(self.head, F.rms_norm(hidden[:, -1], hidden.shape[-1:], self.final_norm, self.eps))
 
     def shared_prompt_hidden(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
                              owner: Tensor) -> tuple[Tensor, Tensor]:
@@ -253,15 +257,24 @@ def _plain_layer(layer, qk_norm: bool) -> bool:
     return not any(m._forward_hooks or m._forward_pre_hooks for m in layer.modules())
 
 
-def _read_layer(layer, packed: bool) -> _Layer:
+def float32_head(head, features: Tensor) -> Tensor:
+    """head(features) in float32, outside any autocast: bf16 logits would be off by up to ~0.03
+    at |logit| ~ 10, and the output projection is a small share of the FLOPs at these vocab sizes."""
+    if not torch.is_autocast_enabled(features.device.type):
+        return head(features)
+    with torch.autocast(features.device.type, enabled=False):
+        return head(features.to(head.weight.dtype)).float()  # float32 unless the model itself is bf16
+
+
+def _read_layer(layer, packed: bool, dtype: torch.dtype | None = None) -> _Layer:
     attn, mlp = layer.self_attn, layer.mlp
 
     def linear(*parts: nn.Linear) -> _Linear:  # projections of one input: one matmul
         weight = torch.cat([m.weight for m in parts]) if len(parts) > 1 else parts[0].weight
         if all(m.bias is None for m in parts):
-            return _Linear(weight, None, packed)
+            return _Linear(weight, None, packed, dtype)
         biases = [m.bias if m.bias is not None else m.weight.new_zeros(m.out_features) for m in parts]
-        return _Linear(weight, torch.cat(biases) if len(parts) > 1 else biases[0], packed)
+        return _Linear(weight, torch.cat(biases) if len(parts) > 1 else biases[0], packed, dtype)
 
     norm = getattr(attn, "q_norm", None)
     return _Layer(

@@ -14,7 +14,9 @@ to the model's own up to float rounding); any other model through its own forwar
 transformers cache. Log-probs are those of the temperature-scaled distribution *before*
 top-k/top-p truncation, the convention of TRL and verl for training log-probs, so
 `sequence_logprobs(..., temperature=T)` reproduces them; with `prompt_len` (a GRPO batch) it
-runs each distinct prompt once for all the completions that share it.
+runs each distinct prompt once for all the completions that share it. Both follow the caller's
+autocast (r1lab.precision): under bf16 autocast the matmuls run in bf16 and the output projection
+in float32, so log-probs always come from float32 logits.
 
 Measured (benchmarks/README.md, 1 thread of a 2-core EPYC, 4.3M Qwen2, 32 sequences x 64
 tokens): 1.6x the tokens/s of `model.generate` on the same batch.
@@ -36,6 +38,7 @@ from transformers.cache_utils import DynamicLayer
 from r1lab import lean
 from r1lab.errors import R1labError
 from r1lab.lean import LeanModel
+from r1lab.precision import autocast_dtype
 
 # Finished rows leave the decode batch once they are this fraction of it: each drop copies the KV
 # cache, so dropping one row at a time costs more than it saves (measured: 0.125-0.5 all within
@@ -135,7 +138,9 @@ class _Decoder:
         self._end_cache: dict[int, bool] = {}
         self.generator = torch.Generator(device=self.device).manual_seed(params.seed)
         self.forward_kwargs = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
-        self.lean = LeanModel.from_model(model, packed=True)  # None: the model's own forward
+        # Under the caller's bf16 autocast (r1lab.precision) the packed weights are bf16 copies,
+        # made here, once per call: after every GRPO update. None: the model's own forward.
+        self.lean = LeanModel.from_model(model, packed=True, dtype=autocast_dtype(self.device))
 
     def run(self, prompts: list[list[int]], on_finish) -> list[tuple[list[int], list[float], str]]:
         """(token ids, log-probs, finish reason) per sequence, n consecutive sequences per prompt."""
@@ -366,7 +371,7 @@ def _chunked_logprobs(features: Tensor, targets: Tensor, head: nn.Module | None,
     pieces = []
     for s in range(0, flat.shape[0], chunk_size):
         logits = flat[s:s + chunk_size]
-        logits = (head(logits) if head is not None else logits).float()
+        logits = (lean.float32_head(head, logits) if head is not None else logits).float()
         pieces.append(_gather_logprobs(logits / scale if scale != 1.0 else logits, targets[s:s + chunk_size]))
     return torch.cat(pieces).reshape(B, T) if pieces else flat.new_zeros(B, T, dtype=torch.float32)
 

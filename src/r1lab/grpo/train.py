@@ -31,6 +31,7 @@ from r1lab.grpo.rollout import (RolloutSettings, Scored, informative_groups, pac
                                 sample_and_score)
 from r1lab.grpo.update import UpdateSettings, reference_logprobs, update_policy
 from r1lab.modeling import load_model_and_tokenizer
+from r1lab.precision import check_supported
 from r1lab.plots import plot_run
 from r1lab.rewards import load_reward
 from r1lab.sampling import SamplingParams
@@ -49,6 +50,7 @@ def main(config: GRPOConfig) -> dict:
     save_config(config, out / "config.yaml")
 
     policy, tokenizer = load_model_and_tokenizer(config.model)
+    check_supported(config.precision, next(policy.parameters()).device)
     reference = _frozen_copy(policy) if config.beta > 0 else None
     stream = PromptStream(load_train_rows(config.data, config.seed), config.seed)
     eval_rows = load_eval_rows(config.data, config.seed)
@@ -59,7 +61,7 @@ def main(config: GRPOConfig) -> dict:
         reward_fns=[(spec, load_reward(spec)) for spec in config.rewards],
         reward_weights=config.weights, overlong_cache=config.overlong_cache,
         batch_size=config.rollout_batch_size,
-        sampler=rollout_sampler(config.rollout_backend, config.model, config.seed))
+        sampler=rollout_sampler(config.rollout_backend, config.model, config.seed), precision=config.precision)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
                                   betas=(config.adam_beta1, config.adam_beta2))
     floor = config.min_lr_ratio if config.lr_schedule == "cosine" else 1.0  # 1.0: constant after warmup
@@ -79,7 +81,7 @@ def main(config: GRPOConfig) -> dict:
         rollout = pack(scored, prompt_ids, config.advantage, tokenizer.pad_token_id, config.mask_truncated)
         if reference is not None:
             rollout = rollout.with_ref(reference_logprobs(reference, rollout, config.temperature,
-                                                          config.micro_batch_size))
+                                                          config.micro_batch_size, config.precision))
         t1 = time.perf_counter()
         policy.train()
         stats = update_policy(policy, optimizer, rollout, _update_settings(config), seed=config.seed + step)
@@ -120,7 +122,8 @@ def _update_settings(config: GRPOConfig) -> UpdateSettings:
         num_iterations=config.num_iterations, minibatches=config.minibatches,
         micro_batch_size=config.micro_batch_size, temperature=config.temperature, eps_low=config.eps_low,
         eps_high=config.eps_high, beta=config.beta, kl_estimator=config.kl_estimator,
-        aggregation=config.aggregation, max_len=config.max_new_tokens, max_grad_norm=config.max_grad_norm)
+        aggregation=config.aggregation, max_len=config.max_new_tokens, max_grad_norm=config.max_grad_norm,
+        precision=config.precision)
 
 
 def _collect(policy, tokenizer, stream: PromptStream, config: GRPOConfig, settings: RolloutSettings, step: int):
@@ -170,7 +173,8 @@ def _resume(config, out, policy, reference, optimizer, scheduler, stream) -> tup
 
 
 def _evaluate(policy, tokenizer, rows: list[dict], config: GRPOConfig) -> dict:
-    """Held-out metrics by the paper's protocol, flattened as eval/<task>/<metric>."""
+    """Held-out metrics by the paper's protocol, flattened as eval/<task>/<metric>. Always float32
+    (no autocast), so runs with either `precision` are measured alike."""
     from r1lab.evaluate import EvalConfig, run_eval
 
     eval_config = EvalConfig(k=config.eval_k, temperature=config.eval_temperature, top_p=config.eval_top_p,
