@@ -121,3 +121,23 @@ def test_fp32_sampling_is_unchanged_by_the_precision_plumbing(policy, tokenizer)
     with torch.no_grad():
         fresh = sequence_logprobs(policy, fp32.input_ids, fp32.attention_mask, prompt_len=fp32.prompt_len)
     torch.testing.assert_close(fresh[mask], fp32.old_logp[mask], atol=1e-5, rtol=0)
+
+
+def test_grpo_cli_runs_in_bf16_and_refuses_it_without_hardware_support(tiny_model_dir, tmp_path, monkeypatch,
+                                                                         capsys):
+    from r1lab.cli import main as cli_main
+    from r1lab.io import read_jsonl
+
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(f'{{"prompt": "Compute {a} + {b}.", "answer": "{a + b}"}}\n' for a, b in [(1, 2), (3, 4)]))
+    args = [f"model={tiny_model_dir}", f"data.train={data}", "template=micro", "num_generations=4",
+            "prompts_per_step=2", "max_new_tokens=12", "beta=0.04", "learning_rate=1e-3", "warmup_steps=1",
+            "eval_every=0", "sample_every=0", "progress=false", "threads=1", "max_steps=2", "minibatches=2",
+            "num_iterations=2", "micro_batch_size=3", "precision=bf16"]
+    monkeypatch.setattr(precision, "_cpu_has_bf16", lambda: True)  # any CPU can run it, only slower
+    assert cli_main(["grpo", *args, f"output_dir={tmp_path / 'run'}"]) == 0
+    rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2] and all(r["kl"] >= 0 and r["loss"] == r["loss"] for r in rows)
+    monkeypatch.setattr(precision, "_cpu_has_bf16", lambda: False)
+    assert cli_main(["grpo", *args, f"output_dir={tmp_path / 'no'}"]) == 2
+    assert "bf16 is not supported natively" in capsys.readouterr().err.splitlines()[-1]
