@@ -59,7 +59,7 @@ def run_r1lab(spec: dict) -> None:
         prompts_per_step=spec["P"], max_new_tokens=spec["T"], temperature=1.0, beta=0.04, num_iterations=1,
         aggregation="token_mean", stop=(), rollout_backend="native", seed=0, learning_rate=1e-6, warmup_steps=0,
         max_steps=spec["max_steps"], eval_every=0, sample_every=0, save_every=10**9, progress=False,
-        threads=spec["threads"], micro_batch_size=spec["micro_batch_size"])
+        threads=spec["threads"], micro_batch_size=spec["micro_batch_size"], precision=spec.get("precision", "fp32"))
     gate, collect = Gate(), train._collect
 
     def gated_collect(*args, **kwargs):
@@ -88,7 +88,8 @@ def run_trl(spec: dict) -> None:
         output_dir=spec["out"], per_device_train_batch_size=spec["G"] * spec["P"], gradient_accumulation_steps=1,
         num_generations=spec["G"], max_completion_length=spec["T"], temperature=1.0, top_p=1.0, top_k=0, beta=0.04,
         num_iterations=1, learning_rate=1e-6, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0,
-        gradient_checkpointing=spec["gradient_checkpointing"], use_cpu=True, bf16=False, report_to="none",
+        gradient_checkpointing=spec["gradient_checkpointing"], use_cpu=True, bf16=spec.get("bf16", False),
+        report_to="none",
         logging_steps=1, save_strategy="no", seed=0, disable_tqdm=True, dataloader_num_workers=0,
         max_steps=spec["max_steps"])
     dataset = load_dataset("json", data_files=spec["data"], split="train")
@@ -99,43 +100,53 @@ def run_trl(spec: dict) -> None:
 
 
 def run_sampler(spec: dict) -> None:
-    """r1lab.sampling.generate against model.generate on the same 32 sequences, taking turns."""
+    """r1lab.sampling.generate against model.generate on the same 32 sequences, taking turns, each
+    in fp32 and in bf16: r1lab under its bf16 autocast (r1lab.precision, as `precision: bf16`
+    runs it), model.generate under torch.autocast and with a bf16 copy of the model."""
+    import copy
     import statistics
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from r1lab.precision import autocast
     from r1lab.sampling import SamplingParams, generate
 
     torch.set_num_threads(spec["threads"])
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])
     model = AutoModelForCausalLM.from_pretrained(spec["model"]).eval()
+    model_bf16 = copy.deepcopy(model).to(torch.bfloat16)
     rows = [json.loads(line) for line in Path(spec["data"]).read_text().splitlines()[:spec["P"]]]
     prompts = [tokenizer(r["prompt"], add_special_tokens=False)["input_ids"] for r in rows]
     G, T, eos = spec["G"], spec["T"], tokenizer.eos_token_id
 
-    def ours(rep: int) -> int:
-        groups = generate(model, tokenizer, prompts, SamplingParams(max_new_tokens=T, n=G, seed=rep))
+    def ours(rep: int, precision: str) -> int:
+        with autocast(precision, "cpu"):
+            groups = generate(model, tokenizer, prompts, SamplingParams(max_new_tokens=T, n=G, seed=rep))
         return sum(len(c.token_ids) for group in groups for c in group)
 
-    def theirs(rep: int) -> int:
+    def theirs(rep: int, precision: str) -> int:
         batch = [p for p in prompts for _ in range(G)]
         width = max(len(p) for p in batch)
         ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in batch])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
         torch.manual_seed(rep)
-        with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
-                                 top_p=1.0, max_new_tokens=T)
+        with torch.inference_mode(), autocast("bf16" if precision == "autocast" else "fp32", "cpu"):
+            out = (model_bf16 if precision == "bf16" else model).generate(
+                input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                max_new_tokens=T)
         # the tokens it generated: up to and including each row's first EOS (as r1lab counts)
         return sum(next((i + 1 for i, t in enumerate(row) if t == eos), len(row)) for row in out[:, width:].tolist())
 
-    seconds: dict[str, list[float]] = {"r1lab": [], "generate": []}
-    tokens: dict[str, list[int]] = {"r1lab": [], "generate": []}
+    racers = {"r1lab": (ours, "fp32"), "r1lab bf16": (ours, "bf16"), "generate": (theirs, "fp32"),
+              "generate autocast": (theirs, "autocast"), "generate bf16": (theirs, "bf16")}
+    seconds: dict[str, list[float]] = {name: [] for name in racers}
+    tokens: dict[str, list[int]] = {name: [] for name in racers}
     for rep in range(spec["warmup"] + spec["reps"]):
-        for name, fn in (("r1lab", ours), ("generate", theirs)) if rep % 2 == 0 else (("generate", theirs), ("r1lab", ours)):
+        for name in (list(racers) if rep % 2 == 0 else list(racers)[::-1]):
+            fn, precision = racers[name]
             start = time.perf_counter()
-            n = fn(rep)
+            n = fn(rep, precision)
             if rep >= spec["warmup"]:
                 seconds[name].append(time.perf_counter() - start)
                 tokens[name].append(n)
@@ -143,6 +154,7 @@ def run_sampler(spec: dict) -> None:
                      "median_s": statistics.median(seconds[name]),
                      "tokens_per_call": sum(tokens[name]) / len(tokens[name])} for name in seconds}
     result["matmul_gflops"] = _matmul_gflops(model.config, G * len(prompts))
+    result["matmul_gflops_bf16"] = _matmul_gflops(model.config, G * len(prompts), torch.bfloat16)
     result["model_gflop_per_token"] = 2 * _matmul_params(model) / 1e9
     _send("result " + json.dumps(result))
 
@@ -154,14 +166,14 @@ def _matmul_params(model) -> int:
     return sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
 
 
-def _matmul_gflops(config, rows: int) -> float:
-    """fp32 GFLOP/s of F.linear on this machine for one decode step's shapes (rows x hidden -> MLP
-    width), best of 5: what the hardware allows a decode step's matrix multiplies."""
+def _matmul_gflops(config, rows: int, dtype=None) -> float:
+    """GFLOP/s of F.linear (fp32, or `dtype`) on this machine for one decode step's shapes (rows x
+    hidden -> MLP width), best of 5: what the hardware allows a decode step's matrix multiplies."""
     import torch
     import torch.nn.functional as F
 
-    x = torch.randn(rows, config.hidden_size)
-    w = torch.randn(config.intermediate_size, config.hidden_size)
+    x = torch.randn(rows, config.hidden_size, dtype=dtype)
+    w = torch.randn(config.intermediate_size, config.hidden_size, dtype=dtype)
     best = float("inf")
     for _ in range(5):
         start = time.perf_counter()

@@ -16,6 +16,9 @@ as G, prompts per step and new tokens double.
 
 TRL runs twice: with gradient checkpointing off (the same FLOPs as r1lab; the ratio is taken
 against this one) and with TRL's own default (on: one more forward per step, less memory).
+Both also run in bf16 (`--no-bf16` skips it): r1lab with `precision: bf16` (bf16 autocast,
+fp32 weights), TRL with `bf16=True` (accelerate's bf16 autocast on CPU, fp32 weights); the
+sampler race adds r1lab under bf16 autocast and model.generate under autocast and in bf16.
 """
 
 from __future__ import annotations
@@ -131,6 +134,7 @@ def main() -> None:
     parser.add_argument("--scaling-steps", type=int, default=6)
     parser.add_argument("--no-scaling", action="store_true")
     parser.add_argument("--no-trl-default", action="store_true", help="skip TRL with gradient checkpointing on")
+    parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 runs of both trainers")
     parser.add_argument("--workdir", default="runs/bench")
     args = parser.parse_args()
 
@@ -150,6 +154,12 @@ def main() -> None:
         trainers.append(Worker("TRL GRPOTrainer (grad. checkpointing)", "trl",
                                {**common, **BASE, "out": str(workdir / "trl_gc"), "gradient_checkpointing": True},
                                workdir, args.threads))
+    if not args.no_bf16:
+        trainers += [Worker("r1lab bf16", "r1lab", {**common, **BASE, "out": str(workdir / "r1lab_bf16"),
+                                                    "precision": "bf16"}, workdir, args.threads),
+                     Worker("TRL GRPOTrainer bf16", "trl", {**common, **BASE, "out": str(workdir / "trl_bf16"),
+                                                            "gradient_checkpointing": False, "bf16": True},
+                            workdir, args.threads)]
     run_in_turns(trainers, args.warmup, args.steps)
     results["trainers"] = {w.name: {"median_s": statistics.median(w.times), "min_s": min(w.times),
                                     "max_s": max(w.times), "peak_rss_mb": w.peak_rss_mb} for w in trainers}
@@ -178,21 +188,25 @@ def report(results: dict) -> None:
     print(f"\n{'trainer':<40s} {'median s/step':>13s} {'min-max':>13s} {'peak RSS MB':>12s}")
     for name, r in trainers.items():
         print(f"{name:<40s} {r['median_s']:13.3f} {r['min_s']:6.2f}-{r['max_s']:<6.2f} {r['peak_rss_mb']:12.0f}")
-    ours = trainers["r1lab"]["median_s"]
-    for name, r in trainers.items():
-        if name != "r1lab":
-            print(f"{'speed-up over ' + name:<54s} {r['median_s'] / ours:5.2f}x")
+    for ours in ("r1lab", "r1lab bf16"):
+        for name, r in trainers.items():
+            if ours in trainers and not name.startswith("r1lab"):
+                print(f"{ours + ' speed-up over ' + name:<64s} {r['median_s'] / trainers[ours]['median_s']:5.2f}x")
     s = results["sampler"]
-    ratio = s["r1lab"]["tokens_per_s"] / s["generate"]["tokens_per_s"]
     print(f"\nsampler, {results['G'] * results['P']} sequences x {results['T']} new tokens "
           f"(temperature 1.0, tokens counted up to each EOS):")
-    for name in ("r1lab", "generate"):
-        label = "r1lab.sampling.generate" if name == "r1lab" else "model.generate"
-        print(f"  {label:<26s} {s[name]['tokens_per_s']:8.0f} tokens/s  ({s[name]['median_s']:.3f} s per call, "
+    labels = {"r1lab": "r1lab.sampling.generate", "r1lab bf16": "r1lab, bf16 autocast", "generate": "model.generate",
+              "generate autocast": "model.generate, bf16 autocast", "generate bf16": "model.generate, bf16 model"}
+    for name, label in labels.items():
+        print(f"  {label:<30s} {s[name]['tokens_per_s']:8.0f} tokens/s  ({s[name]['median_s']:.3f} s per call, "
               f"{s[name]['tokens_per_call']:.0f} tokens)")
-    achieved = s["r1lab"]["tokens_per_s"] * s["model_gflop_per_token"]
-    print(f"  ratio {ratio:.2f}x; r1lab's sampler runs the model's matmuls at {achieved:.0f} GFLOP/s, against "
-          f"{s['matmul_gflops']:.0f} GFLOP/s for one bare matmul of a decode step's shape here")
+    for ours in ("r1lab", "r1lab bf16"):
+        ratios = ", ".join(f"{s[ours]['tokens_per_s'] / s[name]['tokens_per_s']:.2f}x {labels[name]}"
+                           for name in ("generate", "generate autocast", "generate bf16"))
+        achieved = s[ours]["tokens_per_s"] * s["model_gflop_per_token"]
+        print(f"  {labels[ours]}: {ratios}; matmuls at {achieved:.0f} GFLOP/s")
+    print(f"  one bare matmul of a decode step's shape here: {s['matmul_gflops']:.0f} GFLOP/s fp32, "
+          f"{s['matmul_gflops_bf16']:.0f} GFLOP/s bf16")
     if "scaling" in results:
         base = results["scaling"][0]
         print(f"\nscaling (r1lab): {'G':>3s} {'P':>3s} {'T':>4s} {'s/step':>8s} {'work':>6s} {'time':>6s} {'time/work':>10s}")

@@ -42,7 +42,7 @@ def model(tokenizer):
 def path(request, monkeypatch):
     """Run a test through r1lab.lean's decoder and again through the model's own forward."""
     if request.param == "generic":
-        monkeypatch.setattr(sampling.LeanModel, "from_model", staticmethod(lambda model, packed=False: None))
+        monkeypatch.setattr(sampling.LeanModel, "from_model", staticmethod(lambda model, **kwargs: None))
     return request.param
 
 

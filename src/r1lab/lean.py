@@ -14,6 +14,10 @@ scaled RoPE variants come for free), keys and values in a pre-allocated cache. F
 (`packed=True`, inference only) the weights are also repacked for oneDNN. For the GRPO forward
 (`packed=False`) it is differentiable, and `shared_prompt_hidden` runs each distinct prompt once
 for all the completions that continue it (G of them in GRPO) instead of once per completion.
+In decoding, `KVCache.share_prefix` keeps each prompt's keys and values once for its G samples,
+and the prompt's part of attention is a matmul over the G rows (r1lab.sampling uses it for
+prompts of 32+ tokens). Under a caller's bf16 autocast (r1lab.precision) the packed weights are
+bf16 copies and the output projection stays float32.
 
 Its outputs equal the model's own forward up to float rounding: tests/test_sampling.py checks
 greedy tokens against transformers' generate, and log-probs and gradients against the model's
@@ -97,15 +101,17 @@ class _Linear:
     Packing costs ~1 ms per million weights. A packed layer has no autograd: inference only.
     """
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, packed: bool):
+    def __init__(self, weight: Tensor, bias: Tensor | None, packed: bool, dtype: torch.dtype | None = None):
         self.weight, self.bias, self.packed = weight, bias, None
+        self.dtype = dtype or weight.dtype  # of the packed copy: bf16 under the sampler's autocast
         if packed and weight.device.type == "cpu" and _onednn_available():
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 32)
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(self.dtype), 32)
+            self.bias = None if bias is None else bias.detach().to(self.dtype)
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.packed is None:
-            return F.linear(x, self.weight, self.bias)
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [None], "")
+            return F.linear(x, self.weight, self.bias)  # autocast, if on, casts here
+        return torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.packed, self.bias, "none", [None], "")
 
 
 @dataclass(frozen=True)
@@ -120,33 +126,69 @@ class _Layer:
     k_norm: Tensor | None
 
 
+@dataclass(frozen=True)
+class _Prefix:
+    """Keys and values that several batch rows continue, stored once (see KVCache.share_prefix)."""
+
+    keys: list[Tensor]  # per layer [P, K, Tp, D]
+    values: list[Tensor]
+    owner: Tensor  # [B] the prefix row each batch row continues
+    slot: Tensor  # [B] its place among that prefix's rows, < per_prompt
+    per_prompt: int
+
+
 class KVCache:
     """Pre-allocated keys and values, [B, kv_heads, capacity, head_dim] per layer, written in
-    place (inference only); the first `length` positions are filled."""
+    place (inference only); the first `length` positions are filled. After `share_prefix`, the
+    first `prefix_len` of them are held once per prompt, not once per row."""
 
     def __init__(self, num_layers: int, batch: int, kv_heads: int, capacity: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device):
         shape = (batch, kv_heads, capacity, head_dim)
         self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.capacity, self.length = capacity, 0
+        self.capacity, self.length, self.prefix_len = capacity, 0, 0
+        self.prefix: _Prefix | None = None
 
     def update(self, layer: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
-        """Write keys/values [B, K, S, D] after the filled positions; return all filled [B, K, T, D]."""
+        """Write keys/values [B, K, S, D] after the filled positions; return the rows' own filled
+        ones [B, K, T, D] (all of them, or those after the shared prefix)."""
         end = self.length + keys.shape[2]
         if end > self.capacity:
             raise RuntimeError(f"KV cache overflow: {end} > {self.capacity} positions")
-        self.keys[layer][:, :, self.length:end] = keys
-        self.values[layer][:, :, self.length:end] = values
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        lo, hi = self.length - self.prefix_len, end - self.prefix_len
+        self.keys[layer][:, :, lo:hi] = keys
+        self.values[layer][:, :, lo:hi] = values
+        return self.keys[layer][:, :, :hi], self.values[layer][:, :, :hi]
 
     def select(self, rows: Tensor) -> None:
         """Keep (or repeat) batch rows `rows`, copying only the filled positions."""
+        filled = self.length - self.prefix_len
         for buffers in (self.keys, self.values):
             for i, buffer in enumerate(buffers):
                 out = buffer.new_empty(len(rows), *buffer.shape[1:])
-                out[:, :, :self.length] = buffer[:, :, :self.length].index_select(0, rows)
+                out[:, :, :filled] = buffer[:, :, :filled].index_select(0, rows)
                 buffers[i] = out
+        if self.prefix is not None:
+            self.prefix = _Prefix(self.prefix.keys, self.prefix.values, self.prefix.owner[rows],
+                                  self.prefix.slot[rows], self.prefix.per_prompt)
+
+    def share_prefix(self, owner: Tensor, per_prompt: int) -> None:
+        """Continue each of the P filled rows in the rows `owner` [B] (sorted: prompt-major, at most
+        `per_prompt` rows each) without copying the filled positions: they stay once per prompt.
+
+        What it saves (2-core EPYC, bf16, 32 rows = 4 prompts x 8, 64 new tokens): the G copies
+        of each prompt's keys that every decode step read, and the copy itself; the prompt's
+        part of attention becomes a matmul over the G rows of each prompt.
+        """
+        counts = torch.bincount(owner, minlength=self.keys[0].shape[0])
+        slot = torch.arange(len(owner), device=owner.device) - (counts.cumsum(0) - counts)[owner]
+        self.prefix = _Prefix([k[:, :, :self.length].contiguous() for k in self.keys],
+                              [v[:, :, :self.length].contiguous() for v in self.values], owner, slot, per_prompt)
+        self.prefix_len = self.length
+        shape = (len(owner), self.keys[0].shape[1], self.capacity - self.length, self.keys[0].shape[3])
+        self.keys = [k.new_empty(shape) for k in self.keys]
+        self.values = [v.new_empty(shape) for v in self.values]
 
 
 class _GrowingCache:
@@ -156,6 +198,8 @@ class _GrowingCache:
         self.keys: list[Tensor | None] = [None] * num_layers
         self.values: list[Tensor | None] = [None] * num_layers
         self.length = 0
+
+    prefix = None  # the interface of KVCache: nothing is shared here
 
     def update(self, layer: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
         if self.keys[layer] is not None:
@@ -171,11 +215,13 @@ class _GrowingCache:
 class LeanModel:
     """The decoder stack of a Qwen2/Qwen3/Llama causal LM as plain tensor ops (see module doc)."""
 
-    def __init__(self, model, packed: bool = False):
+    def __init__(self, model, packed: bool = False, dtype: torch.dtype | None = None):
+        """`dtype`: of the packed weights' copies (bf16 for a sampler under bf16 autocast); the
+        output projection stays float32, so logits and log-probs are float32 either way."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not packed):
-            self._read(unwrap(model), packed)
+            self._read(unwrap(model), packed, dtype)
 
-    def _read(self, model, packed: bool) -> None:
+    def _read(self, model, packed: bool, dtype: torch.dtype | None) -> None:
         config = model.config
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
@@ -185,15 +231,15 @@ class LeanModel:
         self.final_norm = base.norm.weight
         head = model.get_output_embeddings()
         self.head = _Linear(head.weight, head.bias, packed)
-        self.layers = [_read_layer(layer, packed) for layer in base.layers]
+        self.layers = [_read_layer(layer, packed, dtype) for layer in base.layers]
         self.rotary = base.rotary_emb
         self._cos = self._sin = torch.empty(0, self.head_dim, dtype=self.embed.dtype, device=self.embed.device)
 
     @staticmethod
-    def from_model(model, packed: bool = False) -> LeanModel | None:
+    def from_model(model, packed: bool = False, dtype: torch.dtype | None = None) -> LeanModel | None:
         """A LeanModel of `model`, or None if its architecture isn't one this module reproduces."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not packed):  # packed: inference only
-            return LeanModel(model, packed) if supports(model) else None
+            return LeanModel(model, packed, dtype) if supports(model) else None
 
     def new_cache(self, batch: int, capacity: int) -> KVCache:
         self._rope_tables(capacity)
@@ -204,7 +250,7 @@ class LeanModel:
         """Run input_ids [B, S] at positions [B, S] after the cache's contents; return the last
         position's logits [B, V]. key_mask [B, >= cache.length + S]: 1 real token, 0 padding."""
         hidden = self._decoder(input_ids, positions, key_mask, cache)
-        return self.head(F.rms_norm(hidden[:, -1], hidden.shape[-1:], self.final_norm, self.eps))
+        return float32_head(self.head, F.rms_norm(hidden[:, -1], hidden.shape[-1:], self.final_norm, self.eps))
 
     def shared_prompt_hidden(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
                              owner: Tensor) -> tuple[Tensor, Tensor]:
@@ -249,7 +295,8 @@ class LeanModel:
                                 F.rms_norm(qk[:, :, H:], (D,), layer.k_norm, self.eps)], dim=2)
             qk = qk * cos + _rotate_half(qk) * sin
             keys, values = cache.update(i, qk[:, :, H:].transpose(1, 2), qkv[:, :, H + K:].transpose(1, 2))
-            out = _attend(qk[:, :, :H].transpose(1, 2), keys, values, bias)  # [B, H, S, D]
+            prefix = None if cache.prefix is None else (cache.prefix, i)
+            out = _attend(qk[:, :, :H].transpose(1, 2), keys, values, bias, prefix)  # [B, H, S, D]
             x = x + layer.o(out.transpose(1, 2).reshape(B, S, H * D))
             h = F.rms_norm(x, hidden, layer.norm_post, self.eps)
             x = x + layer.down(_swiglu(layer.gate_up(h)))
@@ -313,16 +360,26 @@ class _Weights:
     out_features: int
 
 
-def _read_layer(layer, packed: bool) -> _Layer:
+def float32_head(head, features: Tensor) -> Tensor:
+    """head(features) in float32, outside any autocast: bf16 keeps 8 significant bits, so a logit
+    of 10 would be off by up to ~0.02, and the output projection is a small share of the FLOPs
+    at these vocab sizes (~3% for the micro models)."""
+    if not torch.is_autocast_enabled(features.device.type):
+        return head(features)
+    with torch.autocast(features.device.type, enabled=False):
+        return head(features.to(head.weight.dtype)).float()  # float32 unless the model itself is bf16
+
+
+def _read_layer(layer, packed: bool, dtype: torch.dtype | None = None) -> _Layer:
     attn, mlp = layer.self_attn, layer.mlp
 
     def linear(*modules: nn.Module) -> _Linear:  # projections of one input: one matmul
         parts = [_effective(m) for m in modules]
         weight = torch.cat([m.weight for m in parts]) if len(parts) > 1 else parts[0].weight
         if all(m.bias is None for m in parts):
-            return _Linear(weight, None, packed)
+            return _Linear(weight, None, packed, dtype)
         biases = [m.bias if m.bias is not None else m.weight.new_zeros(m.out_features) for m in parts]
-        return _Linear(weight, torch.cat(biases) if len(parts) > 1 else biases[0], packed)
+        return _Linear(weight, torch.cat(biases) if len(parts) > 1 else biases[0], packed, dtype)
 
     norm = getattr(attn, "q_norm", None)
     return _Layer(
@@ -391,21 +448,46 @@ def _attention_bias(key_mask: Tensor, start: int, dtype: torch.dtype) -> Tensor:
     return torch.where(allowed, zero, torch.tensor(float("-inf"), dtype=dtype, device=key_mask.device))
 
 
-def _attend(q: Tensor, keys: Tensor, values: Tensor, bias: Tensor) -> Tensor:
+def _attend(q: Tensor, keys: Tensor, values: Tensor, bias: Tensor, prefix: tuple[_Prefix, int] | None = None) -> Tensor:
     """Softmax attention with grouped-query heads. q [B, H, S, D], keys/values [B, K, T, D],
-    bias [B, 1, S, T] -> [B, H, S, D]. Query head h reads key head h // (H/K), as in transformers.
+    bias [B, 1, S, Tp + T] -> [B, H, S, D]. Query head h reads key head h // (H/K), as in
+    transformers. `prefix` (a KVCache's shared prefix and the layer): Tp keys before the rows' own.
 
     One query per row (a decode step) is B*H matrix-vector products: as batched matmuls that was
     ~2.4 ms of a 7 ms decode step (32 rows x 4 layers, ~50 keys), mostly per-product call overhead;
-    as broadcast multiply-and-sum it was ~0.4 ms less, so decode steps take that form.
+    as broadcast multiply-and-sum it was ~0.4 ms less, so decode steps take that form (measured
+    again with torch 2.13: batched matmuls 6-10% slower per generate call).
     """
     B, H, S, D = q.shape
-    K, T = keys.shape[1], keys.shape[2]
+    K = keys.shape[1]
     g = H // K
+    q = (q * D ** -0.5).reshape(B, K, g * S, D)
     if S == 1:
-        q = (q * D ** -0.5).view(B, K, g, 1, D)
-        probs = ((keys[:, :, None] * q).sum(-1) + bias.view(B, 1, 1, T)).softmax(dim=-1)  # [B, K, g, T]
-        return (probs[..., None] * values[:, :, None]).sum(-2).view(B, H, 1, D)
-    scores = torch.matmul(q.reshape(B, K, g * S, D), keys.transpose(-1, -2)) * D ** -0.5  # [B, K, g*S, T]
-    scores = (scores.view(B, K, g, S, T) + bias[:, :, None]).softmax(dim=-1)
-    return torch.matmul(scores.view(B, K, g * S, T), values).view(B, H, S, D)
+        scores = (keys[:, :, None] * q[:, :, :, None]).sum(-1)  # [B, K, g, T]
+    else:
+        scores = torch.matmul(q, keys.transpose(-1, -2))  # [B, K, g*S, T]
+    if prefix is not None:
+        scores = torch.cat([_per_prompt(q, prefix, prefix[0].keys[prefix[1]].transpose(-1, -2)), scores], dim=-1)
+    T = scores.shape[-1]
+    probs = (scores.view(B, K, g, S, T) + bias[:, :, None]).softmax(dim=-1).view(B, K, g * S, T)
+    tp = 0 if prefix is None else T - keys.shape[2]
+    own = probs[..., tp:]
+    if S == 1:
+        out = (own[..., None] * values[:, :, None]).sum(-2)  # [B, K, g, D]
+    else:
+        out = torch.matmul(own, values)
+    if prefix is not None:
+        out = out + _per_prompt(probs[..., :tp], prefix, prefix[0].values[prefix[1]])
+    return out.view(B, H, S, D)
+
+
+def _per_prompt(x: Tensor, prefix: tuple[_Prefix, int], other: Tensor) -> Tensor:
+    """x [B, K, M, N] @ other[owner] [P, K, N, O] -> [B, K, M, O] without gathering `other` per row:
+    each prompt's rows are stacked (zero-padded to per_prompt) and multiplied once."""
+    shared = prefix[0]
+    B, K, M, N = x.shape
+    n = shared.per_prompt
+    stacked = x.new_zeros(other.shape[0], n, K, M, N)
+    stacked[shared.owner, shared.slot] = x
+    out = torch.matmul(stacked.transpose(1, 2).reshape(other.shape[0], K, n * M, N), other)  # [P, K, n*M, O]
+    return out.view(other.shape[0], K, n, M, -1).transpose(1, 2)[shared.owner, shared.slot]

@@ -24,6 +24,7 @@ from r1lab.config import check_choices
 from r1lab.grpo.losses import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS
 from r1lab.lora import TARGET_MODULES, check_lora_settings
 from r1lab.metrics import REFLECTION_PHRASES
+from r1lab.precision import PRECISIONS
 from r1lab.templates import TEMPLATES
 
 
@@ -72,6 +73,10 @@ class GRPOConfig:
     num_iterations: int = 1  # mu: passes over each rollout
     minibatches: int = 1  # optimiser steps per pass (the rollout split into this many parts)
     micro_batch_size: int = 64  # sequences per forward/backward (memory only: same gradient)
+    # fp32 | bf16: bf16 autocast for sampling, the reference pass and the training forward/backward;
+    # weights, AdamW and log-probs stay float32, old log-probs come from the training forward
+    # (r1lab.precision). Needs native bf16 (CPU avx512_bf16/amx_bf16, or a bf16 GPU).
+    precision: str = "fp32"
 
     # LoRA: same keys as `r1lab sft`; 0 = full fine-tuning
     lora_r: int = 0
@@ -121,6 +126,7 @@ class GRPOConfig:
         check_choices("template", self.template, TEMPLATES)
         check_choices("lr_schedule", self.lr_schedule, ("constant", "cosine"))
         check_choices("rollout_backend", self.rollout_backend, ("native", "vllm"))
+        check_choices("precision", self.precision, PRECISIONS)
         if self.reward_weights and len(self.reward_weights) != len(self.rewards):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} entries for {len(self.rewards)} rewards")
         for name in ("num_generations", "prompts_per_step", "max_new_tokens", "num_iterations", "minibatches",

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from r1lab.grpo.losses import ADVANTAGES, soft_overlong_penalty, zero_variance_groups
+from r1lab.precision import autocast
 from r1lab.rewards import combine_rewards
 from r1lab.sampling import Completion, SamplingParams, generate
 
@@ -40,11 +41,15 @@ class Rollout:
     def num_rows(self) -> int:
         return self.input_ids.shape[0]
 
+    def span(self, index: Tensor) -> tuple[int, int]:
+        """[lo, hi): the columns the given rows use (a sub-rollout's columns in this one's)."""
+        used = self.attention_mask[index].any(0).nonzero()
+        return int(used[0]), int(used[-1]) + 1
+
     def rows(self, index: Tensor) -> Rollout:
         """The sub-rollout of the given rows, trimmed to the columns they use."""
         mask = self.attention_mask[index]
-        used = mask.any(0).nonzero()
-        lo, hi = int(used[0]), int(used[-1]) + 1
+        lo, hi = self.span(index)
         return Rollout(
             input_ids=self.input_ids[index, lo:hi], attention_mask=mask[:, lo:hi],
             completion_mask=self.completion_mask[index, lo:hi - 1], old_logp=self.old_logp[index, lo:hi - 1],
@@ -97,6 +102,7 @@ class RolloutSettings:
     batch_size: int | None = None
     sampler: Callable = generate  # (policy, tokenizer, prompt_ids, params, batch_size=, seeds=) -> [P][G] Completions
     step_noise: float = 0.0  # micro column steps corrupted while sampling (grpo/noise.py)
+    precision: str = "fp32"  # fp32 | bf16: the sampler runs under r1lab.precision.autocast
 
 
 def rollout_sampler(backend: str, model_path: str, seed: int) -> Callable:
@@ -121,8 +127,9 @@ def sample_and_score(policy, tokenizer, rows: list[dict], prompt_ids: list[list[
 
         # one noise stream per call: under torchrun the corruptions depend on the process's share
         extra["token_hook"] = StepNoise(settings.step_noise, tokenizer, seed=settings.params.seed)
-    completions = settings.sampler(policy, tokenizer, prompt_ids, settings.params, batch_size=settings.batch_size,
-                                   **extra)
+    with autocast(settings.precision, next(policy.parameters()).device):
+        completions = settings.sampler(policy, tokenizer, prompt_ids, settings.params,
+                                       batch_size=settings.batch_size, **extra)
     g = settings.params.n
     texts = [c.text for group in completions for c in group]
     columns = _columns(rows, g)

@@ -41,6 +41,7 @@ from r1lab.grpo.rollout import (RolloutSettings, Scored, informative_groups, pac
 from r1lab.grpo.update import UpdateSettings, reference_logprobs, update_policy
 from r1lab.lora import apply_lora, disabled_adapters, is_lora, save_merged
 from r1lab.modeling import load_model_and_tokenizer
+from r1lab.precision import check_supported
 from r1lab.plots import plot_run
 from r1lab.rewards import load_reward
 from r1lab.sampling import SamplingParams, generate
@@ -71,6 +72,7 @@ def _train(config: GRPOConfig) -> dict:
 
     policy, tokenizer, reference = _load_policy(config)
     device = next(policy.parameters()).device
+    check_supported(config.precision, device)
     stream = PromptStream(load_train_rows(config.data, config.seed), config.seed)  # every process: the whole stream
     eval_rows = load_eval_rows(config.data, config.seed)
     rollout_settings = RolloutSettings(
@@ -80,7 +82,8 @@ def _train(config: GRPOConfig) -> dict:
         reward_fns=[(spec, load_reward(spec)) for spec in config.rewards],
         reward_weights=config.weights, overlong_cache=config.overlong_cache,
         batch_size=config.rollout_batch_size,
-        sampler=rollout_sampler(config.rollout_backend, config.model, config.seed), step_noise=config.step_noise)
+        sampler=rollout_sampler(config.rollout_backend, config.model, config.seed), step_noise=config.step_noise,
+        precision=config.precision)
     trainable = [p for p in policy.parameters() if p.requires_grad]  # with LoRA: the adapters
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay,
                                   betas=(config.adam_beta1, config.adam_beta2))
@@ -183,9 +186,9 @@ def _reference_logprobs(policy, reference, rollout, config: GRPOConfig) -> torch
     """The rollout's log-probs under the reference: the frozen copy, or for a LoRA policy the base
     model, i.e. the policy with its adapters disabled."""
     if reference is not None:
-        return reference_logprobs(reference, rollout, config.temperature, config.micro_batch_size)
+        return reference_logprobs(reference, rollout, config.temperature, config.micro_batch_size, config.precision)
     with disabled_adapters(policy):
-        return reference_logprobs(policy, rollout, config.temperature, config.micro_batch_size)
+        return reference_logprobs(policy, rollout, config.temperature, config.micro_batch_size, config.precision)
 
 
 def _update_settings(config: GRPOConfig) -> UpdateSettings:
@@ -193,7 +196,8 @@ def _update_settings(config: GRPOConfig) -> UpdateSettings:
         num_iterations=config.num_iterations, minibatches=config.minibatches,
         micro_batch_size=config.micro_batch_size, temperature=config.temperature, eps_low=config.eps_low,
         eps_high=config.eps_high, beta=config.beta, kl_estimator=config.kl_estimator,
-        aggregation=config.aggregation, max_len=config.max_new_tokens, max_grad_norm=config.max_grad_norm)
+        aggregation=config.aggregation, max_len=config.max_new_tokens, max_grad_norm=config.max_grad_norm,
+        precision=config.precision)
 
 
 def _collect(policy, tokenizer, stream: PromptStream, config: GRPOConfig, settings: RolloutSettings, step: int):
@@ -257,7 +261,8 @@ def _resume(config, out, policy, reference, optimizer, scheduler, stream) -> tup
 
 
 def _evaluate(policy, tokenizer, rows: list[dict], config: GRPOConfig) -> dict:
-    """Held-out metrics by the paper's protocol, flattened as eval/<task>/<metric>.
+    """Held-out metrics by the paper's protocol, flattened as eval/<task>/<metric>. Always float32
+    (no autocast), so runs with either `precision` are measured alike.
 
     Each process samples a share of the rows, each row from its own seeded stream (the same for
     every evaluation of the run, and whatever the number of processes); every process gets the

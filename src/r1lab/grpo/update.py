@@ -9,10 +9,17 @@ same holds across processes: the normalisers and the gradients are summed over t
 Both forwards here (the policy's, with gradients, and the frozen reference's) pass the rollout's
 `prompt_len`, so on Qwen2/Qwen3/Llama each group's prompt is run once for its G completions
 (r1lab.lean; same log-probs and gradients as the model's own forward, within float rounding).
+
+With `precision: bf16` both forwards run under bf16 autocast (r1lab.precision), and the old
+log-probs in the ratio are the training forward's own (not the sampler's): the first minibatch
+uses its current log-probs, detached, and the rows of later minibatches get one forward without
+gradients before the first optimiser step. The ratio is then exactly 1 until the weights change
+(tests/test_precision.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +28,7 @@ from r1lab import distributed
 from r1lab.grpo.losses import Normalisers, count_normalisers, grpo_loss
 from r1lab.grpo.parallel import sum_gradients, sum_over_processes
 from r1lab.grpo.rollout import Rollout
+from r1lab.precision import autocast
 from r1lab.sampling import sequence_logprobs
 
 
@@ -40,6 +48,7 @@ class UpdateSettings:
     aggregation: str
     max_len: int
     max_grad_norm: float
+    precision: str = "fp32"  # fp32 | bf16 (r1lab.precision); bf16 takes old log-probs from the training forward
 
 
 def update_policy(policy, optimizer, rollout: Rollout, settings: UpdateSettings, seed: int,
@@ -54,28 +63,34 @@ def update_policy(policy, optimizer, rollout: Rollout, settings: UpdateSettings,
     mine = range(first_row, first_row + rollout.num_rows)
     device = rollout.input_ids.device
     generator = torch.Generator().manual_seed(seed)
+    orders = [torch.randperm(n, generator=generator) if settings.minibatches > 1 else torch.arange(n)
+              for _ in range(settings.num_iterations)]
+    # bf16: the sampler's log-probs differ from the training forward's by bf16 rounding (~1e-2),
+    # which would bias the ratio; the old log-probs are those of the training forward itself.
+    fresh_old = settings.precision != "fp32"
+    if fresh_old:
+        rollout = _training_old_logp(policy, rollout, _micro_batches(orders[0], settings, mine)[1:], settings)
     totals = dict.fromkeys(STAT_KEYS, 0.0)  # every process sums the same keys, even with no rows
     weight = 0.0
     grad_norms, losses = [], []
-    for _ in range(settings.num_iterations):
-        order = torch.randperm(n, generator=generator) if settings.minibatches > 1 else torch.arange(n)
-        for minibatch in order.chunk(settings.minibatches):
-            # Rows in prompt order: a micro-batch then holds whole groups, whose shared prompt
-            # the forward runs once (sequence_logprobs' prompt_len). Order within a minibatch
-            # doesn't change its gradient: the loss normalisers are counted over all of it.
-            minibatch = minibatch.sort().values
-            minibatch = minibatch[(minibatch >= mine.start) & (minibatch < mine.stop)] - first_row
-            parts = [rollout.rows(idx.to(device)) for idx in minibatch.split(settings.micro_batch_size) if len(idx)]
+    for iteration, order in enumerate(orders):
+        for k, micro in enumerate(_micro_batches(order, settings, mine)):
+            parts = [rollout.rows(idx.to(device)) for idx in micro]
             norm = _global_normalisers(parts, device)
             optimizer.zero_grad(set_to_none=True)
             minibatch_loss = 0.0
-            for part in parts:
-                loss, stats = _backward(policy, part, settings, norm)
+            for idx, part in zip(micro, parts):
+                # The first minibatch runs on the sampling policy: its old log-probs are its own.
+                current = fresh_old and iteration == 0 and k == 0
+                loss, stats, logp = _backward(policy, part, settings, norm, current)
+                if current:
+                    lo, hi = rollout.span(idx)
+                    rollout.old_logp[idx, lo:hi - 1] = logp  # for the passes after the first (mu > 1)
                 minibatch_loss += loss  # chunk losses carry the minibatch's normalisers: they add up
                 w = float(part.completion_mask.sum())
                 weight += w
                 for key, value in stats.items():
-                    totals[key] = totals.get(key, 0.0) + w * value
+                    totals[key] += w * value
             sum_gradients(policy.parameters())
             if settings.max_grad_norm > 0:
                 grad_norms.append(float(torch.nn.utils.clip_grad_norm_(policy.parameters(), settings.max_grad_norm)))
@@ -105,28 +120,69 @@ def _global_normalisers(parts: list[Rollout], device) -> Normalisers:
     return Normalisers(counts[0], counts[1])
 
 
-def _backward(policy, part: Rollout, settings: UpdateSettings, norm) -> tuple[float, dict[str, float]]:
-    """Forward, loss and backward for one micro-batch; its loss value and token-mean statistics."""
-    logp = sequence_logprobs(policy, part.input_ids, part.attention_mask, temperature=settings.temperature,
-                             prompt_len=part.prompt_len)
+def _micro_batches(order: torch.Tensor, settings: UpdateSettings, mine: range) -> list[tuple[torch.Tensor, ...]]:
+    """This process's row indices (local to its share `mine` of the global rows) of each
+    minibatch's micro-batches, for one pass in `order` [N global rows]; a share may be empty.
+
+    Rows in prompt order: a micro-batch then holds whole groups, whose shared prompt the forward
+    runs once (sequence_logprobs' prompt_len). Order within a minibatch doesn't change its
+    gradient: the loss normalisers are counted over all of it.
+    """
+    batches = []
+    for minibatch in order.chunk(settings.minibatches):
+        minibatch = minibatch.sort().values
+        local = minibatch[(minibatch >= mine.start) & (minibatch < mine.stop)] - mine.start
+        batches.append(tuple(idx for idx in local.split(settings.micro_batch_size) if len(idx)))
+    return batches
+
+
+def _logprobs(policy, part: Rollout, settings: UpdateSettings) -> torch.Tensor:
+    """The training forward: [n, L-1] float32 log-probs of one micro-batch, in settings.precision."""
+    with autocast(settings.precision, part.input_ids.device):
+        return sequence_logprobs(policy, part.input_ids, part.attention_mask, temperature=settings.temperature,
+                                 prompt_len=part.prompt_len)
+
+
+@torch.no_grad()
+def _training_old_logp(policy, rollout: Rollout, minibatches, settings: UpdateSettings) -> Rollout:
+    """The rollout with old log-probs from the training forward (same micro-batches, so the same
+    shapes and kernels) for the rows of `minibatches`; the other rows' are filled in by the first
+    minibatch's own forward (update_policy). Costs one forward without gradients of those rows."""
+    old = rollout.old_logp.clone()
+    for micro in minibatches:
+        for idx in micro:
+            lo, hi = rollout.span(idx)
+            old[idx, lo:hi - 1] = _logprobs(policy, rollout.rows(idx), settings)
+    return dataclasses.replace(rollout, old_logp=old)
+
+
+def _backward(policy, part: Rollout, settings: UpdateSettings, norm,
+              current_is_old: bool = False) -> tuple[float, dict[str, float], torch.Tensor]:
+    """Forward, loss and backward for one micro-batch: its loss value, token-mean statistics and
+    detached log-probs. `current_is_old`: the policy is the sampling one, so its log-probs
+    (detached) are the old ones and the ratio is exactly 1."""
+    logp = _logprobs(policy, part, settings)
+    old_logp = logp.detach() if current_is_old else part.old_logp
     loss, stats = grpo_loss(
-        logp, part.old_logp, part.ref_logp, part.advantages, part.completion_mask,
+        logp, old_logp, part.ref_logp, part.advantages, part.completion_mask,
         eps_low=settings.eps_low, eps_high=settings.eps_high, beta=settings.beta,
         aggregation=settings.aggregation, kl_estimator=settings.kl_estimator, max_len=settings.max_len,
         num_sequences=norm.num_sequences, num_tokens=norm.num_tokens)
     loss.backward()
     return float(loss.detach()), {"kl": float(stats.kl), "clip/low": float(stats.clip_low),
                                   "clip/high": float(stats.clip_high), "clip/fraction": float(stats.clip_fraction),
-                                  "ratio": float(stats.ratio_mean)}
+                                  "ratio": float(stats.ratio_mean)}, logp.detach()
 
 
 @torch.inference_mode()
-def reference_logprobs(reference, rollout: Rollout, temperature: float, micro_batch_size: int) -> torch.Tensor:
+def reference_logprobs(reference, rollout: Rollout, temperature: float, micro_batch_size: int,
+                       precision: str = "fp32") -> torch.Tensor:
     """[N, L-1] log-probs of the rollout under the frozen reference, in micro-batches."""
     out = torch.zeros_like(rollout.old_logp)
     for idx in torch.arange(rollout.num_rows).split(micro_batch_size):
         if not len(idx):  # an empty rollout (a process's empty share) still makes one empty split
             continue
-        out[idx] = sequence_logprobs(reference, rollout.input_ids[idx], rollout.attention_mask[idx],
-                                     temperature=temperature, prompt_len=rollout.prompt_len)
+        with autocast(precision, rollout.input_ids.device):
+            out[idx] = sequence_logprobs(reference, rollout.input_ids[idx], rollout.attention_mask[idx],
+                                         temperature=temperature, prompt_len=rollout.prompt_len)
     return out.clone()
