@@ -140,6 +140,15 @@ def main() -> None:
 
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    if not args.no_bf16:
+        from r1lab.errors import R1labError
+        from r1lab.precision import check_supported
+
+        try:
+            check_supported("bf16", "cpu")
+        except R1labError as error:
+            print(f"note: {error}: skipping the bf16 trainer runs")
+            args.no_bf16 = True
     model_dir, data, params = prepare(workdir, args.template)
     common = {"model": str(model_dir.resolve()), "data": str(data.resolve()), "threads": args.threads,
               "max_steps": args.warmup + args.steps + 2, "micro_batch_size": R1LAB_MICRO_BATCH}

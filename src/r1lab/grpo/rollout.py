@@ -4,7 +4,9 @@ A step's experience travels in one frozen `Rollout` of tensors (prompt-major row
 i*G .. i*G+G-1 are prompt i's completions) plus a `Scored` record of the texts and rewards
 for logging. The policy's log-probs at sampling time come from the sampler itself, so the
 "old" log-probs cost no extra forward pass (the sampler's are equal to a fresh forward within
-1e-5; tests/test_sampling.py and tests/test_grpo_speed_correctness.py check it). The sampler is
+1e-5; tests/test_sampling.py and tests/test_grpo_speed_correctness.py check it); with
+`precision: bf16` the sampler runs under bf16 autocast and grpo/update.py replaces its log-probs
+with the training forward's, as bf16 rounding makes the two differ. The sampler is
 r1lab.sampling.generate, or a vLLM engine with `rollout_backend: vllm` (grpo/vllm_backend.py).
 `Rollout.prompt_len` marks where the prompts end, so the training and reference forwards run
 each group's shared prompt once instead of G times.
