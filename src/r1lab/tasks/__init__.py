@@ -53,12 +53,15 @@ def generate(task: str, split: str, n: int, seed: int = 0, levels: tuple[int, ..
     rng = random.Random(f"{task}/{split}/{seed}/{levels}")
     problems: list[Problem] = []
     seen: set[str] = set()
-    attempts = 0
-    while len(problems) < n and attempts < 50 * n + 1000:
+    attempts = misses = 0
+    # a space smaller than n is exhausted long before 50n draws: 2n + 1000 misses in a row end it
+    while len(problems) < n and attempts < 50 * n + 1000 and misses < 2 * n + 1000:
         attempts += 1
         problem = t.sample(rng, rng.choice(levels))
         if split_of(task, problem.prompt) != split or (unique and problem.prompt in seen):
+            misses += 1
             continue
+        misses = 0
         seen.add(problem.prompt)
         problems.append(problem)
     return problems
