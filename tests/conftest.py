@@ -28,3 +28,16 @@ def tiny_model_dir(tmp_path_factory, tokenizer):
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def policy(tokenizer):
+    """A random micro model with peaked distributions (log-probs over a real range) and many EOS
+    ids (ragged lengths): the sampler's and the GRPO passes' test subject."""
+    from r1lab.modeling import build_model
+
+    model = build_model("micro", tokenizer, seed=0)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(2.0)
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, *range(60, 200)]
+    return model

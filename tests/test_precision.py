@@ -14,19 +14,9 @@ from r1lab.errors import R1labError
 from r1lab.grpo.config import GRPOConfig
 from r1lab.grpo.rollout import RolloutSettings, pack, sample_and_score
 from r1lab.grpo.update import UpdateSettings, update_policy
-from r1lab.modeling import build_model
 from r1lab.sampling import SamplingParams, sequence_logprobs
 
 PROMPTS = ["Compute 12 + 34.", "Hi", "Compute 7 * 8 and show each step", "Compute 5 - 3."]
-
-
-@pytest.fixture(scope="module")
-def policy(tokenizer):
-    model = build_model("micro", tokenizer, seed=0)
-    with torch.no_grad():
-        model.model.embed_tokens.weight.mul_(2.0)  # peaked distributions: log-probs over a real range
-    model.generation_config.eos_token_id = [tokenizer.eos_token_id, *range(60, 200)]  # ragged lengths
-    return model
 
 
 def length_reward(completions, **columns):

@@ -10,9 +10,10 @@ run) it does nothing, and every helper below answers as a single process would: 
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -116,3 +117,17 @@ def peak_memory_mb() -> float:
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
+
+
+def launched(stage: Callable[[Any], dict]) -> Callable[[Any], dict]:
+    """A stage's ``main(config)`` run with torch.distributed set up from torchrun's environment (a
+    no-op in a plain process) and torn down afterwards, also when it fails."""
+    @functools.wraps(stage)
+    def main(config: Any) -> dict:
+        init_from_env()
+        try:
+            return stage(config)
+        finally:
+            cleanup()
+
+    return main

@@ -314,15 +314,8 @@ class RewardModelConfig:
                              warmup_steps=self.warmup_steps, min_lr_ratio=self.min_lr_ratio, seed=self.seed)
 
 
+@distributed.launched  # under torchrun: one process of N (a no-op otherwise)
 def main(config: RewardModelConfig) -> dict:
-    distributed.init_from_env()  # a no-op unless launched by torchrun
-    try:
-        return _main(config)
-    finally:
-        distributed.cleanup()
-
-
-def _main(config: RewardModelConfig) -> dict:
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     out = Path(config.output_dir)

@@ -380,15 +380,8 @@ def train_settings(config) -> TrainSettings:
     return TrainSettings(**{f.name: getattr(config, f.name) for f in dataclasses.fields(TrainSettings)})
 
 
+@distributed.launched  # under torchrun: one process of N (a no-op otherwise)
 def main(config: SFTConfig) -> dict:
-    distributed.init_from_env()  # a no-op unless launched by torchrun
-    try:
-        return _sft(config)
-    finally:
-        distributed.cleanup()
-
-
-def _sft(config: SFTConfig) -> dict:
     if not config.model or not config.train_data:
         raise R1labError("sft needs model=FOLDER and train_data=FILE")
     if config.threads > 0:

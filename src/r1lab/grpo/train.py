@@ -51,15 +51,8 @@ from r1lab.templates import render_prompt
 __all__ = ["GRPOConfig", "main"]
 
 
+@distributed.launched  # under torchrun: one process of N (see grpo/parallel.py; a no-op otherwise)
 def main(config: GRPOConfig) -> dict:
-    distributed.init_from_env()  # a no-op unless launched by torchrun (see grpo/parallel.py)
-    try:
-        return _train(config)
-    finally:
-        distributed.cleanup()
-
-
-def _train(config: GRPOConfig) -> dict:
     _check_world_size(config)
     is_main = distributed.is_main()
     out = Path(config.output_dir)
