@@ -14,7 +14,7 @@ resumes from the last finished stage (and a killed training stage from its newes
  3. ``stage1_sft/``      stage 1: SFT of the base on the cold-start data
  4. ``stage2_rl/``       stage 2: reasoning GRPO, accuracy + format + language consistency
  5. ``rejection_sample/`` stage 3 data: right and readable samples of stage 2, plus non-reasoning rows
- 6. ``stage3_sft/``      stage 3: SFT of the *base* on them (2 epochs)
+ 6. ``stage3_sft/``      stage 3: SFT of the *base* on them (R1: 2 epochs; 4 on the small micro set)
  7. ``rm_helpful/``, ``rm_harmless/``  reward models: pairwise helpfulness, pointwise harmlessness
  8. ``stage4_rl/``       stage 4: GRPO for all scenarios on ``stage4_data.jsonl`` (micro problems,
     general and unsafe requests); rewards from ``stage4_rewards.py`` (below)
@@ -85,7 +85,7 @@ def micro_grpo(**changes: Any) -> GRPOConfig:
 
 
 def micro_sft(**changes: Any) -> sft.SFTConfig:
-    """SFT of the micro base on a few thousand rows (R1 stage 3: 2 epochs, cosine to 1/10)."""
+    """SFT of the micro base on a few thousand rows: cosine to 1/10 (R1 stage 3), 1024-token batches."""
     # 1024 tokens (~15 rows) per batch: on 979 cold-start rows x 3 epochs, 4096-token batches gave
     # 45 updates, too few to learn the summary (held-out addition 0.8% at T=1 after); 180 updates
     # of the same compute reached loss 0.05 and 74.5% pass@1, 81.5% readable.
