@@ -68,21 +68,8 @@ def main(config: GRPOConfig) -> dict:
     check_supported(config.precision, device)
     stream = PromptStream(load_train_rows(config.data, config.seed), config.seed)  # every process: the whole stream
     eval_rows = load_eval_rows(config.data, config.seed)
-    rollout_settings = RolloutSettings(
-        params=SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                              top_p=config.top_p, top_k=config.top_k, n=config.num_generations,
-                              stop=config.stop, seed=config.seed),
-        reward_fns=[(spec, load_reward(spec)) for spec in config.rewards],
-        reward_weights=config.weights, overlong_cache=config.overlong_cache,
-        batch_size=config.rollout_batch_size,
-        sampler=rollout_sampler(config.rollout_backend, config.model, config.seed), step_noise=config.step_noise,
-        precision=config.precision)
-    trainable = [p for p in policy.parameters() if p.requires_grad]  # with LoRA: the adapters
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay,
-                                  betas=(config.adam_beta1, config.adam_beta2))
-    floor = config.min_lr_ratio if config.lr_schedule == "cosine" else 1.0  # 1.0: constant after warmup
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_multiplier(s, config.warmup_steps, config.max_steps, floor))
+    rollout_settings = _rollout_settings(config)
+    optimizer, scheduler = _optimizer(policy, config)
 
     start, ref_step = _resume(config, out, policy, reference, optimizer, scheduler, stream)
     log = MetricsLog(out / "metrics.jsonl", keep_up_to=start) if is_main else None
@@ -94,15 +81,9 @@ def main(config: GRPOConfig) -> dict:
     progress = _progress(config, start) if is_main else None
     for step in range(start + 1, config.max_steps + 1):
         t0 = time.perf_counter()
-        policy.eval()
-        # every process gets the step's whole scored batch; it trains on its share `mine` of the groups
-        scored, prompt_ids, sampled = _collect(policy, tokenizer, stream, config, rollout_settings, step)
-        mine, g = share(len(scored.rows)), config.num_generations
-        advantages = ADVANTAGES[config.advantage](scored.rewards)  # on the whole batch ("batch" needs all of it)
-        rollout = pack(scored.keep(mine), prompt_ids[mine.start:mine.stop], config.advantage, tokenizer.pad_token_id,
-                       config.mask_truncated, advantages=advantages[mine.start:mine.stop]).to(device)
-        if config.beta > 0:
-            rollout = rollout.with_ref(_reference_logprobs(policy, reference, rollout, config))
+        scored, sampled, rollout, mine = _rollout(policy, reference, tokenizer, stream, config, rollout_settings,
+                                                  step, device)
+        g = config.num_generations
         t1 = time.perf_counter()
         policy.train()
         stats = update_policy(policy, optimizer, rollout, _update_settings(config), seed=config.seed + step,
@@ -127,14 +108,57 @@ def main(config: GRPOConfig) -> dict:
         _report(progress, metrics)
 
     if is_main:
-        save_final(out / "final", policy, tokenizer)  # with LoRA: the adapters
-        final = out / "final"
-        if is_lora(policy) and config.save_merged:
-            final = save_merged(policy, tokenizer, out / "final-merged")
-        plot_run(out)
-        print(f"grpo: done -> {final}; metrics in {out / 'metrics.jsonl'}, curves in {out / 'curves.png'}")
+        _save_final(out, config, policy, tokenizer)
     distributed.barrier()  # every process returns once the files are there
     return log.last if log else {}
+
+
+def _rollout_settings(config: GRPOConfig) -> RolloutSettings:
+    return RolloutSettings(
+        params=SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                              top_p=config.top_p, top_k=config.top_k, n=config.num_generations,
+                              stop=config.stop, seed=config.seed),
+        reward_fns=[(spec, load_reward(spec)) for spec in config.rewards],
+        reward_weights=config.weights, overlong_cache=config.overlong_cache,
+        batch_size=config.rollout_batch_size,
+        sampler=rollout_sampler(config.rollout_backend, config.model, config.seed), step_noise=config.step_noise,
+        precision=config.precision)
+
+
+def _optimizer(policy, config: GRPOConfig):
+    """AdamW over the trainable parameters (with LoRA: the adapters) and its warmup + schedule."""
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay,
+                                  betas=(config.adam_beta1, config.adam_beta2))
+    floor = config.min_lr_ratio if config.lr_schedule == "cosine" else 1.0  # 1.0: constant after warmup
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_multiplier(s, config.warmup_steps, config.max_steps, floor))
+    return optimizer, scheduler
+
+
+def _rollout(policy, reference, tokenizer, stream: PromptStream, config: GRPOConfig, settings: RolloutSettings,
+             step: int, device):
+    """(the step's scored groups, all groups sampled, this process's packed rollout, its share).
+
+    Every process gets the step's whole scored batch; it trains on its share `mine` of the groups."""
+    policy.eval()
+    scored, prompt_ids, sampled = _collect(policy, tokenizer, stream, config, settings, step)
+    mine = share(len(scored.rows))
+    advantages = ADVANTAGES[config.advantage](scored.rewards)  # on the whole batch ("batch" needs all of it)
+    rollout = pack(scored.keep(mine), prompt_ids[mine.start:mine.stop], config.advantage, tokenizer.pad_token_id,
+                   config.mask_truncated, advantages=advantages[mine.start:mine.stop]).to(device)
+    if config.beta > 0:
+        rollout = rollout.with_ref(_reference_logprobs(policy, reference, rollout, config))
+    return scored, sampled, rollout, mine
+
+
+def _save_final(out: Path, config: GRPOConfig, policy, tokenizer) -> None:
+    save_final(out / "final", policy, tokenizer)  # with LoRA: the adapters
+    final = out / "final"
+    if is_lora(policy) and config.save_merged:
+        final = save_merged(policy, tokenizer, out / "final-merged")
+    plot_run(out)
+    print(f"grpo: done -> {final}; metrics in {out / 'metrics.jsonl'}, curves in {out / 'curves.png'}")
 
 
 def _check_world_size(config: GRPOConfig) -> None:
