@@ -86,3 +86,26 @@ def test_killed_run_resumes_to_the_same_metrics(tiny_model_dir, prompts_jsonl, t
     a, b = read_jsonl(straight / "metrics.jsonl"), read_jsonl(killed / "metrics.jsonl")
     assert [r["step"] for r in b] == [1, 2, 3, 4, 5, 6]
     assert _comparable(a) == _comparable(b)
+
+
+def test_reward_from_step_adds_a_reward_later(tiny_model_dir, prompts_jsonl, tmp_path):
+    rewards = tmp_path / "const.py"
+    rewards.write_text("def one(completions, **kw):\n    return [1.0] * len(completions)\n\n"
+                       "def two(completions, **kw):\n    return [2.0] * len(completions)\n")
+    out = tmp_path / "run"
+    assert cli_main(["grpo", *_args(tiny_model_dir, prompts_jsonl, out, "max_steps=3", "beta=0",
+                                    f"rewards=[{rewards}:one,{rewards}:two]", "reward_from_step=[1,3]")]) == 0
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["reward/mean"] for r in rows] == [1.0, 1.0, 3.0]  # `two` counts from step 3 on
+    assert all(r["reward/two"] == 2.0 for r in rows)  # and is logged before it counts
+
+
+def test_weights_at():
+    from r1lab.grpo.config import GRPOConfig
+
+    config = GRPOConfig(rewards=("a", "b", "c"), reward_weights=(1.0, 0.5, 2.0), reward_from_step=(1, 5, 10))
+    assert [config.weights_at(s) for s in (1, 4, 5, 10)] == [(1.0, 0.0, 0.0), (1.0, 0.0, 0.0), (1.0, 0.5, 0.0),
+                                                            (1.0, 0.5, 2.0)]
+    assert GRPOConfig(rewards=("a", "b")).weights_at(1) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="reward_from_step has 1 entries for 2 rewards"):
+        GRPOConfig(rewards=("a", "b"), reward_from_step=(3,))

@@ -48,6 +48,9 @@ class GRPOConfig:
     # rewards: registry names, "file.py:function" or "module:function"; equal weights by default
     rewards: tuple[str, ...] = ("accuracy", "format")
     reward_weights: tuple[float, ...] = ()
+    # per reward, the first step whose total counts it (weight 0 before, still logged); () = all
+    # from step 1. R1 stage 4 adds the preference rewards only in the last 400 of 1,700 steps.
+    reward_from_step: tuple[int, ...] = ()
     template: str = "r1_zero"
 
     # rollouts
@@ -129,6 +132,8 @@ class GRPOConfig:
         check_choices("precision", self.precision, PRECISIONS)
         if self.reward_weights and len(self.reward_weights) != len(self.rewards):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} entries for {len(self.rewards)} rewards")
+        if self.reward_from_step and len(self.reward_from_step) != len(self.rewards):
+            raise ValueError(f"reward_from_step has {len(self.reward_from_step)} entries for {len(self.rewards)} rewards")
         for name in ("num_generations", "prompts_per_step", "max_new_tokens", "num_iterations", "minibatches",
                      "micro_batch_size"):
             if getattr(self, name) < 1:
@@ -153,3 +158,8 @@ class GRPOConfig:
     @property
     def weights(self) -> tuple[float, ...]:
         return self.reward_weights or (1.0,) * len(self.rewards)
+
+    def weights_at(self, step: int) -> tuple[float, ...]:
+        """The reward weights of training step `step` (1-based): 0 for a reward not yet started."""
+        starts = self.reward_from_step or (1,) * len(self.rewards)
+        return tuple(w if step >= start else 0.0 for w, start in zip(self.weights, starts))

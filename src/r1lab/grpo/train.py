@@ -19,6 +19,8 @@ adapters, ``final-merged/`` the base with the adapters merged in (a plain Huggin
 
 from __future__ import annotations
 
+import dataclasses
+
 import copy
 import time
 from pathlib import Path
@@ -81,8 +83,8 @@ def main(config: GRPOConfig) -> dict:
     progress = _progress(config, start) if is_main else None
     for step in range(start + 1, config.max_steps + 1):
         t0 = time.perf_counter()
-        scored, sampled, rollout, mine = _rollout(policy, reference, tokenizer, stream, config, rollout_settings,
-                                                  step, device)
+        settings = dataclasses.replace(rollout_settings, reward_weights=config.weights_at(step))
+        scored, sampled, rollout, mine = _rollout(policy, reference, tokenizer, stream, config, settings, step, device)
         g = config.num_generations
         t1 = time.perf_counter()
         policy.train()
