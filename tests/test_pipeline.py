@@ -8,13 +8,14 @@ and every pass@1 is 0.
 import dataclasses
 import json
 import math
+import pickle
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 
-from r1lab import cold_start, distill, evaluate, grpo, pipeline, rejection_sample, report, reward_model, sft
+from r1lab import cold_start, distill, evaluate, grpo, pipeline, pretrain, rejection_sample, report, reward_model, sft
 from r1lab.config import load_config
 from r1lab.grpo.config import GRPOData
 from r1lab.pipeline import PipelineConfig
@@ -33,8 +34,8 @@ def tiny_config(out, base) -> PipelineConfig:
                     progress=False)
     rm = dict(num_synthetic=16, max_steps=2, batch_size=4, max_length=64, eval_every=0, log_every=1)
     # student_size=micro, the base's size: the students start from the base (no second pretraining)
-    config = PipelineConfig(output_dir=str(out), base_model=str(base), student_size="micro", cold_start_min_rows=4,
-                            stage4_general=2, stage4_unsafe=2, distill_from_base=False)
+    config = PipelineConfig(output_dir=str(out), base_model=str(base), student_size="micro", written_min_per_task=2,
+                            stage4_general=2, stage4_unsafe=2, distill_from_base=False, workers=1)
     return dataclasses.replace(
         config,
         r1_zero=dataclasses.replace(config.r1_zero, **rl),
@@ -63,12 +64,13 @@ def test_pipeline_end_to_end_and_resume(tiny_model_dir, tmp_path, monkeypatch):
         assert (out / stage / "final" / "config.json").is_file(), stage
     for stage in ("r1_zero", "stage2_rl", "stage4_rl", "rl_only"):
         assert (out / stage / "curves.png").is_file() and (out / "curves" / f"{stage}.png").is_file()
-    for data in ("cold_start/sft.jsonl", "stage1_data.jsonl", "rejection_sample/sft.jsonl", "stage4_data.jsonl",
+    for data in ("cold_start/sft.jsonl", "stage1_data.jsonl", "rejection_sample/sft.jsonl", "stage3_data.jsonl",
+                 "stage4_data.jsonl",
                  "distilled/train.jsonl", "distilled/traces/sft.jsonl"):
         assert (out / data).is_file(), data
     assert (out / "distilled" / "student_init" / "config.json").is_file()  # distill_from_base=False: fresh
     stage1_rows = [json.loads(line) for line in (out / "stage1_data.jsonl").read_text().splitlines()]
-    assert len(stage1_rows) >= 4
+    assert [(r["task"], r["source"]) for r in stage1_rows] == [("addition", "written")] * 2  # a random model solves none
     stage4_rows = [json.loads(line) for line in (out / "stage4_data.jsonl").read_text().splitlines()]
     assert sum(r["task"] == "general" for r in stage4_rows) == 4 and all(r["answer"] for r in stage4_rows)
 
@@ -93,7 +95,8 @@ def test_pipeline_end_to_end_and_resume(tiny_model_dir, tmp_path, monkeypatch):
     timings = json.loads((out / "timings.json").read_text())
     assert list(timings) == ["base", "r1_zero", "cold_start", "stage1_sft", "stage2_rl", "rejection_sample",
                              "stage3_sft", "rm_helpful", "rm_harmless", "stage4_rl", "student_base", "distilled",
-                             "rl_only", "eval"]
+                             "rl_only", "eval/stage4_rl", "eval/distilled", "eval/base", "eval/r1_zero",
+                             "eval/stage1_sft", "eval/stage2_rl", "eval/stage3_sft", "eval/rl_only", "wall"]
     assert timings["r1_zero"] > 0
 
     # resume: a second run trains nothing; with one evaluation deleted, only that one runs again
@@ -136,9 +139,20 @@ def test_stage4_rewards_module(tmp_path):
 def test_written_solutions_are_right():
     from r1lab.rewards import is_correct
 
-    rows = pipeline.written_solutions(("addition", "countdown"), 5, 0, {})
-    assert len(rows) == 5 and {r["task"] for r in rows} == {"addition", "countdown"}
-    assert all(is_correct(r["completion"], r) for r in rows)
+    rows = pipeline.written_solutions("addition", 3, 0, (2,)) + pipeline.written_solutions("countdown", 2, 0)
+    assert [r["task"] for r in rows] == ["addition"] * 3 + ["countdown"] * 2
+    assert all(is_correct(r["completion"], r) and r["source"] == "written" for r in rows)
+    assert pipeline.written_solutions("addition", 0, 0) == []
+
+
+def test_top_up_fills_each_task_to_the_minimum(tmp_path):
+    sampled = [{"task": "addition", "prompt": f"p{i}", "answer": "1", "completion": "c"} for i in range(3)]
+    sampled.append({"task": "general", "prompt": "hello", "answer": "hi", "completion": "hi"})
+    (tmp_path / "sampled.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sampled))
+    path = pipeline.top_up(str(tmp_path / "sampled.jsonl"), 2, ("addition", "countdown"), 0, {}, tmp_path / "out.jsonl")
+    rows = [json.loads(line) for line in open(path)]
+    assert rows[:4] == sampled  # every sampled row kept; addition has 3 >= 2, countdown gets 2 written
+    assert [r["task"] for r in rows[4:]] == ["countdown", "countdown"]
 
 
 # --- the table builder on hand-made summaries ------------------------------------------------------
@@ -202,3 +216,26 @@ def test_recipe_loads():
     assert config.stage2_rl.rewards == ("accuracy", "format_readable", "language_consistency")
     assert config.stage4_rl.temperature == 0.7 and "helpfulness" in config.stage4_rl.rewards
     assert config.distill.sft.template == config.distill.traces.template == "micro"
+
+
+def test_plan_pickles_and_orders_the_chain_first(tiny_model_dir, tmp_path):
+    config = dataclasses.replace(tiny_config(tmp_path / "r1", tiny_model_dir), workers=2)
+    stages = pipeline.plan(config, tmp_path / "r1")
+    pickle.loads(pickle.dumps([(s.run, s.args) for s in stages]))  # what the worker processes receive
+    names = [s.name for s in stages]
+    assert names[:7] == ["base", "r1_zero", "cold_start", "stage1_sft", "stage2_rl", "rejection_sample", "stage3_sft"]
+    assert {f"eval/{key}" for key in pipeline.EVALUATED} <= set(names)
+    assert not stages[0].wide  # a given base model: nothing to pretrain
+
+
+def test_base_pretrains_data_parallel_with_two_workers(tmp_path):
+    """workers=2: the base's pretraining runs under torchrun, 2 processes, and writes one model."""
+    tiny = pretrain.PretrainConfig(size="nano", num_examples=64, eval_examples=8, tasks=("addition",),
+                                   train=sft.TrainSettings(max_steps=2, max_tokens_per_batch=512, eval_every=0,
+                                                           save_every=0, log_every=1))
+    config = PipelineConfig(output_dir=str(tmp_path), pretrain=tiny, workers=2)
+    assert pipeline.plan(config, tmp_path)[0].wide
+    final = pipeline.stage_base(config, tmp_path)
+    assert (tmp_path / "base" / "final" / "config.json").is_file() and final.endswith("final")
+    rows = [json.loads(line) for line in (tmp_path / "base" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]  # one writer: rank 0

@@ -10,10 +10,11 @@ resumes from the last finished stage (and a killed training stage from its newes
  0. ``base/``            pretrain the micro base (skipped with ``base_model=FOLDER``)
  1. ``r1_zero/``         R1-Zero: GRPO on the base, rule rewards accuracy + format
  2. ``cold_start/``      stage 1 data from R1-Zero samples (kept if right and readable, rewritten);
-    ``stage1_data.jsonl`` the same, topped up to ``cold_start_min_rows`` (see `written_solutions`)
+    ``stage1_data.jsonl`` the same, topped up to ``written_min_per_task`` rows per task (`top_up`)
  3. ``stage1_sft/``      stage 1: SFT of the base on the cold-start data
  4. ``stage2_rl/``       stage 2: reasoning GRPO, accuracy + format + language consistency
- 5. ``rejection_sample/`` stage 3 data: right and readable samples of stage 2, plus non-reasoning rows
+ 5. ``rejection_sample/`` stage 3 data: right and readable samples of stage 2, plus non-reasoning rows;
+    ``stage3_data.jsonl`` the same, topped up like stage 1's
  6. ``stage3_sft/``      stage 3: SFT of the *base* on them (R1: 2 epochs; 4 on the small micro set)
  7. ``rm_helpful/``, ``rm_harmless/``  reward models: pairwise helpfulness, pointwise harmlessness
  8. ``stage4_rl/``       stage 4: GRPO for all scenarios on ``stage4_data.jsonl`` (micro problems,
@@ -21,7 +22,12 @@ resumes from the last finished stage (and a killed training stage from its newes
  9. ``student_base/``    the student's pretrained base (the base itself when ``student_size`` is the
     base's size), ``distilled/`` SFT of it on R1's traces + the stage-3 set, ``rl_only/`` R1-Zero on it
 10. ``eval/<stage>/``    every model by the paper's protocol (`r1lab.evaluate`)
-11. ``results.md``, ``results.json``, ``curves/``, ``report.html`` (`r1lab.report`)
+11. ``results.md``, ``results.json``, ``curves/``, ``report.html`` (`r1lab.report`), ``timings.json``
+
+Stages that don't wait on each other run side by side in ``workers`` processes (`r1lab.schedule`;
+each writes ``logs/<stage>.log``), and the base pretrains data parallel over all of them (torchrun).
+The longest chain is base -> R1-Zero -> stages 1-4 -> distilled; the student's pretraining, the
+reward models, RL on the student and the evaluations fill the second worker beside it.
 
 How stage 4 gets its reward models. GRPO takes rewards as names (``config.rewards``) so that its
 resolved ``config.yaml`` alone reruns it; a reward model is a factory-made closure over a folder.
@@ -39,10 +45,10 @@ the readable format (``<think> .. </think> <summary> .. </summary> <answer> .. <
 the strict R1-Zero ``format`` reward scores 0 because of the summary between the blocks, and which
 these stages should keep (R1 trains on readable outputs from stage 1 on).
 
-Departures from R1, at this scale: preference rewards are on for all stage-4 steps (R1: only the
-last 400 of 1,700; GRPO here has no reward schedule); the cold-start set is topped up with written
-worked solutions (R1: human post-processing and few-shot prompting) when R1-Zero keeps too few;
-general prompts are not evaluated (only the micro reasoning tasks are).
+Departures from R1, at this scale: the stage-1 and stage-3 sets are topped up with written worked
+solutions (R1: human post-processing) for tasks where sampling kept too few rows; general prompts
+are not evaluated (only the micro reasoning tasks are). As in R1, the stage-4 reward models count
+only in the last quarter of the steps (``reward_from_step``).
 """
 
 from __future__ import annotations
@@ -50,6 +56,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,9 +66,10 @@ from typing import Any, Callable
 import torch
 
 from r1lab import (cold_start, distill, evaluate, micro_general, pretrain, rejection_sample, report, reward_model,
-                   sft, tasks)
+                   schedule, sft, tasks)
 from r1lab.checkpoint import latest_checkpoint
 from r1lab.config import check_choices, save_config
+from r1lab.errors import R1labError
 from r1lab.filters import format_readable
 from r1lab.grpo import train as grpo_train
 from r1lab.grpo.config import GRPOConfig, GRPOData
@@ -103,12 +112,18 @@ class PipelineConfig:
     student_size: str = "nano"  # the students' size (a key of r1lab.modeling.MODEL_SIZES)
     student_base: str = ""  # an existing pretrained student base; empty: see module docstring, stage 9
     distill_from_base: bool = True  # distil into the pretrained student base (R1); false: a fresh random model
-    cold_start_min_rows: int = 200  # top the cold-start set up with written solutions to this many rows
+    # the stage-1 and stage-3 sets are topped up with written solutions to this many rows per task:
+    # R1-Zero and stage 2 solve countdown ~0% of the time, and with no countdown rows SFT of the base
+    # left the readable format on 10% (stage 1) and 0% (stage 3) of countdown samples in a first run
+    written_min_per_task: int = 100
     stage4_general: int = 200  # general requests among the stage-4 prompts
     stage4_unsafe: int = 100  # unsafe requests among them (the safe answer is a refusal)
     # torch threads for every stage (0 = torch's default). 1: on the 2-core development machine two
     # threads pretrained at 5.2k tokens/s with nothing else running, one thread at 7-8k
     threads: int = 1
+    # worker processes for stages that don't wait on each other (r1lab.schedule), and the base's
+    # pretraining runs data parallel over as many (torchrun); 1: every stage in turn, in this process
+    workers: int = 2
 
     pretrain: pretrain.PretrainConfig = field(default_factory=pretrain.PretrainConfig)
     # RL budgets fit `make demo` in 20 minutes on 2 cores: 100 R1-Zero steps (~2 minutes)
@@ -140,11 +155,13 @@ class PipelineConfig:
     rm_harmless: reward_model.RewardModelConfig = field(default_factory=lambda: reward_model.RewardModelConfig(
         kind="pointwise", num_synthetic=1000, max_length=256, learning_rate=3e-4))
     # 600 reasoning problems next to the 300 general and unsafe requests: with 20,000 of them,
-    # a step of 16 prompts held a general one in 1 step of 4, and the reward models barely spoke
+    # a step of 16 prompts held a general one in 1 step of 4, and the reward models barely spoke.
+    # The reward models count in the last 10 of 40 steps, R1's share (the last 400 of 1,700)
     stage4_rl: GRPOConfig = field(default_factory=lambda: micro_grpo(
         data=GRPOData(tasks=("addition",), levels={"addition": (1, 2, 3)}, num_train=600, num_eval=50),
         rewards=("accuracy", "format_readable", "language_consistency", "helpfulness", "harmlessness"),
-        reward_weights=(1.0, 1.0, 1.0, 1.0, 1.0), temperature=0.7, learning_rate=3e-5, max_steps=40))
+        reward_weights=(1.0, 1.0, 1.0, 1.0, 1.0), reward_from_step=(1, 1, 1, 31, 31), temperature=0.7,
+        learning_rate=3e-5, max_steps=40))
     distill: distill.DistillConfig = field(default_factory=lambda: distill.DistillConfig(
         traces=rejection_sample.RejectionSampleConfig(tasks=tasks.DEFAULT_TASKS, num_problems=500, n=4,
                                                       non_reasoning=0, progress=False)))
@@ -155,7 +172,9 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         check_choices("student_size", self.student_size, MODEL_SIZES)
-        for name in ("cold_start_min_rows", "stage4_general", "stage4_unsafe"):
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        for name in ("written_min_per_task", "stage4_general", "stage4_unsafe"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -166,32 +185,61 @@ def main(config: PipelineConfig) -> dict:
     root = Path(config.output_dir)
     save_config(config, root / "pipeline.yaml")
     clock = StageClock(root / "timings.json")
-
-    base = clock("base", stage_base, config, root)
-    r1_zero = clock("r1_zero", run_grpo, config.r1_zero, base, root / "r1_zero")
-    cold = clock("cold_start", run_data, root / "cold_start", lambda out: cold_start.main(
-        dataclasses.replace(config.cold_start, model=r1_zero, output_dir=out)))
-    stage1_data = top_up(cold, config.cold_start_min_rows, config.cold_start, root / "stage1_data.jsonl")
-    stage1 = clock("stage1_sft", run_sft, config.stage1_sft, base, stage1_data, root / "stage1_sft")
-    stage2 = clock("stage2_rl", run_grpo, config.stage2_rl, stage1, root / "stage2_rl")
-    stage3_data = clock("rejection_sample", run_data, root / "rejection_sample", lambda out: rejection_sample.main(
-        dataclasses.replace(config.rejection_sample, model=stage2, output_dir=out)))
-    stage3 = clock("stage3_sft", run_sft, config.stage3_sft, base, stage3_data, root / "stage3_sft")
-    helpful = clock("rm_helpful", run_reward_model, config.rm_helpful, base, root / "rm_helpful")
-    harmless = clock("rm_harmless", run_reward_model, config.rm_harmless, base, root / "rm_harmless")
-    stage4 = clock("stage4_rl", run_grpo, stage4_config(config, root, helpful, harmless), stage3, root / "stage4_rl")
-
-    student_base = clock("student_base", stage_student_base, config, root, base)
-    distilled = clock("distilled", stage_distill, config, root, stage4, student_base, stage3_data)
-    rl_only = clock("rl_only", stage_rl_only, config, root, student_base)
-
-    models = {"base": base, "r1_zero": r1_zero, "stage1_sft": stage1, "stage2_rl": stage2, "stage3_sft": stage3,
-              "stage4_rl": stage4, "distilled": distilled, "rl_only": rl_only}
-    summaries = clock("eval", lambda: {key: run_eval(config.eval, path, root / "eval" / key)
-                                       for key, path in models.items()})
+    started = time.perf_counter()
+    schedule.run(plan(config, root), config.workers, config.threads, root / "logs", clock.record)
+    summaries = {key: report.load_summary(root / "eval" / key) for key in EVALUATED}
     result = report.write_report(root, summaries, report.curve_images(root))
+    clock.record("wall", time.perf_counter() - started)
     print(clock.table())
     return result
+
+
+# the models evaluated, in the results table's order: stage name -> its model folder under output_dir
+EVALUATED = ("base", "r1_zero", "stage1_sft", "stage2_rl", "stage3_sft", "stage4_rl", "distilled", "rl_only")
+
+
+def plan(config: PipelineConfig, root: Path) -> list[schedule.Stage]:
+    """The stages, the chain base -> R1-Zero -> ... -> R1 -> distilled first (`schedule` starts
+    ready stages in this order, so the longest chain never waits for a side stage)."""
+    base, student = model_path(config, root, "base"), model_path(config, root, "student_base")
+    final = {name: str(root / name / "final") for name in EVALUATED if name not in ("base",)}
+    stage1_data, stage3_data = str(root / "stage1_data.jsonl"), str(root / "stage3_data.jsonl")
+    helpful, harmless = str(root / "rm_helpful" / "final"), str(root / "rm_harmless" / "final")
+    Stage = schedule.Stage
+    stages = [
+        Stage("base", stage_base, (config, root), wide=config.workers > 1 and not config.base_model),
+        Stage("r1_zero", run_grpo, (config.r1_zero, base, root / "r1_zero"), ("base",)),
+        Stage("cold_start", stage_cold_start, (config, root, final["r1_zero"]), ("r1_zero",)),
+        Stage("stage1_sft", run_sft, (config.stage1_sft, base, stage1_data, root / "stage1_sft"), ("cold_start",)),
+        Stage("stage2_rl", run_grpo, (config.stage2_rl, final["stage1_sft"], root / "stage2_rl"), ("stage1_sft",)),
+        Stage("rejection_sample", stage_rejection_sample, (config, root, final["stage2_rl"]), ("stage2_rl",)),
+        Stage("stage3_sft", run_sft, (config.stage3_sft, base, stage3_data, root / "stage3_sft"), ("rejection_sample",)),
+        Stage("rm_helpful", run_reward_model, (config.rm_helpful, base, root / "rm_helpful"), ("base",)),
+        Stage("rm_harmless", run_reward_model, (config.rm_harmless, base, root / "rm_harmless"), ("base",)),
+        Stage("stage4_rl", stage_stage4, (config, root, helpful, harmless, final["stage3_sft"]),
+              ("stage3_sft", "rm_helpful", "rm_harmless")),
+        # the student's own base needs nothing but compute, unless it is the base itself
+        Stage("student_base", stage_student_base, (config, root, base), () if student != base else ("base",)),
+        Stage("distilled", stage_distill, (config, root, final["stage4_rl"], student, stage3_data),
+              ("stage4_rl", "student_base")),
+        Stage("rl_only", stage_rl_only, (config, root, student), ("student_base",)),
+    ]
+    # the critical chain's last two evaluations first; the others fill the second worker's gaps
+    for key in ("stage4_rl", "distilled") + tuple(k for k in EVALUATED if k not in ("stage4_rl", "distilled")):
+        stages.append(Stage(f"eval/{key}", run_eval, (config.eval, base if key == "base" else final[key],
+                                                       root / "eval" / key), (key,)))
+    return stages
+
+
+def model_path(config: PipelineConfig, root: Path, name: str) -> str:
+    """The folder of the base or the student base, given or pretrained under `root`."""
+    if name == "base":
+        return config.base_model or str(root / "base" / "final")
+    if config.student_base:
+        return config.student_base
+    if config.student_size == config.pretrain.size:
+        return model_path(config, root, "base")
+    return str(root / "student_base" / "final")
 
 
 class StageClock:
@@ -201,21 +249,19 @@ class StageClock:
         self.path = path
         self.seconds: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
 
-    def __call__(self, name: str, stage: Callable[..., Any], *args: Any) -> Any:
-        start = time.perf_counter()
-        result = stage(*args)
-        seconds = time.perf_counter() - start
+    def record(self, name: str, seconds: float) -> None:
         if seconds >= 1.0 or name not in self.seconds:  # under a second: skipped, its output existed
             self.seconds[name] = round(seconds, 1)
             write_json(self.path, self.seconds)
-        return result
 
     def table(self) -> str:
-        cells = ", ".join(f"{name} {seconds:.0f}" for name, seconds in self.seconds.items())
-        return f"stage wall seconds: {cells}; total {sum(self.seconds.values()) / 60:.1f} min ({self.path})"
+        stages = {name: s for name, s in self.seconds.items() if name != "wall"}
+        cells = ", ".join(f"{name} {seconds:.0f}" for name, seconds in stages.items())
+        return (f"stage wall seconds: {cells}; stages sum to {sum(stages.values()) / 60:.1f} min, "
+                f"this run took {self.seconds.get('wall', 0) / 60:.1f} min wall ({self.path})")
 
 
-# --- stages: each skipped when its output exists --------------------------------------------------
+# --- stages: each skipped when its output exists; module functions, run in worker processes ------
 
 def _done(path: Path, name: str) -> bool:
     if path.exists():
@@ -226,14 +272,28 @@ def _done(path: Path, name: str) -> bool:
 
 
 def stage_base(config: PipelineConfig, root: Path) -> str:
+    """Pretrain the micro base; with several workers, data parallel over them with torchrun."""
     if config.base_model:
         print(f"== base: given ({config.base_model})")
         return config.base_model
     out = root / "base"
     if not _done(out / "final" / "config.json", "base: pretrain"):
-        pretrain.main(dataclasses.replace(config.pretrain, output_dir=str(out),
-                                          resume=latest_checkpoint(out) is not None))
+        pretrain_config = dataclasses.replace(config.pretrain, output_dir=str(out), threads=config.threads,
+                                              resume=latest_checkpoint(out) is not None)
+        if config.workers > 1:
+            torchrun(config.workers, "pretrain", pretrain_config, root / "base.yaml")
+        else:
+            pretrain.main(pretrain_config)
     return str(out / "final")
+
+
+def torchrun(processes: int, command: str, stage_config: Any, config_path: Path) -> None:
+    """``r1lab COMMAND config_path`` under torchrun on this machine, `processes` processes."""
+    save_config(stage_config, config_path)
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+            "-m", "r1lab.cli", command, str(config_path)]
+    if subprocess.run(argv).returncode != 0:
+        raise R1labError(f"r1lab {command} {config_path} under torchrun failed (its output is above)")
 
 
 def run_grpo(config: GRPOConfig, model: str, out: Path) -> str:
@@ -250,11 +310,24 @@ def run_sft(config: sft.SFTConfig, model: str, data: str, out: Path) -> str:
     return str(out / "final")
 
 
-def run_data(out: Path, stage: Callable[[str], Any]) -> str:
-    """A data stage (cold start, rejection sampling) that writes ``out/sft.jsonl``."""
-    if not _done(out / "sft.jsonl", f"{out.name}: sampling"):
-        stage(str(out))
-    return str(out / "sft.jsonl")
+def stage_cold_start(config: PipelineConfig, root: Path, r1_zero: str) -> str:
+    """R1-Zero's samples, kept and rewritten (``cold_start/sft.jsonl``), topped up (``stage1_data.jsonl``)."""
+    out = root / "cold_start"
+    if not _done(out / "sft.jsonl", "cold_start: sampling"):
+        cold_start.main(dataclasses.replace(config.cold_start, model=r1_zero, output_dir=str(out)))
+    data = config.cold_start
+    return top_up(str(out / "sft.jsonl"), config.written_min_per_task, data.tasks, data.seed, data.levels,
+                  root / "stage1_data.jsonl")
+
+
+def stage_rejection_sample(config: PipelineConfig, root: Path, stage2: str) -> str:
+    """Stage 2's right and readable samples (``rejection_sample/sft.jsonl``), topped up (``stage3_data.jsonl``)."""
+    out = root / "rejection_sample"
+    if not _done(out / "sft.jsonl", "rejection_sample: sampling"):
+        rejection_sample.main(dataclasses.replace(config.rejection_sample, model=stage2, output_dir=str(out)))
+    data = config.rejection_sample
+    return top_up(str(out / "sft.jsonl"), config.written_min_per_task, data.tasks, data.seed + 1, data.levels,
+                  root / "stage3_data.jsonl")
 
 
 def run_reward_model(config: reward_model.RewardModelConfig, base: str, out: Path) -> str:
@@ -263,18 +336,23 @@ def run_reward_model(config: reward_model.RewardModelConfig, base: str, out: Pat
     return str(out / "final")
 
 
+def stage_stage4(config: PipelineConfig, root: Path, helpful: str, harmless: str, stage3: str) -> str:
+    return run_grpo(stage4_config(config, root, helpful, harmless), stage3, root / "stage4_rl")
+
+
 def stage_student_base(config: PipelineConfig, root: Path, base: str) -> str:
     """The students' pretrained base: given, the base itself at the same size, or pretrained here."""
-    if config.student_base:
-        return config.student_base
-    if config.student_size == config.pretrain.size:
-        print(f"== student_base: the base ({base}), the student size equals the base's")
+    student = model_path(config, root, "student_base")
+    if student == base:
+        print(f"== student_base: {base}" + ("" if config.student_base else " (the student size is the base's)"))
         return base
+    if config.student_base:
+        return student
     out = root / "student_base"
     if not _done(out / "final" / "config.json", f"student_base: pretrain size {config.student_size}"):
         pretrain.main(dataclasses.replace(config.pretrain, size=config.student_size, output_dir=str(out),
-                                          resume=latest_checkpoint(out) is not None))
-    return str(out / "final")
+                                          threads=config.threads, resume=latest_checkpoint(out) is not None))
+    return student
 
 
 def stage_distill(config: PipelineConfig, root: Path, teacher: str, student_base: str, stage3_data: str) -> str:
@@ -294,41 +372,40 @@ def stage_rl_only(config: PipelineConfig, root: Path, student_base: str) -> str:
     return str(out / "final")
 
 
-def run_eval(config: evaluate.EvalConfig, model: str, out: Path) -> dict:
+def run_eval(config: evaluate.EvalConfig, model: str, out: Path) -> None:
     if not _done(out / "summary.json", f"eval: {model}"):
         evaluate.main(dataclasses.replace(config, model=model, output_dir=str(out)))
-    return report.load_summary(out)
 
 
 # --- stage 1 data: topping up -------------------------------------------------------------------
 
-def top_up(cold: str, min_rows: int, config: cold_start.ColdStartConfig, path: Path) -> str:
-    """The cold-start rows, plus written worked solutions up to `min_rows` rows in all."""
-    rows = read_jsonl(cold)
-    missing = max(0, min_rows - len(rows))
-    written = written_solutions(config.tasks, missing, config.seed, config.levels) if missing else []
+def top_up(sampled: str, min_per_task: int, task_names, seed: int, levels: dict, path: Path) -> str:
+    """The sampled rows, plus written worked solutions for each task with fewer than `min_per_task`."""
+    rows = read_jsonl(sampled)
+    counts = {name: sum(row.get("task") == name for row in rows) for name in task_names}
+    written = [row for name, count in counts.items()
+               for row in written_solutions(name, min_per_task - count, seed, levels.get(name) or None)]
     write_jsonl(path, rows + written)
-    print(f"stage 1 data: {len(rows)} cold-start rows + {len(written)} written solutions -> {path}")
+    added = ", ".join(f"{name} {min_per_task - count}" for name, count in counts.items() if count < min_per_task)
+    print(f"{path.name}: {len(rows)} sampled rows + {len(written)} written solutions ({added or 'none needed'})")
     return str(path)
 
 
-def written_solutions(task_names, n: int, seed: int, levels: dict) -> list[dict]:
-    """`n` clean worked solutions in the readable format, tasks in turn (train split).
+def written_solutions(task: str, n: int, seed: int, levels: tuple[int, ...] | None = None) -> list[dict]:
+    """`n` clean worked solutions of `task` in the readable format (train split).
 
-    They stand in for the paper's human-refined cold-start data (R1 v1 section 2.3.1) when R1-Zero
-    keeps too few samples: written by `r1lab.tasks` with no flaws, as a careful annotator would.
+    They stand in for the paper's human-refined data (R1 v1 section 2.3.1) where sampling kept
+    too few rows of a task: written by `r1lab.tasks` with no flaws, as a careful annotator would.
     """
-    if n <= 0 or not task_names:
+    if n <= 0:
         return []
-    rng = random.Random(f"written/{seed}")
-    per_task = -(-n // len(task_names))
+    rng = random.Random(f"written/{task}/{seed}")
     rows = []
-    for name in task_names:
-        for problem in tasks.generate(name, "train", per_task, seed + 104729, levels.get(name) or None):
-            steps, answer = tasks.TASKS[name].reasoning(problem, rng, tasks.CLEAN)
-            completion = format_readable(steps, f"The answer is {answer}.", answer)
-            rows.append({**problem.to_row(), "completion": completion, "source": "written"})
-    return rows[:n]
+    for problem in tasks.generate(task, "train", n, seed + 104729, levels):
+        steps, answer = tasks.TASKS[task].reasoning(problem, rng, tasks.CLEAN)
+        completion = format_readable(steps, f"The answer is {answer}.", answer)
+        rows.append({**problem.to_row(), "completion": completion, "source": "written"})
+    return rows
 
 
 # --- stage 4: prompts and rewards -------------------------------------------------------------

@@ -2,12 +2,14 @@
 
     r1lab pretrain                                   # micro model, runs/micro/base, ~4 min on 2 cores
     r1lab pretrain size=small num_examples=80000 style.p_fix_error=0.5
+    torchrun --standalone --nproc_per_node 2 -m r1lab.cli pretrain threads=1   # data parallel
 
 Stage by stage: (1) generate the corpus of worked solutions with controlled flaws and
 re-checks (`r1lab.corpus`, where the design is explained); (2) train a byte-level BPE tokenizer
 on it; (3) build a randomly initialised Qwen2 model of the named size; (4) train it with the SFT
 loop (`r1lab.sft.train`), loss on the solutions only. The result, ``output_dir/final``, is an
-ordinary Hugging Face folder.
+ordinary Hugging Face folder. Under torchrun every process builds the same corpus, tokenizer and
+model from the seed, trains on its share of each batch, and rank 0 writes the files.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from r1lab import tasks
+from r1lab import distributed, tasks
 from r1lab.config import save_config
 from r1lab.corpus import build_corpus, corpus_stats
 from r1lab.data import tokenize_rows
@@ -55,27 +57,32 @@ class PretrainConfig:
         max_tokens_per_batch=4096, weight_decay=0.01, eval_every=200, save_every=500, log_every=20))
 
 
+@distributed.launched  # under torchrun: one process of N (a no-op otherwise)
 def main(config: PretrainConfig) -> dict:
     start = time.perf_counter()
     if config.threads:
         torch.set_num_threads(config.threads)
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "config.yaml")
+    main_process = distributed.is_main()
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / "config.yaml")
 
     # 1. corpus
     rows = build_corpus(config.tasks, config.num_examples + config.eval_examples, config.style,
                         config.seed, config.template, config.levels, config.task_weights)
-    write_jsonl(out / "corpus.jsonl", rows)
     stats = corpus_stats(rows)
-    write_json(out / "corpus_stats.json", stats)
-    print(f"corpus: {len(rows)} documents, {100 * stats['all/correct']:.1f}% end right, "
-          f"{100 * stats['all/reflection']:.1f}% contain a re-check")
+    if main_process:
+        write_jsonl(out / "corpus.jsonl", rows)
+        write_json(out / "corpus_stats.json", stats)
+        print(f"corpus: {len(rows)} documents, {100 * stats['all/correct']:.1f}% end right, "
+              f"{100 * stats['all/reflection']:.1f}% contain a re-check")
 
     # 2-3. tokenizer and model
     tokenizer = build_tokenizer(micro_corpus_sample(seed=config.seed), vocab_size=config.vocab_size)
     model = build_model(config.size, tokenizer, max_positions=2 * config.max_length, seed=config.seed)
-    print(f"model: {config.size} Qwen2, {count_parameters(model) / 1e6:.2f}M parameters, vocab {len(tokenizer)}")
+    if main_process:
+        print(f"model: {config.size} Qwen2, {count_parameters(model) / 1e6:.2f}M parameters, vocab {len(tokenizer)}")
 
     # 4. train
     examples = tokenize_rows(rows, tokenizer, source="corpus", max_length=config.max_length)
@@ -83,5 +90,6 @@ def main(config: PretrainConfig) -> dict:
     summary = train(model, tokenizer, train_set, eval_set, config.train, out, resume=config.resume,
                     desc="pretrain")
     summary["pretrain_seconds"] = round(time.perf_counter() - start, 1)
-    print(f"pretrain: done in {summary['pretrain_seconds']} s -> {out / 'final'}")
+    if main_process:
+        print(f"pretrain: done in {summary['pretrain_seconds']} s -> {out / 'final'}")
     return summary
