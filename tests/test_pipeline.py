@@ -35,7 +35,7 @@ def tiny_config(out, base) -> PipelineConfig:
     rm = dict(num_synthetic=16, max_steps=2, batch_size=4, max_length=64, eval_every=0, log_every=1)
     # student_size=micro, the base's size: the students start from the base (no second pretraining)
     config = PipelineConfig(output_dir=str(out), base_model=str(base), student_size="micro", written_min_per_task=2,
-                            stage4_general=2, stage4_unsafe=2, distill_from_base=False, workers=1)
+                            eval_general=4, stage4_general=2, stage4_unsafe=2, distill_from_base=False, workers=1)
     return dataclasses.replace(
         config,
         r1_zero=dataclasses.replace(config.r1_zero, **rl),
@@ -64,6 +64,8 @@ def test_pipeline_end_to_end_and_resume(tiny_model_dir, tmp_path, monkeypatch):
         assert (out / stage / "final" / "config.json").is_file(), stage
     for stage in ("r1_zero", "stage2_rl", "stage4_rl", "rl_only"):
         assert (out / stage / "curves.png").is_file() and (out / "curves" / f"{stage}.png").is_file()
+    for key in ROW_KEYS:
+        assert (out / "eval" / key / "general.json").is_file(), key
     for data in ("cold_start/sft.jsonl", "stage1_data.jsonl", "rejection_sample/sft.jsonl", "stage3_data.jsonl",
                  "stage4_data.jsonl",
                  "distilled/train.jsonl", "distilled/traces/sft.jsonl"):
@@ -89,7 +91,7 @@ def test_pipeline_end_to_end_and_resume(tiny_model_dir, tmp_path, monkeypatch):
     saved = json.loads((out / "results.json").read_text())
     assert saved["rows"] == ROW_KEYS
     markdown = (out / "results.md").read_text()
-    assert all(label in markdown for _, label in report.ROWS)
+    assert all(label in markdown for _, label in report.ROWS) and "### general and unsafe requests" in markdown
     page = (out / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 4 and "http" not in page.replace("<!DOCTYPE html>", "")
     timings = json.loads((out / "timings.json").read_text())

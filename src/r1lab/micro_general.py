@@ -121,17 +121,17 @@ def _wrong_solution(task: tasks.Task, problem: tasks.Problem, rng: random.Random
 
 
 def _request_pair(rng: random.Random, request: dict, requests: list[dict], ramble: bool) -> dict:
-    reply = _summary_of(request["completion"])
-    others = [r for r in requests if _summary_of(r["completion"]) != reply]
+    reply = summary_of(request["completion"])
+    others = [r for r in requests if summary_of(r["completion"]) != reply]
     if ramble or not others:
         rejected, kind = _rambling(rng, reply), "rambling"
     else:
-        rejected, kind = _summary_of(rng.choice(others)["completion"]), "wrong"
+        rejected, kind = summary_of(rng.choice(others)["completion"]), "wrong"
     return {"task": GENERAL_TASK, "prompt": request["prompt"], "chosen": request["completion"],
             "rejected": format_readable("", rejected), "kind": kind}
 
 
-def _summary_of(completion: str) -> str:
+def summary_of(completion: str) -> str:
     return completion.split("<summary>", 1)[1].split("</summary>", 1)[0].strip()
 
 
@@ -154,6 +154,11 @@ def harmlessness_rows(n: int, seed: int = 0) -> list[dict]:
     kinds: list[Callable[[random.Random], dict]] = [
         _refusal, _compliance, _leaky_refusal, lambda r: _safe(r, requests)]
     return [kinds[i % 4](rng) for i in range(n)]
+
+
+def unsafe_requests() -> list[str]:
+    """Every unsafe request of the micro world (24: each harmful act in each phrasing)."""
+    return [form.format(verb=verb, thing=thing) for verb, thing in UNSAFE for form in UNSAFE_FORMS]
 
 
 def _unsafe_request(rng: random.Random) -> tuple[str, str]:

@@ -46,9 +46,9 @@ the strict R1-Zero ``format`` reward scores 0 because of the summary between the
 these stages should keep (R1 trains on readable outputs from stage 1 on).
 
 Departures from R1, at this scale: the stage-1 and stage-3 sets are topped up with written worked
-solutions (R1: human post-processing) for tasks where sampling kept too few rows; general prompts
-are not evaluated (only the micro reasoning tasks are). As in R1, the stage-4 reward models count
-only in the last quarter of the steps (``reward_from_step``).
+solutions (R1: human post-processing) for tasks where sampling kept too few rows; general and
+unsafe requests are judged by rule (`general_eval`), not by benchmarks and judges. As in R1, the
+stage-4 reward models count only in the last quarter of the steps (``reward_from_step``).
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ from typing import Any, Callable
 
 import torch
 
-from r1lab import (cold_start, distill, evaluate, micro_general, pretrain, rejection_sample, report, reward_model,
-                   schedule, sft, tasks)
+from r1lab import (cold_start, distill, evaluate, general_eval, micro_general, pretrain, rejection_sample, report,
+                   reward_model, schedule, sft, tasks)
 from r1lab.checkpoint import latest_checkpoint
 from r1lab.config import check_choices, save_config
 from r1lab.errors import R1labError
@@ -116,6 +116,7 @@ class PipelineConfig:
     # R1-Zero and stage 2 solve countdown ~0% of the time, and with no countdown rows SFT of the base
     # left the readable format on 10% (stage 1) and 0% (stage 3) of countdown samples in a first run
     written_min_per_task: int = 100
+    eval_general: int = 100  # general requests (+ the 24 unsafe ones) in every model's evaluation; 0: none
     stage4_general: int = 200  # general requests among the stage-4 prompts
     stage4_unsafe: int = 100  # unsafe requests among them (the safe answer is a refusal)
     # torch threads for every stage (0 = torch's default). 1: on the 2-core development machine two
@@ -174,7 +175,7 @@ class PipelineConfig:
         check_choices("student_size", self.student_size, MODEL_SIZES)
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
-        for name in ("written_min_per_task", "stage4_general", "stage4_unsafe"):
+        for name in ("written_min_per_task", "eval_general", "stage4_general", "stage4_unsafe"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -188,7 +189,7 @@ def main(config: PipelineConfig) -> dict:
     started = time.perf_counter()
     schedule.run(plan(config, root), config.workers, config.threads, root / "logs", clock.record)
     summaries = {key: report.load_summary(root / "eval" / key) for key in EVALUATED}
-    result = report.write_report(root, summaries, report.curve_images(root))
+    result = report.write_report(root, summaries, report.curve_images(root), report.load_general(root))
     clock.record("wall", time.perf_counter() - started)
     print(clock.table())
     return result
@@ -226,8 +227,9 @@ def plan(config: PipelineConfig, root: Path) -> list[schedule.Stage]:
     ]
     # the critical chain's last two evaluations first; the others fill the second worker's gaps
     for key in ("stage4_rl", "distilled") + tuple(k for k in EVALUATED if k not in ("stage4_rl", "distilled")):
-        stages.append(Stage(f"eval/{key}", run_eval, (config.eval, base if key == "base" else final[key],
-                                                       root / "eval" / key), (key,)))
+        model = base if key == "base" else final[key]
+        stages.append(Stage(f"eval/{key}", run_eval, (config.eval, model, root / "eval" / key, config.eval_general),
+                            (key,)))
     return stages
 
 
@@ -372,9 +374,13 @@ def stage_rl_only(config: PipelineConfig, root: Path, student_base: str) -> str:
     return str(out / "final")
 
 
-def run_eval(config: evaluate.EvalConfig, model: str, out: Path) -> None:
+def run_eval(config: evaluate.EvalConfig, model: str, out: Path, num_general: int) -> None:
+    """The micro tasks by the paper's protocol, then general and unsafe requests (`general_eval`)."""
+    config = dataclasses.replace(config, model=model, output_dir=str(out))
     if not _done(out / "summary.json", f"eval: {model}"):
-        evaluate.main(dataclasses.replace(config, model=model, output_dir=str(out)))
+        evaluate.main(config)
+    if num_general > 0 and not _done(out / "general.json", f"eval, general requests: {model}"):
+        general_eval.main(config, num_general)
 
 
 # --- stage 1 data: topping up -------------------------------------------------------------------

@@ -51,6 +51,13 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("language", "language"),
 )
 
+# the general-request table (r1lab.general_eval): (label, part of general.json, metric)
+GENERAL_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("helpful", "general", "helpful"),
+    ("unsafe refused", "unsafe", "refused"),
+    ("unsafe harmful", "unsafe", "harmful"),
+)
+
 
 @dataclass(frozen=True)
 class ReportConfig:
@@ -60,7 +67,7 @@ class ReportConfig:
 def main(config: ReportConfig) -> dict:
     run = Path(config.run_dir)
     summaries = {key: load_summary(run / "eval" / key) for key, _ in ROWS if (run / "eval" / key).is_dir()}
-    return write_report(run, summaries, curve_images(run))
+    return write_report(run, summaries, curve_images(run), load_general(run))
 
 
 # --- building the table: pure functions ---------------------------------------------------------
@@ -121,18 +128,34 @@ def format_cell(column: str, value: float) -> str:
     return f"{value:.1f}" if column == "mean length" else f"{100 * value:.1f}%"
 
 
+def general_table(general: Mapping[str, Mapping]) -> dict[str, dict[str, float]]:
+    """Row key -> GENERAL_COLUMNS cells from each model's ``general.json`` (NaN where missing)."""
+    table = {}
+    for key in [k for k, _ in ROWS if k in general] + [k for k in general if k not in dict(ROWS)]:
+        cells = {}
+        for label, part, metric in GENERAL_COLUMNS:
+            value = general[key].get(part, {}).get(metric)
+            cells[label] = float(value) if isinstance(value, (int, float)) else math.nan
+        table[key] = cells
+    return table
+
+
 def to_markdown(result: Mapping) -> str:
-    """One markdown table per task: rows = models, columns = metrics."""
-    columns = [label for label, _ in COLUMNS]
-    parts = []
-    for task in result["tasks"]:
-        lines = [f"### {task}", "", "| model | " + " | ".join(columns) + " |",
-                 "|---|" + "---:|" * len(columns)]
-        for key in result["rows"]:
-            cells = result["table"][key][task]
-            lines.append(f"| {result['labels'][key]} | " + " | ".join(format_cell(c, cells[c]) for c in columns) + " |")
-        parts.append("\n".join(lines))
+    """One markdown table per task, then the general requests: rows = models, columns = metrics."""
+    parts = [_markdown_table(task, [label for label, _ in COLUMNS],
+                             [(result["labels"][key], result["table"][key][task]) for key in result["rows"]])
+             for task in result["tasks"]]
+    if result.get("general"):
+        parts.append(_markdown_table("general and unsafe requests", [label for label, _, _ in GENERAL_COLUMNS],
+                                     [(result["labels"].get(key, key), cells)
+                                      for key, cells in result["general"].items()]))
     return "\n\n".join(parts) + "\n"
+
+
+def _markdown_table(title: str, columns: list[str], rows: list[tuple[str, Mapping[str, float]]]) -> str:
+    lines = [f"### {title}", "", "| model | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    lines += [f"| {label} | " + " | ".join(format_cell(c, cells[c]) for c in columns) + " |" for label, cells in rows]
+    return "\n".join(lines)
 
 
 # --- files ---------------------------------------------------------------------------------------
@@ -146,6 +169,14 @@ def load_summary(eval_dir: Path) -> dict:
     return with_language(summary, records)
 
 
+def load_general(run: Path) -> dict[str, dict]:
+    """Each evaluated model's ``general.json`` (`r1lab.general_eval`), by row key."""
+    import json
+
+    return {path.parent.name: json.loads(path.read_text(encoding="utf-8"))
+            for path in sorted((run / "eval").glob("*/general.json"))}
+
+
 def curve_images(run: Path) -> dict[str, Path]:
     """``curves/<stage>.png`` for every RL stage of `run` that logged metrics."""
     from r1lab.plots import plot_run
@@ -157,9 +188,12 @@ def curve_images(run: Path) -> dict[str, Path]:
     return images
 
 
-def write_report(run: Path, summaries: Mapping[str, Mapping], curves: Mapping[str, Path]) -> dict:
+def write_report(run: Path, summaries: Mapping[str, Mapping], curves: Mapping[str, Path],
+                 general: Mapping[str, Mapping] | None = None) -> dict:
     """Write results.md, results.json and report.html under `run`; print and return the table."""
     result = build_table(summaries)
+    if general:
+        result["general"] = general_table(general)
     markdown = to_markdown(result)
     print(markdown)
     write_text(run / "results.md", f"# Results: {run}\n\n{markdown}")
@@ -170,17 +204,15 @@ def write_report(run: Path, summaries: Mapping[str, Mapping], curves: Mapping[st
 
 
 def to_html(run: Path, result: Mapping, curves: Mapping[str, Path]) -> str:
-    columns = [label for label, _ in COLUMNS]
     parts = [f"<h1>r1lab results: {html.escape(str(run))}</h1>",
              "<p>Evaluation: the paper's protocol (k samples per problem, T=0.6, top-p 0.95); "
              "pass@1 is the mean correctness over the k samples.</p>"]
     for task in result["tasks"]:
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-        body = "".join(
-            f"<tr><td>{html.escape(result['labels'][key])}</td>"
-            + "".join(f"<td>{format_cell(c, result['table'][key][task][c])}</td>" for c in columns) + "</tr>"
-            for key in result["rows"])
-        parts.append(f"<h2>{html.escape(task)}</h2><table><tr><th>model</th>{head}</tr>{body}</table>")
+        parts.append(_html_table(task, [label for label, _ in COLUMNS],
+                                 [(result["labels"][key], result["table"][key][task]) for key in result["rows"]]))
+    if result.get("general"):
+        parts.append(_html_table("general and unsafe requests", [label for label, _, _ in GENERAL_COLUMNS],
+                                 [(result["labels"].get(key, key), cells) for key, cells in result["general"].items()]))
     for key, path in curves.items():
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
         label = html.escape(dict(ROWS).get(key, key))
@@ -190,6 +222,13 @@ def to_html(run: Path, result: Mapping, curves: Mapping[str, Path]) -> str:
              "img{max-width:100%}")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>r1lab results</title><style>{style}</style>"
             f"</head><body>{''.join(parts)}</body></html>\n")
+
+
+def _html_table(title: str, columns: list[str], rows: list[tuple[str, Mapping[str, float]]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(f"<tr><td>{html.escape(label)}</td>" + "".join(f"<td>{format_cell(c, cells[c])}</td>" for c in columns)
+                   + "</tr>" for label, cells in rows)
+    return f"<h2>{html.escape(title)}</h2><table><tr><th>model</th>{head}</tr>{body}</table>"
 
 
 def _json_safe(value):
