@@ -25,8 +25,6 @@ from r1lab.grpo.update import UpdateSettings, update_policy
 from r1lab.sampling import SamplingParams, generate, sequence_logprobs
 from r1lab.checkpoint import checkpoint_dir
 from r1lab.io import write_jsonl
-from r1lab.modeling import build_model
-from r1lab.tokenizer import build_tokenizer, micro_corpus_sample
 
 # 14 rows of 3 lengths: a 96-token budget packs micro-batches of 3-7 examples, some of odd size
 # (ranks get unequal shares); grad_accum=2 checks no_sync; eval_fraction checks the sharded eval.
@@ -36,20 +34,11 @@ RUN = ["max_steps=3", "grad_accum=2", "max_tokens_per_batch=96", "max_length=32"
        "eval_fraction=0.15", "template=micro", "threads=1"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_model_dir):
+    """root/model (conftest's tiny random model, copied) and root/train.jsonl (ROWS)."""
     root = tmp_path_factory.mktemp("ddp")
-    tok = build_tokenizer(micro_corpus_sample(400))
-    build_model("micro", tok).save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
+    shutil.copytree(tiny_model_dir, root / "model")
     write_jsonl(root / "train.jsonl", ROWS)
     return root
 

@@ -22,20 +22,11 @@ RUN = ["max_tokens_per_batch=128", "max_length=32", "warmup_steps=0", "log_every
        "save_every=0", "template=micro", "threads=1"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_model_dir):
+    """root/model (conftest's tiny random model, copied) and root/train.jsonl (ROWS)."""
     root = tmp_path_factory.mktemp("lora")
-    tok = build_tokenizer(micro_corpus_sample(400))
-    build_model("micro", tok).save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
+    shutil.copytree(tiny_model_dir, root / "model")
     write_jsonl(root / "train.jsonl", ROWS)
     return root
 
