@@ -15,7 +15,7 @@ resumes from the last finished stage (and a killed training stage from its newes
  4. ``stage2_rl/``       stage 2: reasoning GRPO, accuracy + format + language consistency
  5. ``rejection_sample/`` stage 3 data: right and readable samples of stage 2, plus non-reasoning rows;
     ``stage3_data.jsonl`` the same, topped up like stage 1's
- 6. ``stage3_sft/``      stage 3: SFT of the *base* on them (R1: 2 epochs; 4 on the small micro set)
+ 6. ``stage3_sft/``      stage 3: SFT of the *base* on them (R1: 2 epochs; here 360 updates, ~4.5 epochs)
  7. ``rm_helpful/``, ``rm_harmless/``  reward models: pairwise helpfulness, pointwise harmlessness
  8. ``stage4_rl/``       stage 4: GRPO for all scenarios on ``stage4_data.jsonl`` (micro problems,
     general and unsafe requests); rewards from ``stage4_rewards.py`` (below)
@@ -136,9 +136,11 @@ class PipelineConfig:
     # (subtraction 23.0% -> 0.2% pass@1 after stage 3, in a first full run).
     cold_start: cold_start.ColdStartConfig = field(default_factory=lambda: cold_start.ColdStartConfig(
         tasks=tasks.DEFAULT_TASKS, num_problems=500, n=4, few_shot=0, progress=False))
-    # 4 epochs: on the ~840 cold-start rows of all tasks, 2 epochs (96 updates) left the summary
-    # unlearned (12.5% readable, held-out addition 21%); 4 (192) reached 97% readable, 66.9%
-    stage1_sft: sft.SFTConfig = field(default_factory=lambda: micro_sft(epochs=4))
+    # 360 updates whatever the set's size: on ~840 cold-start rows, 96 updates left the summary
+    # unlearned (12.5% readable, held-out addition 21%), 192 reached 97% readable; on a later run's
+    # 765 rows, 4 epochs (180 updates) gave 65% readable and addition 48.5% pass@1 (R1-Zero: 59.9%),
+    # 360 gave 97% and 57.6%, and stage-2 RL from there rose instead of stalling on the format
+    stage1_sft: sft.SFTConfig = field(default_factory=lambda: micro_sft(max_steps=360))
     # lr 3e-5 after SFT: at R1-Zero's 1e-4, 40 stage-4 steps took held-out addition from 74.1% to
     # 68.6% pass@1 (200 problems); at 3e-5 it ended at 74.5%
     stage2_rl: GRPOConfig = field(default_factory=lambda: micro_grpo(
@@ -147,9 +149,9 @@ class PipelineConfig:
     rejection_sample: rejection_sample.RejectionSampleConfig = field(
         default_factory=lambda: rejection_sample.RejectionSampleConfig(
             tasks=tasks.DEFAULT_TASKS, num_problems=500, n=4, non_reasoning=200, progress=False))
-    # 4 epochs (R1: 2, on 600k + 200k rows): 2 epochs on ~1,200 rows (128 updates) left the base at
-    # 23% readable, held-out addition 38%
-    stage3_sft: sft.SFTConfig = field(default_factory=lambda: micro_sft(epochs=4))
+    # 360 updates, ~4.5 epochs of ~1,350 rows (R1: 2 epochs of 600k + 200k rows): 2 epochs on ~1,200
+    # rows (128 updates) left the base at 23% readable, held-out addition 38%
+    stage3_sft: sft.SFTConfig = field(default_factory=lambda: micro_sft(max_steps=360))
     # 1,000 synthetic rows each: with 2,000 the two reward models took a quarter of the pipeline's time
     rm_helpful: reward_model.RewardModelConfig = field(default_factory=lambda: reward_model.RewardModelConfig(
         kind="pairwise", num_synthetic=1000, max_length=256, learning_rate=3e-4))
