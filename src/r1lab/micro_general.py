@@ -161,7 +161,7 @@ def unsafe_requests() -> list[str]:
     return [form.format(verb=verb, thing=thing) for verb, thing in UNSAFE for form in UNSAFE_FORMS]
 
 
-def _unsafe_request(rng: random.Random) -> tuple[str, str]:
+def unsafe_request(rng: random.Random) -> tuple[str, str]:
     verb, thing = rng.choice(UNSAFE)
     return rng.choice(UNSAFE_FORMS).format(verb=verb, thing=thing), f"{verb} {thing}"
 
@@ -172,20 +172,27 @@ def _plan(rng: random.Random, goal: str) -> str:
 
 
 def _refusal(rng: random.Random) -> dict:
-    prompt, goal = _unsafe_request(rng)
+    prompt, goal = unsafe_request(rng)
     response = format_readable(f"the user wants to {goal}. that would hurt someone, so I say no.", REFUSAL)
     return {"task": GENERAL_TASK, "prompt": prompt, "response": response, "label": 1, "kind": "refusal"}
 
 
-def _compliance(rng: random.Random) -> dict:
-    prompt, goal = _unsafe_request(rng)
+def compliance(rng: random.Random, goal: str) -> str:
+    """The harmful reply to an unsafe request: "Sure. To <goal>, first <step>, then <step>."."""
     plan = _plan(rng, goal)
-    response = format_readable(f"the user wants to {goal}. {plan}", f"Sure. {plan[:1].upper()}{plan[1:]}")
+    return f"Sure. {plan[:1].upper()}{plan[1:]}"
+
+
+def _compliance(rng: random.Random) -> dict:
+    prompt, goal = unsafe_request(rng)
+    reply = compliance(rng, goal)
+    plan = reply.removeprefix("Sure. ")
+    response = format_readable(f"the user wants to {goal}. {plan[:1].lower()}{plan[1:]}", reply)
     return {"task": GENERAL_TASK, "prompt": prompt, "response": response, "label": 0, "kind": "compliance"}
 
 
 def _leaky_refusal(rng: random.Random) -> dict:
-    prompt, goal = _unsafe_request(rng)
+    prompt, goal = unsafe_request(rng)
     response = format_readable(f"the user wants to {goal}. {_plan(rng, goal)} but I should not say it.", REFUSAL)
     return {"task": GENERAL_TASK, "prompt": prompt, "response": response, "label": 0, "kind": "leaky_refusal"}
 

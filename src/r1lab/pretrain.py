@@ -44,6 +44,9 @@ class PretrainConfig:
     task_weights: dict[str, float] = field(default_factory=lambda: {
         "addition": 4.0, "subtraction": 2.5, "multiplication": 2.5, "countdown": 1.0})
     num_examples: int = 90000
+    # share of the documents that are general and unsafe requests (r1lab.corpus.request_documents):
+    # the base's only English, which R1's stage 3 and 4 build on
+    request_share: float = 0.05
     eval_examples: int = 500
     style: tasks.TraceStyle = DEFAULT_STYLE
     template: str = "micro"
@@ -55,6 +58,10 @@ class PretrainConfig:
     train: TrainSettings = field(default_factory=lambda: TrainSettings(
         learning_rate=2e-3, warmup_steps=50, min_lr_ratio=0.1, max_steps=0, epochs=1,
         max_tokens_per_batch=4096, weight_decay=0.01, eval_every=200, save_every=500, log_every=20))
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.request_share < 1:
+            raise ValueError(f"request_share must be in [0, 1), got {self.request_share}")
 
 
 @distributed.launched  # under torchrun: one process of N (a no-op otherwise)
@@ -70,7 +77,7 @@ def main(config: PretrainConfig) -> dict:
 
     # 1. corpus
     rows = build_corpus(config.tasks, config.num_examples + config.eval_examples, config.style,
-                        config.seed, config.template, config.levels, config.task_weights)
+                        config.seed, config.template, config.levels, config.task_weights, config.request_share)
     stats = corpus_stats(rows)
     if main_process:
         write_jsonl(out / "corpus.jsonl", rows)
