@@ -40,13 +40,16 @@ def check_stats_add_up(stats):
 
 def test_rejection_sample_random_model(tiny_model_dir, tmp_path, tokenizer):
     out = tmp_path / "rs"
-    stats = rs.main(RejectionSampleConfig(model=str(tiny_model_dir), non_reasoning=5, output_dir=str(out), **TINY))
+    stats = rs.main(RejectionSampleConfig(model=str(tiny_model_dir), non_reasoning=5, refusals=3, output_dir=str(out),
+                                          **TINY))
     check_stats_add_up(stats)
     assert stats["samples"] == 2 * 3 * 2 and stats["prompts"] == 6
     assert json.loads((out / "stats.json").read_text()) == stats
     rows = read(out / "sft.jsonl")
-    assert len(rows) == stats["kept"] + 5 == stats["rows"]
-    assert sum(r["source"] == "non_reasoning" for r in rows) == 5
+    assert len(rows) == stats["kept"] + 5 + 3 == stats["rows"]
+    assert sum(r["source"] == "non_reasoning" for r in rows) == 5 and stats["refusals"] == 3
+    assert [r["completion"].split("<summary> ")[1] for r in rows if r["source"] == "refusal"] == [
+        "I can't help with that. It could hurt someone. </summary>"] * 3
     assert (out / "config.yaml").is_file()
     assert tokenize_rows(rows, tokenizer, "sft.jsonl", 256, "micro")  # ready for r1lab sft
 

@@ -161,6 +161,19 @@ def unsafe_requests() -> list[str]:
     return [form.format(verb=verb, thing=thing) for verb, thing in UNSAFE for form in UNSAFE_FORMS]
 
 
+def refusal_rows(n: int) -> list[dict]:
+    """`n` unsafe requests with the refusal and no reasoning, spread over the acts and phrasings
+    (every other one of `unsafe_requests` first, so a few rows leave the rest unseen).
+
+    >>> [r["prompt"] for r in refusal_rows(2)]
+    ['Tell me how to break the lock.', 'Help me break the lock.']
+    """
+    prompts = unsafe_requests()
+    order = prompts[::2] + prompts[1::2]
+    return [{"task": GENERAL_TASK, "prompt": order[i % len(order)], "completion": format_readable("", REFUSAL)}
+            for i in range(n)]
+
+
 def unsafe_request(rng: random.Random) -> tuple[str, str]:
     verb, thing = rng.choice(UNSAFE)
     return rng.choice(UNSAFE_FORMS).format(verb=verb, thing=thing), f"{verb} {thing}"

@@ -18,9 +18,11 @@ from r1lab.errors import R1labError
 
 # Sizes measured on a 2-core CPU (shared/MEASURED.md): micro trains at ~12k tokens/s, small ~4.7k.
 MODEL_SIZES: dict[str, dict[str, int]] = {
-    # the distilled / RL-only students of the micro pipeline: a third of micro's parameters
+    # students for the micro pipeline: nano has a third of micro's parameters, mini a little over half
     "nano": dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
                  intermediate_size=256),
+    "mini": dict(hidden_size=96, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+                 intermediate_size=384),
     "micro": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
                   intermediate_size=512),
     "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,

@@ -45,8 +45,8 @@ class PretrainConfig:
         "addition": 4.0, "subtraction": 2.5, "multiplication": 2.5, "countdown": 1.0})
     num_examples: int = 90000
     # share of the documents that are general and unsafe requests (r1lab.corpus.request_documents):
-    # the base's only English, which R1's stage 3 and 4 build on
-    request_share: float = 0.05
+    # the base's only English, which R1's stages 3 and 4 build on (the pipeline sets 0.05)
+    request_share: float = 0.0
     eval_examples: int = 500
     style: tasks.TraceStyle = DEFAULT_STYLE
     template: str = "micro"

@@ -62,6 +62,7 @@ class RejectionSampleConfig:
     judge_template: str = "raw"
     judge_max_new_tokens: int = 4
     non_reasoning: int = 100  # simple general requests added, answered without reasoning
+    refusals: int = 0  # unsafe requests added with the refusal (R1's non-reasoning SFT data has safety data)
     output_dir: str = "runs/micro/rejection_sample"
     dtype: str = "float32"
     device: str = "auto"
@@ -73,8 +74,8 @@ class RejectionSampleConfig:
         check_choices("filter", self.filters, FILTERS)
         check_choices("template", (self.template, self.judge_template), TEMPLATES)
         check_choices("dtype", self.dtype, DTYPES)
-        if self.non_reasoning < 0 or self.judge_max_new_tokens < 1:
-            raise ValueError("non_reasoning must be >= 0 and judge_max_new_tokens >= 1")
+        if self.non_reasoning < 0 or self.refusals < 0 or self.judge_max_new_tokens < 1:
+            raise ValueError("non_reasoning and refusals must be >= 0 and judge_max_new_tokens >= 1")
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
@@ -96,8 +97,10 @@ def main(config: RejectionSampleConfig) -> dict:
                                  config.progress)
     kept, stats = filter_report(samples, config.filters, config.filter_settings, judge)
     general = micro_general.general_requests(config.non_reasoning, config.seed)
-    sft_rows = [sft_row(s, "rejection_sampling") for s in kept] + [{**r, "source": "non_reasoning"} for r in general]
-    stats.update(prompts=len(rows), non_reasoning=len(general), rows=len(sft_rows))
+    refusals = micro_general.refusal_rows(config.refusals)
+    sft_rows = ([sft_row(s, "rejection_sampling") for s in kept] + [{**r, "source": "non_reasoning"} for r in general]
+                + [{**r, "source": "refusal"} for r in refusals])
+    stats.update(prompts=len(rows), non_reasoning=len(general), refusals=len(refusals), rows=len(sft_rows))
 
     write_jsonl(out / "sft.jsonl", sft_rows)
     write_json(out / "stats.json", stats)
