@@ -1,9 +1,11 @@
+import dataclasses
 import random
 
 import pytest
 
 from r1lab import tasks
 from r1lab.errors import R1labError
+from r1lab.grpo.noise import evaluate_lhs
 from r1lab.rewards.answers import extract_answer
 from r1lab.tasks.countdown import evaluate_expression
 
@@ -117,3 +119,36 @@ def test_trace_check_rejects_shortcuts():
     fixed = "<think> 9+3=13 , wait , 9+3=12 , 1+0+1=2 , so 22 </think> <answer>22</answer>"
     assert tasks.check_trace("addition", fixed, row)
     assert tasks.check_trace("countdown", ok, {"operands": [1, 2, 3]}) is None
+
+
+def test_without_needless_checks_every_recheck_repairs_a_wrong_step():
+    """p_check_ok=0 (recipes/micro/pretrain_aha.yaml): "wait ," only ever follows a wrong step, and
+    the step after it redoes the same column, right and never a copy of the step before."""
+    task = tasks.TASKS["addition"]
+    rng = random.Random(0)
+    style = tasks.TraceStyle(p_step_error=0.2, p_drop_carry=0.2, p_fix_error=0.8, p_check_ok=0.0)
+    rechecks = 0
+    for problem in tasks.generate("addition", "train", 300, seed=4, levels=(2, 3)):
+        parts = [p.strip() for p in task.reasoning(problem, rng, style)[0].split(",")]
+        for i, part in enumerate(parts):
+            if part != "wait":
+                continue
+            rechecks += 1
+            (before_lhs, before), (lhs, after) = parts[i - 1].split("="), parts[i + 1].split("=")
+            assert (before_lhs, before) != (lhs, after), parts  # never a copy of the step above
+            assert before_lhs.split("+")[:2] == lhs.split("+")[:2], parts  # the same column
+            assert evaluate_lhs(lhs) == int(after), parts  # the redone step is right
+    assert rechecks > 50
+
+
+def test_aha_pretrain_recipe_changes_only_the_recheck_style():
+    from pathlib import Path
+
+    from r1lab.config import load_config
+    from r1lab.pretrain import PretrainConfig
+
+    recipes = Path(__file__).parent.parent / "recipes" / "micro"
+    aha = load_config(PretrainConfig, str(recipes / "pretrain_aha.yaml"))
+    base = load_config(PretrainConfig, str(recipes / "pretrain.yaml"))
+    assert (aha.style.p_fix_error, aha.style.p_check_ok) == (0.8, 0.0)
+    assert dataclasses.replace(aha, style=base.style, output_dir=base.output_dir) == base
