@@ -119,6 +119,8 @@ def test_pipeline_end_to_end_and_resume(tiny_model_dir, tmp_path, monkeypatch):
     assert again["table"] == result["table"]
     resumed = json.loads((out / "timings.json").read_text())
     assert resumed["r1_zero"] == timings["r1_zero"]  # skipped stages keep the time of the run that made them
+    pipeline.main(config)  # nothing left to do: the wall time of the run that did the work stays
+    assert json.loads((out / "timings.json").read_text())["wall"] == resumed["wall"]
 
 
 def test_stage4_rewards_module(tmp_path):

@@ -196,8 +196,10 @@ def main(config: PipelineConfig) -> dict:
     schedule.run(plan(config, root), config.workers, config.threads, root / "logs", clock.record)
     summaries = {key: report.load_summary(root / "eval" / key) for key in EVALUATED}
     result = report.write_report(root, summaries, report.curve_images(root), report.load_general(root))
-    clock.record("wall", time.perf_counter() - started)
+    if clock.ran:  # a resumed run with nothing left to do keeps the wall time of the run that did it
+        clock.record("wall", time.perf_counter() - started)
     print(clock.table())
+    print(f"this invocation: {(time.perf_counter() - started) / 60:.1f} min wall")
     return result
 
 
@@ -256,9 +258,11 @@ class StageClock:
     def __init__(self, path: Path):
         self.path = path
         self.seconds: dict[str, float] = json.loads(path.read_text()) if path.exists() else {}
+        self.ran = False  # did any stage run (rather than find its output) in this invocation?
 
     def record(self, name: str, seconds: float) -> None:
         if seconds >= 1.0 or name not in self.seconds:  # under a second: skipped, its output existed
+            self.ran = self.ran or seconds >= 1.0
             self.seconds[name] = round(seconds, 1)
             write_json(self.path, self.seconds)
 
@@ -266,7 +270,7 @@ class StageClock:
         stages = {name: s for name, s in self.seconds.items() if name != "wall"}
         cells = ", ".join(f"{name} {seconds:.0f}" for name, seconds in stages.items())
         return (f"stage wall seconds: {cells}; stages sum to {sum(stages.values()) / 60:.1f} min, "
-                f"this run took {self.seconds.get('wall', 0) / 60:.1f} min wall ({self.path})")
+                f"the run that made them took {self.seconds.get('wall', 0) / 60:.1f} min wall ({self.path})")
 
 
 # --- stages: each skipped when its output exists; module functions, run in worker processes ------
