@@ -74,18 +74,18 @@ def request_documents(n: int, seed: int, template: str = "micro") -> list[dict]:
     >>> [r["completion"] for r in request_documents(2, seed=0)][:1]
     [' <think> </think> <answer>1 2 3 4 5</answer>']
     """
+    def document(prompt: str, reply: str, correct: bool) -> dict:
+        return {"prompt": render_prompt(template, prompt), "completion": f" <think> </think> <answer>{reply}</answer>",
+                "task": micro_general.GENERAL_TASK, "answer": reply, "correct": correct}
+
     rng = random.Random(f"requests/{seed}")
-    rows = []
-    for request in micro_general.general_requests(n - n // 2, seed):
-        reply = micro_general.summary_of(request["completion"])
-        rows.append({"prompt": render_prompt(template, request["prompt"]), "reply": reply, "correct": True})
+    rows = [document(r["prompt"], micro_general.summary_of(r["completion"]), True)
+            for r in micro_general.general_requests(n - n // 2, seed)]
     for _ in range(n // 2):
         prompt, goal = micro_general.unsafe_request(rng)
         refuse = rng.random() < 0.5
-        reply = micro_general.REFUSAL if refuse else micro_general.compliance(rng, goal)
-        rows.append({"prompt": render_prompt(template, prompt), "reply": reply, "correct": refuse})
-    return [{"prompt": r["prompt"], "completion": f" <think> </think> <answer>{r['reply']}</answer>",
-             "task": micro_general.GENERAL_TASK, "answer": r["reply"], "correct": r["correct"]} for r in rows]
+        rows.append(document(prompt, micro_general.REFUSAL if refuse else micro_general.compliance(rng, goal), refuse))
+    return rows
 
 
 def corpus_stats(rows: Sequence[dict]) -> dict[str, float]:

@@ -192,15 +192,17 @@ def _refusal(rng: random.Random) -> dict:
 
 def compliance(rng: random.Random, goal: str) -> str:
     """The harmful reply to an unsafe request: "Sure. To <goal>, first <step>, then <step>."."""
-    plan = _plan(rng, goal)
+    return _comply(_plan(rng, goal))
+
+
+def _comply(plan: str) -> str:
     return f"Sure. {plan[:1].upper()}{plan[1:]}"
 
 
 def _compliance(rng: random.Random) -> dict:
     prompt, goal = unsafe_request(rng)
-    reply = compliance(rng, goal)
-    plan = reply.removeprefix("Sure. ")
-    response = format_readable(f"the user wants to {goal}. {plan[:1].lower()}{plan[1:]}", reply)
+    plan = _plan(rng, goal)
+    response = format_readable(f"the user wants to {goal}. {plan}", _comply(plan))
     return {"task": GENERAL_TASK, "prompt": prompt, "response": response, "label": 0, "kind": "compliance"}
 
 

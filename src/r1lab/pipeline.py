@@ -324,22 +324,23 @@ def run_sft(config: sft.SFTConfig, model: str, data: str, out: Path) -> str:
 
 def stage_cold_start(config: PipelineConfig, root: Path, r1_zero: str) -> str:
     """R1-Zero's samples, kept and rewritten (``cold_start/sft.jsonl``), topped up (``stage1_data.jsonl``)."""
-    out = root / "cold_start"
-    if not _done(out / "sft.jsonl", "cold_start: sampling"):
-        cold_start.main(dataclasses.replace(config.cold_start, model=r1_zero, output_dir=str(out)))
-    data = config.cold_start
-    return top_up(str(out / "sft.jsonl"), config.written_min_per_task, data.tasks, data.seed, data.levels,
-                  root / "stage1_data.jsonl")
+    return _sampled_set(cold_start.main, config.cold_start, r1_zero, root / "cold_start", config.written_min_per_task,
+                        0, root / "stage1_data.jsonl")
 
 
 def stage_rejection_sample(config: PipelineConfig, root: Path, stage2: str) -> str:
     """Stage 2's right and readable samples (``rejection_sample/sft.jsonl``), topped up (``stage3_data.jsonl``)."""
-    out = root / "rejection_sample"
-    if not _done(out / "sft.jsonl", "rejection_sample: sampling"):
-        rejection_sample.main(dataclasses.replace(config.rejection_sample, model=stage2, output_dir=str(out)))
-    data = config.rejection_sample
-    return top_up(str(out / "sft.jsonl"), config.written_min_per_task, data.tasks, data.seed + 1, data.levels,
-                  root / "stage3_data.jsonl")
+    return _sampled_set(rejection_sample.main, config.rejection_sample, stage2, root / "rejection_sample",
+                        config.written_min_per_task, 1, root / "stage3_data.jsonl")
+
+
+def _sampled_set(stage_main: Callable, stage_config: Any, model: str, out: Path, min_per_task: int,
+                 seed_offset: int, path: Path) -> str:
+    """A sampling stage's ``out/sft.jsonl`` (made unless it exists), topped up per task into `path`."""
+    if not _done(out / "sft.jsonl", f"{out.name}: sampling"):
+        stage_main(dataclasses.replace(stage_config, model=model, output_dir=str(out)))
+    return top_up(str(out / "sft.jsonl"), min_per_task, stage_config.tasks, stage_config.seed + seed_offset,
+                  stage_config.levels, path)
 
 
 def run_reward_model(config: reward_model.RewardModelConfig, base: str, out: Path) -> str:

@@ -140,16 +140,20 @@ def general_table(general: Mapping[str, Mapping]) -> dict[str, dict[str, float]]
     return table
 
 
+def tables(result: Mapping) -> list[tuple[str, list[str], list[tuple[str, Mapping[str, float]]]]]:
+    """(title, columns, [(row label, cells)]): one table per task, then the general requests."""
+    out = [(task, [label for label, _ in COLUMNS],
+            [(result["labels"][key], result["table"][key][task]) for key in result["rows"]])
+           for task in result["tasks"]]
+    if result.get("general"):
+        out.append(("general and unsafe requests", [label for label, _, _ in GENERAL_COLUMNS],
+                    [(result["labels"].get(key, key), cells) for key, cells in result["general"].items()]))
+    return out
+
+
 def to_markdown(result: Mapping) -> str:
     """One markdown table per task, then the general requests: rows = models, columns = metrics."""
-    parts = [_markdown_table(task, [label for label, _ in COLUMNS],
-                             [(result["labels"][key], result["table"][key][task]) for key in result["rows"]])
-             for task in result["tasks"]]
-    if result.get("general"):
-        parts.append(_markdown_table("general and unsafe requests", [label for label, _, _ in GENERAL_COLUMNS],
-                                     [(result["labels"].get(key, key), cells)
-                                      for key, cells in result["general"].items()]))
-    return "\n\n".join(parts) + "\n"
+    return "\n\n".join(_markdown_table(*table) for table in tables(result)) + "\n"
 
 
 def _markdown_table(title: str, columns: list[str], rows: list[tuple[str, Mapping[str, float]]]) -> str:
@@ -207,12 +211,7 @@ def to_html(run: Path, result: Mapping, curves: Mapping[str, Path]) -> str:
     parts = [f"<h1>r1lab results: {html.escape(str(run))}</h1>",
              "<p>Evaluation: the paper's protocol (k samples per problem, T=0.6, top-p 0.95); "
              "pass@1 is the mean correctness over the k samples.</p>"]
-    for task in result["tasks"]:
-        parts.append(_html_table(task, [label for label, _ in COLUMNS],
-                                 [(result["labels"][key], result["table"][key][task]) for key in result["rows"]]))
-    if result.get("general"):
-        parts.append(_html_table("general and unsafe requests", [label for label, _, _ in GENERAL_COLUMNS],
-                                 [(result["labels"].get(key, key), cells) for key, cells in result["general"].items()]))
+    parts += [_html_table(*table) for table in tables(result)]
     for key, path in curves.items():
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
         label = html.escape(dict(ROWS).get(key, key))

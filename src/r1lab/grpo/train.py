@@ -19,9 +19,8 @@ adapters, ``final-merged/`` the base with the adapters merged in (a plain Huggin
 
 from __future__ import annotations
 
-import dataclasses
-
 import copy
+import dataclasses
 import time
 from pathlib import Path
 
