@@ -243,3 +243,19 @@ def test_base_pretrains_data_parallel_with_two_workers(tmp_path):
     assert (tmp_path / "base" / "final" / "config.json").is_file() and final.endswith("final")
     rows = [json.loads(line) for line in (tmp_path / "base" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]  # one writer: rank 0
+
+
+def test_stage_clock_keeps_times_of_skipped_stages_and_always_has_a_wall(tmp_path):
+    path = tmp_path / "timings.json"
+    clock = pipeline.StageClock(path)
+    clock.record("base", 0.2)  # a fast machine: every stage under a second, still timed
+    clock.finish(0.5)
+    assert json.loads(path.read_text()) == {"base": 0.2, "wall": 0.5}
+    again = pipeline.StageClock(path)
+    again.record("base", 0.01)  # skipped: its output existed
+    again.finish(0.03)
+    assert json.loads(path.read_text()) == {"base": 0.2, "wall": 0.5}
+    third = pipeline.StageClock(path)
+    third.record("base", 12.0)  # ran again after its output was deleted
+    third.finish(13.0)
+    assert json.loads(path.read_text()) == {"base": 12.0, "wall": 13.0}

@@ -196,8 +196,7 @@ def main(config: PipelineConfig) -> dict:
     schedule.run(plan(config, root), config.workers, config.threads, root / "logs", clock.record)
     summaries = {key: report.load_summary(root / "eval" / key) for key in EVALUATED}
     result = report.write_report(root, summaries, report.curve_images(root), report.load_general(root))
-    if clock.ran:  # a resumed run with nothing left to do keeps the wall time of the run that did it
-        clock.record("wall", time.perf_counter() - started)
+    clock.finish(time.perf_counter() - started)
     print(clock.table())
     print(f"this invocation: {(time.perf_counter() - started) / 60:.1f} min wall")
     return result
@@ -263,7 +262,13 @@ class StageClock:
     def record(self, name: str, seconds: float) -> None:
         if seconds >= 1.0 or name not in self.seconds:  # under a second: skipped, its output existed
             self.ran = self.ran or seconds >= 1.0
-            self.seconds[name] = round(seconds, 1)
+            self.seconds[name] = round(seconds, 2)
+            write_json(self.path, self.seconds)
+
+    def finish(self, seconds: float) -> None:
+        """The invocation's wall time; a resumed run with nothing left to do keeps the earlier one."""
+        if self.ran or "wall" not in self.seconds:
+            self.seconds["wall"] = round(seconds, 2)
             write_json(self.path, self.seconds)
 
     def table(self) -> str:
