@@ -166,6 +166,10 @@ def test_noisy_recipe_loads_and_differs_from_r1_zero_only_in_noise_and_faithfuln
     assert clean.step_noise == 0.0
     differ = {f for f in GRPOConfig.__dataclass_fields__ if getattr(noisy, f) != getattr(clean, f)}
     assert differ <= {"step_noise", "rewards", "reward_weights", "output_dir", "max_steps"}
+    aha = load_config(GRPOConfig, str(recipes / "r1_zero_aha.yaml"))
+    assert aha.step_noise == 0.3 and aha.model == "runs/micro/base_recheck/final"
+    differ = {f for f in GRPOConfig.__dataclass_fields__ if getattr(aha, f) != getattr(noisy, f)}
+    assert differ == {"model", "step_noise", "output_dir", "max_steps"}
 
 
 def test_recheck_probe_scores_each_variant(model, tokenizer):

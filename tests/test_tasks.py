@@ -152,3 +152,33 @@ def test_aha_pretrain_recipe_changes_only_the_recheck_style():
     base = load_config(PretrainConfig, str(recipes / "pretrain.yaml"))
     assert (aha.style.p_fix_error, aha.style.p_check_ok) == (0.8, 0.0)
     assert dataclasses.replace(aha, style=base.style, output_dir=base.output_dir) == base
+
+
+def test_recheck_recipe_rechecks_right_and_wrong_steps_alike():
+    """recipes/micro/pretrain_recheck.yaml: "wait ," follows right steps as often as wrong ones, so
+    the redone step can't be told from the step above it: it is always right, and a copy of the
+    step above exactly when that one was right."""
+    from pathlib import Path
+
+    from r1lab.config import load_config
+    from r1lab.pretrain import PretrainConfig
+
+    recipes = Path(__file__).parent.parent / "recipes" / "micro"
+    recheck = load_config(PretrainConfig, str(recipes / "pretrain_recheck.yaml"))
+    base = load_config(PretrainConfig, str(recipes / "pretrain.yaml"))
+    assert dataclasses.replace(recheck, style=base.style, output_dir=base.output_dir) == base
+    style = recheck.style
+    assert style.p_fix_error == style.p_check_ok > 0
+    task, rng = tasks.TASKS["addition"], random.Random(0)
+    copies = repairs = 0
+    for problem in tasks.generate("addition", "train", 400, seed=5, levels=(2, 3)):
+        parts = [p.strip() for p in task.reasoning(problem, rng, style)[0].split(",")]
+        for i in (i for i, part in enumerate(parts) if part == "wait"):
+            lhs, after = parts[i + 1].split("=")
+            assert evaluate_lhs(lhs) == int(after), parts
+            before_lhs, before = parts[i - 1].split("=")
+            right_before = evaluate_lhs(before_lhs) == int(before) and before_lhs == lhs
+            copies += right_before
+            repairs += not right_before
+            assert (parts[i - 1] == parts[i + 1]) == right_before, parts
+    assert copies > 50 and repairs > 20
