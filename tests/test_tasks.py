@@ -141,15 +141,17 @@ def test_without_needless_checks_every_recheck_repairs_a_wrong_step():
     assert rechecks > 50
 
 
-def test_aha_pretrain_recipe_changes_only_the_recheck_style():
+def _pretrain_recipe(name: str):
     from pathlib import Path
 
     from r1lab.config import load_config
     from r1lab.pretrain import PretrainConfig
 
-    recipes = Path(__file__).parent.parent / "recipes" / "micro"
-    aha = load_config(PretrainConfig, str(recipes / "pretrain_aha.yaml"))
-    base = load_config(PretrainConfig, str(recipes / "pretrain.yaml"))
+    return load_config(PretrainConfig, str(Path(__file__).parent.parent / "recipes" / "micro" / name))
+
+
+def test_aha_pretrain_recipe_changes_only_the_recheck_style():
+    aha, base = _pretrain_recipe("pretrain_aha.yaml"), _pretrain_recipe("pretrain.yaml")
     assert (aha.style.p_fix_error, aha.style.p_check_ok) == (0.8, 0.0)
     assert dataclasses.replace(aha, style=base.style, output_dir=base.output_dir) == base
 
@@ -158,14 +160,7 @@ def test_recheck_recipe_rechecks_right_and_wrong_steps_alike():
     """recipes/micro/pretrain_recheck.yaml: "wait ," follows right steps as often as wrong ones, so
     the redone step can't be told from the step above it: it is always right, and a copy of the
     step above exactly when that one was right."""
-    from pathlib import Path
-
-    from r1lab.config import load_config
-    from r1lab.pretrain import PretrainConfig
-
-    recipes = Path(__file__).parent.parent / "recipes" / "micro"
-    recheck = load_config(PretrainConfig, str(recipes / "pretrain_recheck.yaml"))
-    base = load_config(PretrainConfig, str(recipes / "pretrain.yaml"))
+    recheck, base = _pretrain_recipe("pretrain_recheck.yaml"), _pretrain_recipe("pretrain.yaml")
     assert dataclasses.replace(recheck, style=base.style, output_dir=base.output_dir) == base
     style = recheck.style
     assert style.p_fix_error == style.p_check_ok > 0
