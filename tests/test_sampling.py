@@ -402,11 +402,13 @@ def test_lean_logits_equal_the_models_forward_on_padded_batches(arch, tokenizer)
         torch.testing.assert_close(fast.forward(nxt, positions[:, -1:] + 1, mask2, cache), expected2, atol=2e-5, rtol=0)
 
 
+@pytest.mark.parametrize("rows", ["groups", "shuffled"])
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_shared_prompt_logprobs_and_gradients_equal_the_full_forward(arch, tokenizer):
+def test_shared_prompt_logprobs_and_gradients_equal_the_full_forward(arch, rows, tokenizer):
     # A GRPO-shaped batch: 3 prompts of different lengths (left-padded) x 4 completions of ragged
     # lengths (right-padded). Running each prompt once must give the full forward's log-probs on
-    # every completion token, and the same gradients.
+    # every completion token, and the same gradients: for whole groups in order (each prompt's
+    # rows are stacked as they are) and for a shuffled subset (uneven rows per prompt, out of order).
     model = ARCHITECTURES[arch](tokenizer)
     prompts = encode(tokenizer, PROMPTS[:3])
     torch.manual_seed(0)
@@ -420,6 +422,9 @@ def test_shared_prompt_logprobs_and_gradients_equal_the_full_forward(arch, token
         ids[row, p_len - len(p):p_len], ids[row, p_len:p_len + len(c)] = torch.tensor(p), torch.tensor(c)
         mask[row, p_len - len(p):p_len + len(c)] = 1
         completion_mask[row, p_len - 1:p_len - 1 + len(c)] = 1
+    if rows == "shuffled":
+        keep = torch.tensor([9, 0, 5, 11, 2, 4, 10])  # prompts 2, 0, 1, 2, 0, 1, 2
+        ids, mask, completion_mask = ids[keep], mask[keep], completion_mask[keep]
     full_model, shared_model = copy.deepcopy(model).train(), copy.deepcopy(model).train()
     full = sequence_logprobs(full_model, ids, mask, temperature=0.7) * completion_mask
     shared = sequence_logprobs(shared_model, ids, mask, temperature=0.7, prompt_len=p_len) * completion_mask

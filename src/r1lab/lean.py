@@ -13,11 +13,12 @@ gate/up projection per layer, rotary tables computed once by the model's own rot
 scaled RoPE variants come for free), keys and values in a pre-allocated cache. For sampling
 (`packed=True`, inference only) the weights are also repacked for oneDNN. For the GRPO forward
 (`packed=False`) it is differentiable, and `shared_prompt_hidden` runs each distinct prompt once
-for all the completions that continue it (G of them in GRPO) instead of once per completion.
-In decoding, `KVCache.share_prefix` keeps each prompt's keys and values once for its G samples,
-and the prompt's part of attention is a matmul over the G rows (r1lab.sampling uses it for
-prompts of 32+ tokens). Under a caller's bf16 autocast (r1lab.precision) the packed weights are
-bf16 copies and the output projection stays float32.
+for all the completions that continue it (G of them in GRPO) instead of once per completion,
+and keeps its keys and values once: the prompt's part of attention is a matmul over the G rows
+of each prompt, not over G gathered copies. In decoding, `KVCache.share_prefix` does the same
+for the G samples of a prompt (r1lab.sampling uses it for prompts of 32+ tokens). Under a
+caller's bf16 autocast (r1lab.precision) the packed weights and the shared keys and values are
+bf16 copies, and the output projection stays float32.
 
 Its outputs equal the model's own forward up to float rounding: tests/test_sampling.py checks
 greedy tokens against transformers' generate, and log-probs and gradients against the model's
@@ -130,11 +131,12 @@ class _Layer:
 class _Prefix:
     """Keys and values that several batch rows continue, stored once (see KVCache.share_prefix)."""
 
-    keys: list[Tensor]  # per layer [P, K, Tp, D]
-    values: list[Tensor]
+    keys: list[Tensor]  # per layer [P, K, D, Tp]: transposed for the matmul with the queries
+    values: list[Tensor]  # per layer [P, K, Tp, D]
     owner: Tensor  # [B] the prefix row each batch row continues
     slot: Tensor  # [B] its place among that prefix's rows, < per_prompt
     per_prompt: int
+    dense: bool  # every prefix has per_prompt rows, in order: owner = 0,0,..,1,1,..; slot = 0,1,..,0,1,..
 
 
 class KVCache:
@@ -171,7 +173,7 @@ class KVCache:
                 buffers[i] = out
         if self.prefix is not None:
             self.prefix = _Prefix(self.prefix.keys, self.prefix.values, self.prefix.owner[rows],
-                                  self.prefix.slot[rows], self.prefix.per_prompt)
+                                  self.prefix.slot[rows], self.prefix.per_prompt, dense=False)
 
     def share_prefix(self, owner: Tensor, per_prompt: int) -> None:
         """Continue each of the P filled rows in the rows `owner` [B] (sorted: prompt-major, at most
@@ -181,10 +183,13 @@ class KVCache:
         of each prompt's keys that every decode step read, and the copy itself; the prompt's
         part of attention becomes a matmul over the G rows of each prompt.
         """
-        counts = torch.bincount(owner, minlength=self.keys[0].shape[0])
-        slot = torch.arange(len(owner), device=owner.device) - (counts.cumsum(0) - counts)[owner]
-        self.prefix = _Prefix([k[:, :, :self.length].contiguous() for k in self.keys],
-                              [v[:, :, :self.length].contiguous() for v in self.values], owner, slot, per_prompt)
+        slot, dense = _slots(owner, self.keys[0].shape[0], per_prompt)
+        # Stored as the prompt part of attention reads them: in the dtype of the caller's autocast
+        # (which would otherwise cast them again at every decode step), keys transposed.
+        dtype = torch.get_autocast_dtype(owner.device.type) if torch.is_autocast_enabled(owner.device.type) else None
+        keys = [k[:, :, :self.length].transpose(-1, -2).to(dtype).contiguous() for k in self.keys]
+        values = [v[:, :, :self.length].to(dtype).contiguous() for v in self.values]
+        self.prefix = _Prefix(keys, values, owner, slot, per_prompt, dense)
         self.prefix_len = self.length
         shape = (len(owner), self.keys[0].shape[1], self.capacity - self.length, self.keys[0].shape[3])
         self.keys = [k.new_empty(shape) for k in self.keys]
@@ -198,8 +203,18 @@ class _GrowingCache:
         self.keys: list[Tensor | None] = [None] * num_layers
         self.values: list[Tensor | None] = [None] * num_layers
         self.length = 0
+        self.prefix: _Prefix | None = None
 
-    prefix = None  # the interface of KVCache: nothing is shared here
+    def share_prefix(self, owner: Tensor) -> None:
+        """Continue each of the P rows so far in the rows `owner` [B], its keys and values kept once
+        (the prompt part of attention is then a matmul per prompt, as in KVCache.share_prefix)."""
+        P = self.keys[0].shape[0]
+        per_prompt = int(torch.bincount(owner, minlength=P).max())
+        slot, dense = _slots(owner, P, per_prompt)
+        dtype = torch.get_autocast_dtype(owner.device.type) if torch.is_autocast_enabled(owner.device.type) else None
+        self.prefix = _Prefix([k.transpose(-1, -2).to(dtype) for k in self.keys], [v.to(dtype) for v in self.values],
+                              owner, slot, per_prompt, dense)
+        self.keys, self.values = [None] * len(self.keys), [None] * len(self.values)
 
     def update(self, layer: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
         if self.keys[layer] is not None:
@@ -267,7 +282,7 @@ class LeanModel:
         cache = _GrowingCache(len(self.layers))
         prompt_pos = _position_ids(prompt_mask)
         prompt_hidden = self._decoder(prompt_ids, prompt_pos, prompt_mask, cache)
-        cache.select(owner)  # each completion row gets its prompt's keys and values
+        cache.share_prefix(owner)  # each completion row reads its prompt's keys and values
         positions = prompt_pos[owner, -1:] + 1 + torch.arange(Tc, device=owner.device)  # [N, Tc]
         key_mask = torch.cat([prompt_mask[owner], prompt_mask.new_ones(N, Tc)], dim=1)
         hidden = self._decoder(completion_ids, positions, key_mask, cache)
@@ -403,7 +418,8 @@ class _SwiGLU(torch.autograd.Function):
 
     Autograd's own version also keeps silu(gate) ([B, L, I] per layer: 8 MB of the ~56 MB a
     layer holds for a 32 x 64-token GRPO batch of the micro `small` model); recomputing it in
-    backward is one sigmoid. The gradient is silu's, written out as torch's silu_backward does.
+    backward is one silu. The gradient is written into one [..., 2I] tensor (no concatenation),
+    the gate's half by torch's own silu_backward.
     """
 
     @staticmethod
@@ -416,9 +432,11 @@ class _SwiGLU(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> Tensor:
         (gate_up,) = ctx.saved_tensors
         gate, up = gate_up.chunk(2, dim=-1)
-        sig = torch.sigmoid(gate)
-        d_gate = grad * up * (sig * (1 + gate * (1 - sig)))
-        return torch.cat([d_gate, grad * gate * sig], dim=-1)
+        d_gate_up = torch.empty_like(gate_up)
+        d_gate, d_up = d_gate_up.chunk(2, dim=-1)
+        torch.mul(grad, F.silu(gate), out=d_up)
+        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=d_gate)
+        return d_gate_up
 
 
 def _swiglu(gate_up: Tensor) -> Tensor:
@@ -467,7 +485,8 @@ def _attend(q: Tensor, keys: Tensor, values: Tensor, bias: Tensor, prefix: tuple
     else:
         scores = torch.matmul(q, keys.transpose(-1, -2))  # [B, K, g*S, T]
     if prefix is not None:
-        scores = torch.cat([_per_prompt(q, prefix, prefix[0].keys[prefix[1]].transpose(-1, -2)), scores], dim=-1)
+        shared = _per_prompt(q, prefix, prefix[0].keys[prefix[1]])
+        scores = torch.cat([shared, _by_rows(scores, shared)], dim=-1).view(B, K, g * S, -1)
     T = scores.shape[-1]
     probs = (scores.view(B, K, g, S, T) + bias[:, :, None]).softmax(dim=-1).view(B, K, g * S, T)
     tp = 0 if prefix is None else T - keys.shape[2]
@@ -477,17 +496,43 @@ def _attend(q: Tensor, keys: Tensor, values: Tensor, bias: Tensor, prefix: tuple
     else:
         out = torch.matmul(own, values)
     if prefix is not None:
-        out = out + _per_prompt(probs[..., :tp], prefix, prefix[0].values[prefix[1]])
+        shared = _per_prompt(probs[..., :tp], prefix, prefix[0].values[prefix[1]])
+        out = (_by_rows(out, shared) + shared).reshape(B, K, g * S, D)
     return out.view(B, H, S, D)
 
 
+def _slots(owner: Tensor, prompts: int, per_prompt: int) -> tuple[Tensor, bool]:
+    """Each row's place among its prompt's rows [B], and whether the rows are dense: every prompt
+    has per_prompt rows, in order (owner = 0,..,0,1,..,1,...)."""
+    counts = torch.bincount(owner, minlength=prompts)
+    order = owner.argsort(stable=True)
+    rank = torch.arange(len(owner), device=owner.device) - (counts.cumsum(0) - counts)[owner[order]]
+    slot = torch.empty_like(owner).scatter_(0, order, rank)
+    dense = len(owner) == prompts * per_prompt and bool((owner[1:] >= owner[:-1]).all()) and bool((counts == per_prompt).all())
+    return slot, dense
+
+
 def _per_prompt(x: Tensor, prefix: tuple[_Prefix, int], other: Tensor) -> Tensor:
-    """x [B, K, M, N] @ other[owner] [P, K, N, O] -> [B, K, M, O] without gathering `other` per row:
-    each prompt's rows are stacked (zero-padded to per_prompt) and multiplied once."""
+    """x [B, K, M, N] @ other[owner] [P, K, N, O] without gathering `other` per row: each prompt's
+    rows are stacked (zero-padded to per_prompt) and multiplied once, in other's dtype.
+
+    Returns [R, r, K, M, O] with R * r = B, the rows in order: [P, per_prompt, ...] (a strided view,
+    no copy back) when the rows are dense, else [B, 1, ...]; `_by_rows` views a [B, ...] tensor alike.
+    """
     shared = prefix[0]
     B, K, M, N = x.shape
-    n = shared.per_prompt
-    stacked = x.new_zeros(other.shape[0], n, K, M, N)
-    stacked[shared.owner, shared.slot] = x
-    out = torch.matmul(stacked.transpose(1, 2).reshape(other.shape[0], K, n * M, N), other)  # [P, K, n*M, O]
-    return out.view(other.shape[0], K, n, M, -1).transpose(1, 2)[shared.owner, shared.slot]
+    P, n = other.shape[0], shared.per_prompt
+    if shared.dense:  # the rows are already stacked by prompt: one copy (and cast) into place
+        stacked = x.new_empty((P, K, n, M, N), dtype=other.dtype)
+        stacked.copy_(x.view(P, n, K, M, N).transpose(1, 2))
+        out = torch.matmul(stacked.view(P, K, n * M, N), other)  # [P, K, n*M, O]
+        return out.view(P, K, n, M, -1).transpose(1, 2)
+    stacked = x.new_zeros((P, n, K, M, N), dtype=other.dtype)
+    stacked[shared.owner, shared.slot] = x.to(other.dtype)
+    out = torch.matmul(stacked.transpose(1, 2).reshape(P, K, n * M, N), other)  # [P, K, n*M, O]
+    return out.view(P, K, n, M, -1).transpose(1, 2)[shared.owner, shared.slot][:, None]
+
+
+def _by_rows(x: Tensor, like: Tensor) -> Tensor:
+    """x [B, ...] viewed as [R, r, ...], the two leading dimensions of `like` (from _per_prompt)."""
+    return x.view(*like.shape[:2], *x.shape[1:])

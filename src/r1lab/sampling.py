@@ -422,6 +422,9 @@ def _shared_prompt_logprobs(model, input_ids: Tensor, attention_mask: Tensor, pr
     distinct, owner = torch.unique(prompts, dim=0, return_inverse=True)
     first = torch.full((len(distinct),), B, dtype=torch.long, device=owner.device)
     first = first.scatter_reduce(0, owner, torch.arange(B, device=owner.device), reduce="amin")
+    # Prompts numbered in order of first appearance: a batch of whole groups then has owner 0,..,0,1,..
+    first, order = first.sort()
+    owner = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=order.device))[owner]
     prompt_mask = prompt_mask[first]
     lo = int(prompt_mask.any(dim=0).long().argmax())  # columns that are padding in every prompt: skip
     completions = input_ids[:, prompt_len:]
