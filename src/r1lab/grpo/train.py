@@ -129,8 +129,11 @@ def _rollout_settings(config: GRPOConfig) -> RolloutSettings:
 def _optimizer(policy, config: GRPOConfig):
     """AdamW over the trainable parameters (with LoRA: the adapters) and its warmup + schedule."""
     trainable = [p for p in policy.parameters() if p.requires_grad]
+    # One fused kernel per step where torch has it: clip + step took 4.7 ms against 9.9 ms for the
+    # default on the benchmark's 4.3M weights (one CPU thread; benchmarks/README.md).
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in trainable) or None
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay,
-                                  betas=(config.adam_beta1, config.adam_beta2))
+                                  betas=(config.adam_beta1, config.adam_beta2), fused=fused)
     floor = config.min_lr_ratio if config.lr_schedule == "cosine" else 1.0  # 1.0: constant after warmup
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_multiplier(s, config.warmup_steps, config.max_steps, floor))
