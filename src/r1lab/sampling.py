@@ -19,8 +19,8 @@ share it. Both follow the caller's autocast (r1lab.precision): under bf16 autoca
 run in bf16 and the output projection in float32, so log-probs always come from float32 logits.
 
 Measured (benchmarks/README.md, 1 thread of a 2-core EPYC, 4.3M Qwen2, 32 sequences x 64
-tokens): 1.6x the tokens/s of `model.generate` on the same batch in fp32, 2.0x under bf16
-autocast (3.3x with 95-token prompts).
+tokens): 1.5x the tokens/s of `model.generate` on the same batch in fp32, 1.9x under bf16
+autocast (3.2x with 95-token prompts).
 """
 
 from __future__ import annotations
