@@ -435,6 +435,24 @@ def test_shared_prompt_logprobs_and_gradients_equal_the_full_forward(arch, rows,
         torch.testing.assert_close(b.grad, a.grad, atol=1e-4, rtol=1e-4, msg=name)
 
 
+
+def test_shared_prompt_logprobs_of_one_token_completions(tokenizer):
+    # Completions of one token leave the completion pass no input columns (each completion's only
+    # log-prob comes from its prompt's last position): nothing may break on the empty pass.
+    model = ARCHITECTURES["qwen2"](tokenizer)
+    prompts = encode(tokenizer, PROMPTS[:2])
+    p_len = max(map(len, prompts))
+    ids = torch.full((4, p_len + 1), tokenizer.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for row in range(4):
+        p = prompts[row // 2]
+        ids[row, p_len - len(p):p_len], ids[row, p_len] = torch.tensor(p), 7 + row
+        mask[row, p_len - len(p):] = 1
+    full = sequence_logprobs(model, ids, mask)[:, -1]
+    shared = sequence_logprobs(model, ids, mask, prompt_len=p_len)[:, -1]
+    torch.testing.assert_close(shared, full, atol=1e-5, rtol=0)
+    assert len(set(full.tolist())) == 4  # four different tokens, four different log-probs
+
 def test_unknown_or_modified_models_take_the_generic_path(tokenizer, model):
     bf16 = copy.deepcopy(model).to(torch.bfloat16)
     sliding = Qwen2ForCausalLM(Qwen2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,

@@ -77,8 +77,19 @@ def test_share_prefix_places_each_row_among_its_prompts_rows():
     cache.keys[0][:, :, :3] = torch.arange(3.0)[:, None, None, None]
     cache.length = 3
     cache.share_prefix(torch.tensor([0, 0, 0, 1, 1, 2]), per_prompt=3)
-    assert cache.prefix.slot.tolist() == [0, 1, 2, 0, 1, 0]
-    assert cache.prefix.keys[0].shape == (3, 2, 3, 4) and cache.keys[0].shape == (6, 2, 5, 4)
+    assert cache.prefix.slot.tolist() == [0, 1, 2, 0, 1, 0] and not cache.prefix.dense  # uneven: stacked with padding
+    assert cache.prefix.keys[0].shape == (3, 2, 4, 3) and cache.keys[0].shape == (6, 2, 5, 4)  # keys transposed
     cache.select(torch.tensor([1, 3, 5]))  # rows leave the batch: owners and slots follow them
     assert cache.prefix.owner.tolist() == [0, 1, 2] and cache.prefix.slot.tolist() == [1, 0, 0]
     assert cache.prefix.keys[0][:, 0, 0, 0].tolist() == [0.0, 1.0, 2.0]  # the prefix itself stays
+
+
+def test_share_prefix_knows_when_the_rows_are_already_stacked_by_prompt():
+    # Whole groups in prompt order need no stacking (the common case in GRPO); any other order,
+    # or a prompt with fewer rows, takes the general path, which places each row by its slot.
+    slot, dense = lean._slots(torch.tensor([0, 0, 1, 1, 2, 2]), 3, 2)
+    assert slot.tolist() == [0, 1, 0, 1, 0, 1] and dense
+    slot, dense = lean._slots(torch.tensor([1, 0, 2, 1, 0, 2]), 3, 2)
+    assert slot.tolist() == [0, 0, 0, 1, 1, 1] and not dense
+    slot, dense = lean._slots(torch.tensor([0, 0, 1, 2, 2]), 3, 2)
+    assert slot.tolist() == [0, 1, 0, 0, 1] and not dense

@@ -486,7 +486,7 @@ def _attend(q: Tensor, keys: Tensor, values: Tensor, bias: Tensor, prefix: tuple
         scores = torch.matmul(q, keys.transpose(-1, -2))  # [B, K, g*S, T]
     if prefix is not None:
         shared = _per_prompt(q, prefix, prefix[0].keys[prefix[1]])
-        scores = torch.cat([shared, _by_rows(scores, shared)], dim=-1).view(B, K, g * S, -1)
+        scores = torch.cat([shared, _by_rows(scores, shared)], dim=-1).view(B, K, g * S, shared.shape[-1] + scores.shape[-1])
     T = scores.shape[-1]
     probs = (scores.view(B, K, g, S, T) + bias[:, :, None]).softmax(dim=-1).view(B, K, g * S, T)
     tp = 0 if prefix is None else T - keys.shape[2]
@@ -526,11 +526,11 @@ def _per_prompt(x: Tensor, prefix: tuple[_Prefix, int], other: Tensor) -> Tensor
         stacked = x.new_empty((P, K, n, M, N), dtype=other.dtype)
         stacked.copy_(x.view(P, n, K, M, N).transpose(1, 2))
         out = torch.matmul(stacked.view(P, K, n * M, N), other)  # [P, K, n*M, O]
-        return out.view(P, K, n, M, -1).transpose(1, 2)
+        return out.view(P, K, n, M, other.shape[-1]).transpose(1, 2)
     stacked = x.new_zeros((P, n, K, M, N), dtype=other.dtype)
     stacked[shared.owner, shared.slot] = x.to(other.dtype)
     out = torch.matmul(stacked.transpose(1, 2).reshape(P, K, n * M, N), other)  # [P, K, n*M, O]
-    return out.view(P, K, n, M, -1).transpose(1, 2)[shared.owner, shared.slot][:, None]
+    return out.view(P, K, n, M, other.shape[-1]).transpose(1, 2)[shared.owner, shared.slot][:, None]
 
 
 def _by_rows(x: Tensor, like: Tensor) -> Tensor:
