@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from r1lab.lora import is_lora
+from r1lab.precision import autocast_dtype
 
 # model_type -> whether attention has per-head RMSNorms on queries and keys (Qwen3)
 _ARCHITECTURES = {"qwen2": False, "llama": False, "qwen3": True}
@@ -186,7 +187,7 @@ class KVCache:
         slot, dense = _slots(owner, self.keys[0].shape[0], per_prompt)
         # Stored as the prompt part of attention reads them: in the dtype of the caller's autocast
         # (which would otherwise cast them again at every decode step), keys transposed.
-        dtype = torch.get_autocast_dtype(owner.device.type) if torch.is_autocast_enabled(owner.device.type) else None
+        dtype = autocast_dtype(owner.device)
         keys = [k[:, :, :self.length].transpose(-1, -2).to(dtype).contiguous() for k in self.keys]
         values = [v[:, :, :self.length].to(dtype).contiguous() for v in self.values]
         self.prefix = _Prefix(keys, values, owner, slot, per_prompt, dense)
@@ -211,7 +212,7 @@ class _GrowingCache:
         P = self.keys[0].shape[0]
         per_prompt = int(torch.bincount(owner, minlength=P).max())
         slot, dense = _slots(owner, P, per_prompt)
-        dtype = torch.get_autocast_dtype(owner.device.type) if torch.is_autocast_enabled(owner.device.type) else None
+        dtype = autocast_dtype(owner.device)
         self.prefix = _Prefix([k.transpose(-1, -2).to(dtype) for k in self.keys], [v.to(dtype) for v in self.values],
                               owner, slot, per_prompt, dense)
         self.keys, self.values = [None] * len(self.keys), [None] * len(self.values)
@@ -221,10 +222,6 @@ class _GrowingCache:
             keys, values = torch.cat([self.keys[layer], keys], dim=2), torch.cat([self.values[layer], values], dim=2)
         self.keys[layer], self.values[layer] = keys, values
         return keys, values
-
-    def select(self, rows: Tensor) -> None:
-        self.keys = [k.index_select(0, rows) for k in self.keys]
-        self.values = [v.index_select(0, rows) for v in self.values]
 
 
 class LeanModel:
@@ -486,7 +483,8 @@ def _attend(q: Tensor, keys: Tensor, values: Tensor, bias: Tensor, prefix: tuple
         scores = torch.matmul(q, keys.transpose(-1, -2))  # [B, K, g*S, T]
     if prefix is not None:
         shared = _per_prompt(q, prefix, prefix[0].keys[prefix[1]])
-        scores = torch.cat([shared, _by_rows(scores, shared)], dim=-1).view(B, K, g * S, shared.shape[-1] + scores.shape[-1])
+        T = shared.shape[-1] + scores.shape[-1]
+        scores = torch.cat([shared, _by_rows(scores, shared)], dim=-1).view(B, K, g * S, T)
     T = scores.shape[-1]
     probs = (scores.view(B, K, g, S, T) + bias[:, :, None]).softmax(dim=-1).view(B, K, g * S, T)
     tp = 0 if prefix is None else T - keys.shape[2]
@@ -508,7 +506,8 @@ def _slots(owner: Tensor, prompts: int, per_prompt: int) -> tuple[Tensor, bool]:
     order = owner.argsort(stable=True)
     rank = torch.arange(len(owner), device=owner.device) - (counts.cumsum(0) - counts)[owner[order]]
     slot = torch.empty_like(owner).scatter_(0, order, rank)
-    dense = len(owner) == prompts * per_prompt and bool((owner[1:] >= owner[:-1]).all()) and bool((counts == per_prompt).all())
+    dense = (len(owner) == prompts * per_prompt and bool((owner[1:] >= owner[:-1]).all())
+             and bool((counts == per_prompt).all()))
     return slot, dense
 
 
