@@ -28,6 +28,7 @@ import _signal
 import builtins
 import marshal
 import os
+import resource
 import select
 import sys
 import time
@@ -41,6 +42,7 @@ else:
 
 BUILTIN_NAMES = frozenset(dir(builtins))  # a program's names never shadow these in a test
 NO_PROGRAM_ERRORS = {"StopIteration", "StopAsyncIteration"}  # would end a test's iterator early, as if done
+JUDGE_EXTRA_MB = 512  # the judge's address space: the program's limit + this (values it decodes, the tests)
 DRAIN_CAP = 64 << 20  # bytes read from a dead worker's pipes after a test; more is left unread
 STATE = {"armed": False, "tripped": None}  # the judge's alarm and the test's first failure (judge memory)
 
@@ -191,6 +193,9 @@ def judge(mode, uid):
     os.dup2(os.open(os.devnull, os.O_RDWR), 1)  # a test's prints must not reach the trainer
     header = read_trainer_frame(0)
     secret = header.pop("secret").encode("ascii")
+    # A test computes with the program's values ("x" * f(1)): the judge's memory is capped too.
+    judge_bytes = (header["limits"]["memory_mb"] + JUDGE_EXTRA_MB) << 20
+    resource.setrlimit(resource.RLIMIT_AS, (judge_bytes, judge_bytes))
     pipes = [os.pipe() for _ in range(6)]  # ctl call, ctl reply, worker call, worker reply, out, err
     (ctl_r, ctl_w), (ack_r, ack_w), (call_r, call_w), (reply_r, reply_w), (out_r, out_w), (err_r, err_w) = pipes
     server_pid = os.fork()
@@ -348,14 +353,11 @@ def _drain_all(pipes):
 
 
 def _judge_test(kind, payload, link):
+    if kind == "stdio":
+        return _judge_stdio(link)
     first = link.recv()
     if first[0] == "raised":
-        return "failed", f"the program raised {first[1]}: {first[2]}"[:300]
-    if kind == "stdio":
-        if first[0] != "exit":
-            return "failed", "bad reply from the program"
-        link.wait_gone()
-        return "passed", ""
+        return _raised(first)
     if first[0] != "ready":
         return "failed", "bad reply from the program"
     namespace = _test_namespace(first[1], link)
@@ -367,6 +369,25 @@ def _judge_test(kind, payload, link):
     except BaseException as e:  # noqa: BLE001 -- SystemExit, AssertionError...: the test did not finish
         return "failed", _failure(e)
     return "passed", ""
+
+
+def _judge_stdio(link):
+    """A stdin/stdout run: it ends when the program's process does (its exit status, checked after
+    the clean-up, must be 0; the trainer compares its stdout). The worker's messages only say why
+    it failed: the program can write them too. Without a pidfd (Linux < 5.3) its "exit" decides."""
+    if link.pidfd is None:
+        first = link.recv()
+        return _raised(first) if first[0] == "raised" else ("passed", "") if first[0] == "exit" else \
+            ("failed", "bad reply from the program")
+    link.wait_gone()
+    message = link._take()
+    if message is not None and message[0] == "raised":
+        return _raised(message)
+    return "passed", ""
+
+
+def _raised(message):
+    return "failed", f"the program raised {message[1]}: {message[2]}"[:300]
 
 
 def _failure(e):

@@ -37,8 +37,7 @@ def worker(program, kind, stdin, limits, fds):
         _set_limits(limits)
     except BaseException:  # noqa: BLE001 -- a worker that can't be set up must not run the program
         os._exit(70)
-    _run(program, kind)
-    os._exit(0)
+    os._exit(_run(program, kind))
 
 
 def _stdin_fd(text):
@@ -72,7 +71,8 @@ def _set_limits(limits):
 
 
 def _run(program, kind):
-    """Run the program in a fresh module; stdio: report how it ended; else serve calls."""
+    """Run the program in a fresh module; stdio: report how it ended; else serve calls.
+    The worker's exit status: 1 if the program failed (for stdio, the status decides)."""
     import builtins
 
     name = "__main__" if kind == "stdio" else "solution"  # a __main__ guard must not read stdin in call mode
@@ -84,18 +84,22 @@ def _run(program, kind):
         exec(compile(program, "<program>", "exec"), module.__dict__)
     except SystemExit as e:
         if kind != "stdio" or e.code not in (None, 0):
-            return _reply(("raised", "SystemExit", f"the program exited ({e.code!r}) before the tests ran"))
+            _reply(("raised", "SystemExit", f"the program exited ({e.code!r}) before the tests ran"))
+            return 1
     except BaseException as e:  # noqa: BLE001 -- any failure of the program is the program's
-        return _reply(("raised", type(e).__name__, _message(e)))
+        _reply(("raised", type(e).__name__, _message(e)))
+        return 1
     if kind == "stdio":
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
             except BaseException:  # noqa: BLE001
                 pass
-        return _reply(("exit",))
+        _reply(("exit",))
+        return 0
     _reply(("ready", _names(module.__dict__)))
     _serve_calls(module.__dict__)
+    return 0
 
 
 def _names(ns):
