@@ -25,7 +25,8 @@ MAX_ANSWER_CHARS = 200  # longer "answers" are refused: no real final answer is 
 MAX_DIGITS = 100  # plain numerals with more digits never match (except by exact string)
 MAX_REFERENCE_CHARS = 10_000  # longer references are compared as strings only
 MAX_DEPTH = 16  # brackets and braces nested deeper than this: no real answer, and slow to parse
-HEDGES = ("\\approx",)  # in a prediction, wrong unless the reference has it too
+# In a prediction, wrong unless the reference has it too: "or"/"and" between values, and "about".
+HEDGES = ("\\lor", "\\vee", "\\land", "\\wedge", "\\approx")
 
 _OPEN, _CLOSE = "<answer>", "</answer>"
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
@@ -209,6 +210,15 @@ def normalise(answer: str) -> str:
     return text
 
 
+def _several_relations(pred: str, ref: str) -> bool:
+    r"""math-verify reads ``a = b`` as b, whatever a is: "x=3 \cup x=5" and "3 = 5" would be 5.
+    A prediction may have as many "=" as the reference, or one, and then not after a plain number."""
+    count = pred.count("=")
+    if count <= ref.count("="):
+        return False
+    return count > 1 or _plain_number(pred.partition("=")[0].strip()) is not None
+
+
 def _plain_number(text: str) -> Decimal | None:
     """A plain decimal numeral as an exact Decimal (no floats: 1e400 can't become inf == inf)."""
     if not _NUMBER_RE.fullmatch(text) or sum(c.isdigit() for c in text) > MAX_DIGITS:
@@ -224,8 +234,8 @@ def answers_match(predicted: str, reference: str, timeout: float = 5.0) -> bool:
     is compared as a string only). Fast paths, all in-process: equal after `normalise` -> True;
     both plain numerals -> compared exactly as Decimals (so "0.5" == "0.50", but "0.333" !=
     "0.3333"); a numeral over `MAX_DIGITS` digits, an answer over `MAX_ANSWER_CHARS`, unbalanced
-    braces, a box left inside the answer (a second answer) or a hedge (`HEDGES`, the word "or")
-    the reference doesn't have -> False.
+    braces, a box left inside the answer (a second answer), a hedge (`HEDGES`, the word "or")
+    the reference doesn't have, or more "=" than the reference (``3 = 5``) -> False.
     Anything else goes to math-verify (each side wrapped in ``\boxed{}``, reference as gold,
     the prediction read as LaTeX only) in a worker process; past `timeout` seconds the worker is
     killed and the answer is False, but not cached. Safe from any thread, and bounded in time
@@ -236,10 +246,10 @@ def answers_match(predicted: str, reference: str, timeout: float = 5.0) -> bool:
     """
     if not isinstance(predicted, str) or not isinstance(reference, str):
         return False
-    if not _shape_ok(predicted, 4 * MAX_ANSWER_CHARS):
-        return False
     if not _shape_ok(reference, MAX_REFERENCE_CHARS):
         return predicted.strip() == reference.strip()
+    if not _shape_ok(predicted, 4 * MAX_ANSWER_CHARS):
+        return False
     pred, ref = normalise(predicted), normalise(reference)
     if not pred or not ref:
         return False
@@ -248,6 +258,8 @@ def answers_match(predicted: str, reference: str, timeout: float = 5.0) -> bool:
     if len(pred) > MAX_ANSWER_CHARS or not _balanced(pred) or not _balanced(ref) or _BOX_RE.search(pred):
         return False
     if any(hedge in pred and hedge not in ref for hedge in HEDGES) or (_OR_RE.search(pred) and not _OR_RE.search(ref)):
+        return False
+    if _several_relations(pred, ref):
         return False
     pred_number, ref_number = _plain_number(pred), _plain_number(ref)
     if pred_number is not None and ref_number is not None:
