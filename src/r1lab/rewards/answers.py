@@ -35,6 +35,8 @@ _BRACKET_RE = re.compile(r"[{}()\[\]]")
 _OR_RE = re.compile(r"\bor\b", re.IGNORECASE)
 _SPACE_RE = re.compile(r"\s+")
 _THOUSANDS_RE = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_COMMAND_RE = re.compile(r"\\[a-zA-Z]+")
+_LETTER_RE = re.compile(r"[a-zA-Z]")
 _NUMBER_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
 
 
@@ -211,12 +213,13 @@ def normalise(answer: str) -> str:
 
 
 def _several_relations(pred: str, ref: str) -> bool:
-    r"""math-verify reads ``a = b`` as b, whatever a is: "x=3 \cup x=5" and "3 = 5" would be 5.
-    A prediction may have as many "=" as the reference, or one, and then not after a plain number."""
+    r"""math-verify reads ``a = b`` as b, whatever a is: "x=3 \cup x=5", "3 = 5" and
+    "\frac{6}{2} = 5" would all be 5. A prediction may have as many "=" as the reference, or one
+    whose left side names a variable (``x = 5``, ``f(2) = 7``), not a constant."""
     count = pred.count("=")
     if count <= ref.count("="):
         return False
-    return count > 1 or _plain_number(pred.partition("=")[0].strip()) is not None
+    return count > 1 or not _LETTER_RE.search(_COMMAND_RE.sub("", pred.partition("=")[0]))
 
 
 def _plain_number(text: str) -> Decimal | None:
