@@ -258,3 +258,35 @@ def test_a_faked_module_changes_nothing_for_the_test(name):
 def test_no_sandbox_process_is_left():
     time.sleep(0.05)
     assert runner.kill_labelled("r1lab-test-") == 0
+
+
+@needs_sandbox
+def test_printing_a_full_output_on_every_test_cannot_flood_the_trainer():
+    """Each test may print up to output_kb; the run's report to the trainer is capped as a whole."""
+    flood = "import sys\nsys.stdout.write('\\x01' * (1 << 20))\n"
+    limits = Limits(time_s=5.0, total_s=60.0, output_kb=1024)
+    result = _run(flood, [{"input": "", "output": "\x01" * (1 << 20)}] * 60, limits)
+    assert result.passed == 48 and "MiB in all" in result.reason, result  # right answers, until the cap
+
+
+def test_an_interrupted_pool_run_cancels_the_waiting_runs(monkeypatch):
+    from r1lab.sandbox import SandboxPool
+    from r1lab.sandbox.runner import ExecResult
+
+    started = []
+
+    def slow(program, tests, limits, isolation, label):
+        started.append(program)
+        if program == "interrupt":
+            raise KeyboardInterrupt
+        time.sleep(0.2)
+        return ExecResult(1, 1, "passed", "", 0.2)
+
+    monkeypatch.setattr("r1lab.sandbox.pool.run_tests", slow)
+    pool = SandboxPool(workers=1, isolation=Isolation("weak", "/bin/false"))
+    jobs = [("interrupt", parse_tests("assert f(1) == 5"))] + [(str(i), parse_tests("assert f(1) == 5")) for i in range(20)]
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        pool.run(jobs)
+    pool.close()
+    assert time.monotonic() - start < 2.0 and len(started) <= 2

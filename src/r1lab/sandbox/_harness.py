@@ -43,6 +43,7 @@ else:
 BUILTIN_NAMES = frozenset(dir(builtins))  # a program's names never shadow these in a test
 NO_PROGRAM_ERRORS = {"StopIteration", "StopAsyncIteration"}  # would end a test's iterator early, as if done
 JUDGE_EXTRA_MB = 512  # the judge's address space: the program's limit + this (values it decodes, the tests)
+REPORT_CAP = 48 << 20  # stdout bytes of all a run's tests reported to the trainer (repr: up to 4x on the wire)
 DRAIN_CAP = 64 << 20  # bytes read from a dead worker's pipes after a test; more is left unread
 STATE = {"armed": False, "tripped": None}  # the judge's alarm and the test's first failure (judge memory)
 
@@ -212,12 +213,16 @@ def judge(mode, uid):
     links = (call_w, call_r, reply_r, out_r, err_r)
     limits = header["limits"]
     end = time.monotonic() + limits["total_s"]
+    reported = 0  # stdout bytes sent to the trainer: many tests x a full output each must not flood it
     for i, (kind, payload) in enumerate(tests):
         start = time.monotonic()
         if start < end:
             status, reason, output = run_test(kind, payload, limits, min(start + limits["time_s"], end), control, links)
         else:
             status, reason, output = "timeout", f"the run's {limits['total_s']:g} s were spent", None
+        reported += len(output or b"")
+        if reported > REPORT_CAP:
+            status, reason, output = "failed", f"the run printed more than {REPORT_CAP >> 20} MiB in all", None
         _report(report, secret, ("result", i, status, reason, output, int(1000 * (time.monotonic() - start))))
     control.stop()
     _report(report, secret, ("done", len(tests)))
