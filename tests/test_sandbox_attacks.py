@@ -10,6 +10,8 @@ import uuid
 
 import pytest
 
+from test_sandbox import ISOLATION, needs_sandbox  # the isolation this machine gives (tests/ is on sys.path)
+
 from r1lab.errors import R1labError
 from r1lab.sandbox import Limits, _wire, parse_tests, run_tests, runner
 from r1lab.sandbox.cgroups import RunCgroup, cgroup_parent
@@ -21,15 +23,6 @@ WRONG = "def f(x):\n    return 0\n"
 RIGHT = "def f(x):\n    return 3 * x + 2\n"
 
 
-def _isolation():
-    try:
-        return runner.choose_isolation(allow_weak_isolation=False), ""
-    except R1labError as e:
-        return None, str(e)
-
-
-ISOLATION, WHY_NOT = _isolation()
-needs_sandbox = pytest.mark.skipif(ISOLATION is None, reason=f"no sandbox isolation on this machine: {WHY_NOT}")
 needs_seccomp = pytest.mark.skipif(ISOLATION is None or not ISOLATION.seccomp,
                                    reason="no seccomp filter here (bubblewrap without --seccomp, or no libseccomp)")
 
@@ -47,7 +40,8 @@ SHADOWS = {
     "set": ("class set:\n    def __init__(self, *a):\n        pass\n    def __eq__(self, o):\n        return True\n",
             "assert set([f(1)]) == {5}"),
     "sorted": ("def sorted(x, **k):\n    return [1, 2, 3]\n", "assert sorted([f(1), 1, 2]) == [1, 2, 5]"),
-    "isinstance": ("isinstance = lambda *a: True\n", "assert isinstance(f(1), int) if f(1) == 5 else isinstance(f(1), str)"),
+    "isinstance": ("isinstance = lambda *a: True\n",
+                   "assert isinstance(f(1), int) if f(1) == 5 else isinstance(f(1), str)"),
     "max": ("def max(*a):\n    return 5\n", "assert max(f(1), 0) == 5"),
     "__builtins__": ("__builtins__ = {}\n", "assert f(1) == 5"),
     "check": ("def check(candidate):\n    pass\n", "def check(candidate):\n    assert candidate(1) == 5\ncheck(f)"),
@@ -139,7 +133,8 @@ FORGED_EXIT = ("import os, sys\nsys.path.append('/r1lab')\nfrom _wire import enc
 def test_a_stdio_program_passes_only_if_its_process_ends_with_status_0(after):
     result = _run(FORGED_EXIT + after, STDIO)
     assert result.passed == 0, result
-    assert _run("print(3, flush=True)\nimport os\nos._exit(0)\n", STDIO).passed == 1  # ending early by itself, with 0, is fine
+    ended_by_itself = "print(3, flush=True)\nimport os\nos._exit(0)\n"  # early, by itself, with 0: fine
+    assert _run(ended_by_itself, STDIO).passed == 1
     assert _run("print(3)\nraise SystemExit(0)\n", STDIO).passed == 1
 
 
@@ -225,7 +220,8 @@ def test_cgroup_v2_per_run_files(tmp_path):
 @pytest.mark.skipif(not cgroup_parent(), reason="no writable cgroup v2 with memory and pids controllers here")
 @needs_sandbox
 def test_cgroup_caps_the_sandboxs_processes_together():
-    bomb = "import os, time\ndef f(x):\n    n = 0\n    try:\n        for _ in range(64):\n            if os.fork() == 0:\n" \
+    bomb = "import os, time\ndef f(x):\n    n = 0\n    try:\n        for _ in range(64):\n" \
+           "            if os.fork() == 0:\n" \
            "                time.sleep(30)\n            n += 1\n    except OSError:\n        pass\n    return n\n"
     result = _run(bomb, "assert f(0) >= 64", Limits(time_s=5.0, processes=8))
     assert result.passed == 0
@@ -284,7 +280,8 @@ def test_an_interrupted_pool_run_cancels_the_waiting_runs(monkeypatch):
 
     monkeypatch.setattr("r1lab.sandbox.pool.run_tests", slow)
     pool = SandboxPool(workers=1, isolation=Isolation("weak", "/bin/false"))
-    jobs = [("interrupt", parse_tests("assert f(1) == 5"))] + [(str(i), parse_tests("assert f(1) == 5")) for i in range(20)]
+    tests = parse_tests("assert f(1) == 5")
+    jobs = [("interrupt", tests)] + [(str(i), tests) for i in range(20)]
     start = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         pool.run(jobs)

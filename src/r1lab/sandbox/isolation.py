@@ -147,7 +147,8 @@ def candidates() -> list[Isolation]:
         found.insert(0, Isolation("root", python, binds=_interpreter_binds(python), **common))
     found = [dataclasses.replace(isolation, cgroup=cgroup_parent()) for isolation in found]
     if "--seccomp" in help_text and seccomp.filter_bytes() is not None:  # each kind with the filter first
-        found = [variant for isolation in found for variant in (dataclasses.replace(isolation, seccomp=True), isolation)]
+        found = [variant for isolation in found
+                 for variant in (dataclasses.replace(isolation, seccomp=True), isolation)]
     return found + [weak]
 
 

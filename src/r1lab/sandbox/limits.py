@@ -14,8 +14,9 @@ SLACK_S = 8.0  # seconds on top of a run's test time: bwrap and the harness star
 class Limits:
     """Per-test limits of the program under test (the harness's own processes are not counted).
 
-    Memory and processes are per-process rlimits, not a cgroup: a program can hold at most
-    ``processes * memory_mb`` at once (8 GiB with the defaults). A test's wall time covers
+    Memory and processes are per-process rlimits, and, where a cgroup v2 can be made, also
+    caps on the whole sandbox (`r1lab.sandbox.cgroups`); with rlimits only, a program can hold
+    at most ``processes * memory_mb`` at once (8 GiB with the defaults). A test's wall time covers
     starting the program, its top-level code and the test; `total_s` caps a whole run, so a
     program that hangs on every input costs 20 s, not 4 s per test. CPU time is capped at the
     wall time + 2 s per process, so a busy loop is killed even if the wall clock is not watched.

@@ -84,7 +84,8 @@ def _choose(allow_weak: bool) -> Isolation:
         problem = probe(isolation)
         if problem is None:
             if failures:
-                logger.warning("code sandbox: using %s; stronger ones failed: %s", isolation.describe(), "; ".join(failures))
+                logger.warning("code sandbox: using %s; stronger ones failed: %s", isolation.describe(),
+                               "; ".join(failures))
             return isolation
         failures.append(f"{isolation.describe()}: {problem}")
     raise no_isolation_error(failures)
