@@ -31,17 +31,16 @@ The program is the untrusted output of a model under optimisation pressure. Two 
      on the judge's side. The test runs with the judge's real builtins (a program's ``len`` or
      ``all`` never enters its namespace), and an exception from the program can't end a test's
      iteration as if complete (``StopIteration`` in ``all(map(...))`` becomes RuntimeError).
-     The trainer reads only lines carrying a per-run secret. Only the judge can write to the trainer; no other process holds that
-     pipe, there is no /proc to reopen it through, and the judge is not dumpable, so it can't
-     be ptraced; as pid 1 it ignores SIGKILL from inside.
+     Only the judge can write to the trainer; no other process holds that pipe, there is no
+     /proc to reopen it through, the judge is not dumpable, so it can't be ptraced, and the
+     trainer reads only lines carrying a per-run secret; as pid 1 it ignores SIGKILL from inside.
    - each test gets a fresh worker, forked from the server, whose memory never held a test or
      an expected output: the program can't read the answers. Stdin/stdout tests are compared
      with the expected output by the trainer, outside the sandbox.
    - a stdin/stdout run passes only if the program's process itself ended with status 0 (its
      messages decide nothing); a call-mode worker that exits (``sys.exit(0)``, ``os._exit(0)``),
-     prints "PASSED", kills or stops
-     its parent (the server; the test then counts as failed), or raises SystemExit inside a
-     call, leaves the test unfinished: failed. A timeout, a dead worker or too much output
+     prints "PASSED", kills or stops its parent (the server; the test then counts as failed),
+     or raises SystemExit inside a call, leaves the test unfinished: failed. A timeout, a dead worker or too much output
      fails the test even if the test's own ``except:`` swallowed it. Exit codes and printed text
      decide nothing (except that a stdin/stdout program's stdout is its answer).
 
