@@ -18,10 +18,11 @@ that would shadow a builtin (``len``, ``all``, ``abs``...) or a dunder comes in 
 Started by `r1lab.sandbox.runner` as ``python -I -S -B -c BOOT judge MODE UID LABEL``; MODE is
 "ns" (a bubblewrap sandbox: the judge is pid 1 of its own PID namespace) or "weak" (rlimits
 only); UID >= 0: drop root to it first; LABEL only marks the processes for ``ps``.
-Trainer -> judge (fd 0): two length-prefixed marshal frames, {program, limits, secret} then the
-tests. Judge -> trainer (fd 1): one line per test, the run's secret, a space, then the ``repr`` of
-``("result", i, status, reason, output, ms)``, and last ``("done", n)``; the trainer reads them with
-`ast.literal_eval` and ignores any line without the secret (only the judge ever holds it).
+Trainer -> judge (fd 0): two length-prefixed marshal frames, {program, limits} then (secret,
+tests), the second read only after the server is forked. Judge -> trainer (fd 1): one line per
+test, the run's secret, a space, then the ``repr`` of ``("result", i, status, reason, output,
+ms)``, and last ``("done", n)``; the trainer reads them with `ast.literal_eval` and ignores any
+line without the secret (only the judge ever holds it: no worker's memory does).
 """
 
 import _signal
@@ -193,7 +194,6 @@ def judge(mode, uid):
     report = os.dup(1)
     os.dup2(os.open(os.devnull, os.O_RDWR), 1)  # a test's prints must not reach the trainer
     header = read_trainer_frame(0)
-    secret = header.pop("secret").encode("ascii")
     # A test computes with the program's values ("x" * f(1)): the judge's memory is capped too.
     judge_bytes = (header["limits"]["memory_mb"] + JUDGE_EXTRA_MB) << 20
     resource.setrlimit(resource.RLIMIT_AS, (judge_bytes, judge_bytes))
@@ -208,7 +208,8 @@ def judge(mode, uid):
         os.close(fd)
     for fd in (call_w, reply_r, out_r, err_r):
         os.set_blocking(fd, False)
-    tests = read_trainer_frame(0)  # read only now: the server's memory never held a test
+    secret, tests = read_trainer_frame(0)  # read only now: the server's memory never held a test or the secret
+    secret = secret.encode("ascii")
     control = Control(ctl_w, ack_r, server_pid)
     links = (call_w, call_r, reply_r, out_r, err_r)
     limits = header["limits"]

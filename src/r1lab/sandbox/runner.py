@@ -117,8 +117,8 @@ def _execute(program: str, cases: tuple[CodeTest, ...], limits: Limits, isolatio
     """The harness's result lines (those carrying the run's secret, without it), its stderr, and an
     error if the run failed or had to be killed at its deadline (`DEADLINE` starts that error)."""
     secret = secrets.token_hex(16)
-    header = {"program": program, "limits": limits.for_harness(_nproc(limits, isolation, uid)), "secret": secret}
-    payload = b"".join(_trainer_frame(marshal.dumps(x)) for x in (header, [t.spec() for t in cases]))
+    header = {"program": program, "limits": limits.for_harness(_nproc(limits, isolation, uid))}
+    payload = b"".join(_trainer_frame(marshal.dumps(x)) for x in (header, (secret, [t.spec() for t in cases])))
     budget = limits.run_budget(len(cases))
     started = Started(isolation, limits, label)
     try:
