@@ -84,7 +84,7 @@ class Isolation:
             "weak": "WEAK: rlimits and a temp directory only; no network or filesystem isolation",
         }[self.kind]
         if self.strong:
-            text += "; seccomp filter" if self.seccomp else "; no seccomp filter (libseccomp missing)"
+            text += "; seccomp filter" if self.seccomp else "; no seccomp filter"
             text += f"; cgroup v2 memory.max and pids.max under {self.cgroup}" if self.cgroup else \
                 "; no cgroup v2: memory and processes capped by per-process rlimits only"
         return text
