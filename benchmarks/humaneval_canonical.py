@@ -5,7 +5,7 @@
 
 The sandbox's hardening (tests in their own namespace, values as plain data, hash-collision and
 deadline checks) must not cost a correct program its pass: this runs every canonical solution
-in the sandbox exactly as `r1lab.code_eval` does for a HumanEval row (the prompt, then the
+in the sandbox exactly as `r1lab.evaluation.code_eval` does for a HumanEval row (the prompt, then the
 solution; the test, then ``check(<entry_point>)``), and, as a control, each with its body
 replaced by ``return None``, which must fail.
 """
@@ -23,7 +23,7 @@ def problems() -> list[dict]:
 
 def run(rows: list[dict]) -> tuple[dict, dict]:
     """(metrics of the canonical solutions, metrics of the `return None` controls)."""
-    from r1lab.code_eval import evaluate_code_rows
+    from r1lab.evaluation.code_eval import evaluate_code_rows
     from r1lab.sandbox import Limits
 
     limits = Limits(time_s=10.0, total_s=30.0)  # a few canonical solutions take ~1 s on a loaded machine
