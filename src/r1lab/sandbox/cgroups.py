@@ -64,12 +64,12 @@ class RunCgroup:
     """One run's cgroup: made with its limits on creation; `add` the sandbox's first process; `close`."""
 
     def __init__(self, parent: str, limits: Limits, label: str):
-        self.path = os.path.join(parent, f"r1lab-{label}")
+        self.path = os.path.join(parent, "r1lab-" + label.replace("/", "_"))
         os.mkdir(self.path)
         try:
             self._write("memory.max", str((limits.memory_mb + HARNESS_MB) << 20))
             self._write("pids.max", str(limits.processes + 2))
-            with contextlib.suppress(FileNotFoundError):  # no swap accounting on this kernel: no swap to escape to
+            with contextlib.suppress(OSError):  # no swap accounting on this kernel: no swap to escape to
                 self._write("memory.swap.max", "0")
         except OSError:
             self.close()
