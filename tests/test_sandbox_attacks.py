@@ -97,6 +97,27 @@ def test_a_test_text_in_which_nothing_runs_is_refused(text):
         parse_tests(text)
 
 
+def test_humaneval_tests_get_their_check_call_from_the_entry_point():
+    text = "METADATA = {}\n\ndef check(candidate):\n    assert candidate(1) == 5\n"
+    [test] = parse_tests(text, entry_point="f")
+    assert test.source.rstrip().endswith("check(f)")
+    with pytest.raises(R1labError, match="not a Python name"):
+        parse_tests(text, entry_point="f(); import os")
+
+
+@needs_sandbox
+def test_the_code_reward_calls_humaneval_checks_and_refuses_checkless_tests():
+    from r1lab.rewards.code_tests import make_code_reward
+    from r1lab.sandbox import SandboxPool
+
+    text = "def check(candidate):\n    assert candidate(1) == 5\n"
+    completions = [f"```python\n{RIGHT}```", f"```python\n{WRONG}```"]
+    with SandboxPool(workers=2, limits=LIMITS, isolation=ISOLATION) as pool:
+        reward = make_code_reward(pool=pool)
+        assert reward(completions, tests=[text, text], entry_point=["f", "f"]) == [1.0, 0.0]
+        assert reward(completions, tests=[text, text]) == [None, None]  # can't be judged: no call, no entry point
+
+
 def test_pytest_functions_are_each_one_test_and_are_called():
     tests = parse_tests("import math\ndef test_one():\n    assert f(1) == 5\ndef test_two():\n    assert f(2) == 8\n"
                         "def helper(x):\n    return x\n")

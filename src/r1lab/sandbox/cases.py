@@ -7,7 +7,8 @@
   (HumanEval's ``def check(candidate)`` and ``check(f)``) is one test; source with only
   definitions but ``def test_*()`` functions (pytest's layout) has one test per function, which
   is called. Source in which nothing runs (a ``def check`` never called) is refused: it would
-  pass any program.
+  pass any program; given the row's ``entry_point``, HumanEval's convention applies instead
+  (``check(<entry_point>)`` is appended).
 - A list of such strings: each string is one test, as it is.
 - stdin/stdout pairs (APPS, CodeContests): a list of ``{"input": ..., "output": ...}`` or of
   ``[input, output]``, or ``{"inputs": [...], "outputs": [...]}``, or that as a JSON string.
@@ -39,7 +40,7 @@ class CodeTest:
         return (self.kind, self.source if self.kind == "assert" else self.stdin)
 
 
-def parse_tests(spec: Any) -> tuple[CodeTest, ...]:
+def parse_tests(spec: Any, entry_point: str | None = None) -> tuple[CodeTest, ...]:
     """The tests in one ``tests`` cell; R1labError for a layout r1lab doesn't know.
 
     >>> [t.source for t in parse_tests("import math\\nassert f(1) == 2\\nassert f(2) == 3")]
@@ -54,7 +55,7 @@ def parse_tests(spec: Any) -> tuple[CodeTest, ...]:
                 return parse_tests(json.loads(spec))
             except (json.JSONDecodeError, R1labError):
                 pass  # Python source that starts with a list or dict literal
-        tests = split_asserts(spec)
+        tests = split_asserts(spec, entry_point)
     elif isinstance(spec, dict):
         tests = _stdio_columns(spec)
     elif isinstance(spec, (list, tuple)):
@@ -69,7 +70,7 @@ def parse_tests(spec: Any) -> tuple[CodeTest, ...]:
     return tests
 
 
-def split_asserts(source: str) -> tuple[CodeTest, ...]:
+def split_asserts(source: str, entry_point: str | None = None) -> tuple[CodeTest, ...]:
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError) as e:
@@ -78,6 +79,10 @@ def split_asserts(source: str) -> tuple[CodeTest, ...]:
     if not checks:
         if any(_runs_something(node) for node in tree.body):
             return (CodeTest("assert", source=source),)
+        if entry_point and any(isinstance(node, ast.FunctionDef) and node.name == "check" for node in tree.body):
+            if not entry_point.isidentifier():
+                raise R1labError(f"tests: entry_point {entry_point!r} is not a Python name")
+            return (CodeTest("assert", source=f"{source}\n\ncheck({entry_point})\n"),)
         return _pytest_functions(tree)
     tests = []
     for i in checks:
