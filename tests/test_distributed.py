@@ -23,7 +23,8 @@ from r1lab.training import distributed
 from r1lab.grpo.parallel import group_seed, share
 from r1lab.grpo.rollout import Rollout
 from r1lab.grpo.update import UpdateSettings, update_policy
-from r1lab.sampling.generate import SamplingParams, generate, sequence_logprobs
+from r1lab.models.logprobs import sequence_logprobs
+from r1lab.sampling.generate import SamplingParams, generate
 from r1lab.training.checkpoint import checkpoint_dir
 from r1lab.files import write_jsonl
 

@@ -20,7 +20,8 @@ from r1lab.models import fast_decoder  # noqa: E402
 from r1lab.grpo.rollout import Rollout, RolloutSettings, pack, sample_and_score  # noqa: E402
 from r1lab.grpo.update import reference_logprobs  # noqa: E402
 from r1lab.models.lora import apply_lora, disabled_adapters  # noqa: E402
-from r1lab.sampling.generate import SamplingParams, generate, sequence_logprobs  # noqa: E402
+from r1lab.models.logprobs import sequence_logprobs
+from r1lab.sampling.generate import SamplingParams, generate  # noqa: E402
 
 SPACES_REWARD = '''
 def spaces(completions, **columns):

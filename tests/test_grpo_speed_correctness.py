@@ -15,7 +15,8 @@ from r1lab.errors import R1labError
 from r1lab.grpo.config import GRPOConfig
 from r1lab.grpo.rollout import RolloutSettings, pack, rollout_sampler, sample_and_score
 from r1lab.grpo.update import UpdateSettings, reference_logprobs, update_policy
-from r1lab.sampling.generate import Completion, SamplingParams, sequence_logprobs
+from r1lab.models.logprobs import sequence_logprobs
+from r1lab.sampling.generate import Completion, SamplingParams
 
 PROMPTS = ["Compute 12 + 34.", "Hi", "Compute 7 * 8 and show each step"]
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import r1lab.stages.sft
+import r1lab.training.loop
 from r1lab import cli
 from r1lab.files import write_jsonl
 from r1lab.models.lora import apply_lora, disabled_adapters, is_lora
@@ -43,7 +43,7 @@ def test_gradient_checkpointing_gives_the_same_losses(setup, tmp_path):
     for a, b in zip(plain, checkpointed):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
     model = build_model("micro", build_tokenizer(micro_corpus_sample(50)))
-    r1lab.stages.sft._enable_gradient_checkpointing(model)  # what gradient_checkpointing=true calls
+    r1lab.training.loop.enable_gradient_checkpointing(model)  # what gradient_checkpointing=true calls
     assert getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing
 
 

@@ -14,7 +14,8 @@ from r1lab.errors import R1labError
 from r1lab.grpo.config import GRPOConfig
 from r1lab.grpo.rollout import RolloutSettings, pack, sample_and_score
 from r1lab.grpo.update import UpdateSettings, update_policy
-from r1lab.sampling.generate import SamplingParams, sequence_logprobs
+from r1lab.models.logprobs import sequence_logprobs
+from r1lab.sampling.generate import SamplingParams
 
 PROMPTS = ["Compute 12 + 34.", "Hi", "Compute 7 * 8 and show each step", "Compute 5 - 3."]
 

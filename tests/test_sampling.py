@@ -20,7 +20,9 @@ from r1lab.models import fast_decoder
 from r1lab.sampling import generate as sampler
 from r1lab.errors import R1labError
 from r1lab.models.loading import build_model
-from r1lab.sampling.generate import Completion, SamplingParams, _truncate, generate, sequence_logprobs
+from r1lab.models.conventions import position_ids
+from r1lab.models.logprobs import sequence_logprobs
+from r1lab.sampling.generate import Completion, SamplingParams, _truncate, generate
 from r1lab.micro.tokenizer import build_tokenizer, micro_corpus_sample
 
 PROMPTS = ["What is 12+34?", "Hi", "Compute 7*8 and show each step", "a"]
@@ -391,7 +393,7 @@ def test_lean_greedy_and_logprobs_match_transformers(arch, tokenizer):
 def test_lean_logits_equal_the_models_forward_on_padded_batches(arch, tokenizer):
     model = ARCHITECTURES[arch](tokenizer)
     ids, mask = left_pad(encode(tokenizer, PROMPTS), tokenizer.pad_token_id)
-    positions = sampler._position_ids(mask)
+    positions = position_ids(mask)
     fast = fast_decoder.LeanModel(model, packed=True)
     with torch.inference_mode():
         expected = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
@@ -399,7 +401,7 @@ def test_lean_logits_equal_the_models_forward_on_padded_batches(arch, tokenizer)
         torch.testing.assert_close(fast.forward(ids, positions, mask, cache), expected, atol=2e-5, rtol=0)
         nxt = expected.argmax(-1, keepdim=True)  # one decode step on top of the prefill
         ids2, mask2 = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
-        expected2 = model(input_ids=ids2, attention_mask=mask2, position_ids=sampler._position_ids(mask2)).logits[:, -1]
+        expected2 = model(input_ids=ids2, attention_mask=mask2, position_ids=position_ids(mask2)).logits[:, -1]
         torch.testing.assert_close(fast.forward(nxt, positions[:, -1:] + 1, mask2, cache), expected2, atol=2e-5, rtol=0)
 
 

@@ -12,7 +12,8 @@ from r1lab.models import fast_decoder
 from r1lab.sampling import generate as sampler
 from r1lab.models.loading import build_model
 from r1lab.models.precision import autocast
-from r1lab.sampling.generate import SamplingParams, generate, sequence_logprobs
+from r1lab.models.logprobs import sequence_logprobs
+from r1lab.sampling.generate import SamplingParams, generate
 
 PROMPTS = ["Compute 12 + 34.", "Hi", "Compute 7 * 8 and show each step"]
 

@@ -12,7 +12,8 @@ from r1lab.grpo.config import GRPOConfig
 from r1lab.micro.step_noise import StepNoise, noise_metrics, pending_step_value, step_outcomes
 from r1lab.grpo.rollout import Scored, pack
 from r1lab.models.loading import build_model
-from r1lab.sampling.generate import Completion, SamplingParams, generate, sequence_logprobs
+from r1lab.models.logprobs import sequence_logprobs
+from r1lab.sampling.generate import Completion, SamplingParams, generate
 
 TRACE = " <think> 9+3=12 , 5+2+1=8 , wait , 5+2+1=8 , 4+1=5 , so 582 </think> <answer>582</answer>"
 

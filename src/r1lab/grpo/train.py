@@ -46,7 +46,7 @@ from r1lab.models.precision import check_supported
 from r1lab.stages.plot import plot_run
 from r1lab.rewards import load_reward
 from r1lab.sampling.generate import SamplingParams, generate
-from r1lab.stages.sft import lr_multiplier
+from r1lab.training.loop import lr_multiplier
 from r1lab.templates import render_prompt
 
 __all__ = ["GRPOConfig", "main"]

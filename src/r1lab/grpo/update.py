@@ -31,7 +31,7 @@ from r1lab.grpo.losses import Normalisers, count_normalisers, grpo_loss
 from r1lab.grpo.parallel import sum_gradients, sum_over_processes
 from r1lab.grpo.rollout import Rollout
 from r1lab.models.precision import autocast
-from r1lab.sampling.generate import sequence_logprobs
+from r1lab.models.logprobs import sequence_logprobs
 
 
 STAT_KEYS = ("kl", "clip/low", "clip/high", "clip/fraction", "ratio")  # what `_backward` reports

@@ -43,14 +43,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from r1lab.models.conventions import LOGIT_POSTPROCESSING, position_ids
 from r1lab.models.lora import is_lora
-from r1lab.models.precision import autocast_dtype
+from r1lab.models.precision import autocast_dtype, float32_head
 
 # model_type -> whether attention has per-head RMSNorms on queries and keys (Qwen3)
 _ARCHITECTURES = {"qwen2": False, "llama": False, "qwen3": True}
 # RoPE variants whose tables depend only on the position (not on the sequence length)
 _STATIC_ROPE = ("default", "linear", "llama3", "yarn")
-_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
 
 def supports(model) -> bool:
@@ -69,7 +69,7 @@ def supports(model) -> bool:
         return False
     if type(getattr(base, "embed_tokens", None)) is not nn.Embedding:  # e.g. an adapted embedding
         return False
-    if any(getattr(config, a, None) not in (None, 1, 1.0) for a in _LOGIT_POSTPROCESSING):
+    if any(getattr(config, a, None) not in (None, 1, 1.0) for a in LOGIT_POSTPROCESSING):
         return False
     if getattr(config, "hidden_act", "silu") != "silu" or getattr(config, "attention_dropout", 0.0):
         return False
@@ -277,7 +277,7 @@ class LeanModel:
         N, Tc = completion_ids.shape
         self._rope_tables(Tp + Tc)
         cache = _GrowingCache(len(self.layers))
-        prompt_pos = _position_ids(prompt_mask)
+        prompt_pos = position_ids(prompt_mask)
         prompt_hidden = self._decoder(prompt_ids, prompt_pos, prompt_mask, cache)
         cache.share_prefix(owner)  # each completion row reads its prompt's keys and values
         positions = prompt_pos[owner, -1:] + 1 + torch.arange(Tc, device=owner.device)  # [N, Tc]
@@ -372,15 +372,6 @@ class _Weights:
     out_features: int
 
 
-def float32_head(head, features: Tensor) -> Tensor:
-    """head(features) in float32, outside any autocast: bf16 keeps 8 significant bits, so a logit
-    of 10 would be off by up to ~0.02, and the output projection is a small share of the FLOPs
-    at these vocab sizes (~3% for the micro models)."""
-    if not torch.is_autocast_enabled(features.device.type):
-        return head(features)
-    with torch.autocast(features.device.type, enabled=False):
-        return head(features.to(head.weight.dtype)).float()  # float32 unless the model itself is bf16
-
 
 def _read_layer(layer, packed: bool, dtype: torch.dtype | None = None) -> _Layer:
     attn, mlp = layer.self_attn, layer.mlp
@@ -404,10 +395,6 @@ def _read_layer(layer, packed: bool, dtype: torch.dtype | None = None) -> _Layer
 def _onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
-
-def _position_ids(mask: Tensor) -> Tensor:
-    """0, 1, 2, ... over the real tokens of each left-padded row; 0 on padding. [B, L]"""
-    return (mask.long().cumsum(dim=-1) - 1).clamp(min=0)
 
 
 class _SwiGLU(torch.autograd.Function):

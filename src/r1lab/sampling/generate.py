@@ -1,10 +1,9 @@
-"""Batched sampling with a KV cache for any Hugging Face causal LM, and per-token log-probs.
+"""Batched sampling with a KV cache for any Hugging Face causal LM.
 
 Used for evaluation and for GRPO rollouts, where generation is most of the time on a CPU:
 
     params = SamplingParams(max_new_tokens=128, temperature=1.0, n=8, stop=("</answer>",), seed=3)
     groups = generate(model, tokenizer, prompts, params)       # [len(prompts)][n] Completions
-    logp = sequence_logprobs(model, input_ids, attention_mask)  # [B, L-1], for the training forward
 
 How it works: prompts are left-padded with explicit position ids (so a padded row computes what
 it would alone), each distinct prompt is prefilled once and its KV cache is shared by its n
@@ -13,10 +12,10 @@ Qwen2, Qwen3 and Llama models decode through r1lab.models.fast_decoder (a hand-w
 pre-allocated KV cache and oneDNN-packed weights, equal to the model's own up to float
 rounding); any other model through its own forward and a transformers cache. Log-probs are
 those of the temperature-scaled distribution *before* top-k/top-p truncation, the convention of
-TRL and verl for training log-probs, so `sequence_logprobs(..., temperature=T)` reproduces them;
-with `prompt_len` (a GRPO batch) it runs each distinct prompt once for all the completions that
-share it. Both follow the caller's autocast (r1lab.models.precision): under bf16 autocast the matmuls
-run in bf16 and the output projection in float32, so log-probs always come from float32 logits.
+TRL and verl for training log-probs, so `r1lab.models.logprobs.sequence_logprobs(...,
+temperature=T)` (the training forward) reproduces them. Sampling follows the caller's autocast
+(r1lab.models.precision): under bf16 autocast the matmuls run in bf16 and the output projection
+in float32, so log-probs always come from float32 logits.
 
 Measured (benchmarks/README.md, 1 thread of a 2-core EPYC, 4.3M Qwen2, 32 sequences x 64
 tokens): 1.5x the tokens/s of `model.generate` on the same batch in fp32, 1.9x under bf16
@@ -31,14 +30,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm.auto import tqdm
-from transformers import DynamicCache, PreTrainedModel
+from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from r1lab.models import fast_decoder
 from r1lab.errors import R1labError
+from r1lab.models.conventions import position_ids
 from r1lab.models.fast_decoder import LeanModel
+from r1lab.models.logprobs import gather_logprobs
 from r1lab.models.precision import autocast_dtype
 
 # Finished rows leave the decode batch once they are this fraction of it: each drop copies the KV
@@ -51,9 +51,6 @@ DROP_FRACTION = 0.25
 # stacking costs more than the short prefix saves); the crossover, interpolated, is ~28 tokens.
 SHARE_PREFIX_MIN = 32
 DEFAULT_BATCH_SIZE = 256  # sequences decoded together; more rows per step amortise per-step overhead
-# Config fields of models that change logits after the output projection: those models take the
-# slower path in `sequence_logprobs` (full logits from their own forward).
-_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
 
 @dataclass(frozen=True)
@@ -172,7 +169,7 @@ class _Decoder:
         With `seeds` (one per prompt), sequence s draws its t-th token with uniforms[s, t]."""
         uniforms = None if seeds is None else self._uniforms(seeds)
         input_ids, mask = _left_pad(prompts, self.pad_id, self.device)
-        positions = _position_ids(mask)
+        positions = position_ids(mask)
         width = input_ids.shape[1]
         stepper = self._stepper(len(prompts), capacity=width + self.params.max_new_tokens)
         logits = stepper.forward(input_ids, mask, positions)
@@ -236,7 +233,7 @@ class _Decoder:
         tokens, logps = tokens.clone(), logps.clone()
         tokens[index] = torch.tensor(list(changed.values()), device=tokens.device)
         scale = self.params.temperature or 1.0
-        logps[index] = _gather_logprobs(logits[index] / scale, tokens[index])
+        logps[index] = gather_logprobs(logits[index] / scale, tokens[index])
         return tokens, logps
 
     def _stepper(self, batch: int, capacity: int):
@@ -320,11 +317,11 @@ def _sample(logits: Tensor, params: SamplingParams, generator: torch.Generator,
     `uniforms` [B]: each row's draw in [0, 1), instead of drawing from `generator`."""
     if params.temperature == 0:
         tokens = logits.argmax(dim=-1)
-        return tokens, _gather_logprobs(logits, tokens)
+        return tokens, gather_logprobs(logits, tokens)
     scaled = logits / params.temperature
     probs = _truncate(scaled, params.top_k, params.top_p).softmax(dim=-1)
     tokens = _inverse_cdf_sample(probs, generator, uniforms)
-    return tokens, _gather_logprobs(scaled, tokens)
+    return tokens, gather_logprobs(scaled, tokens)
 
 
 def _inverse_cdf_sample(probs: Tensor, generator: torch.Generator, uniforms: Tensor | None = None) -> Tensor:
@@ -365,103 +362,6 @@ def _truncate(logits: Tensor, top_k: int, top_p: float) -> Tensor:
     sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
 
-
-def _gather_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
-    """log_softmax(logits)[..., token] without materialising the log_softmax. [..., V], [...] -> [...]"""
-    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)
-
-
-def sequence_logprobs(model, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor | None = None,
-                      temperature: float = 1.0, chunk_size: int = 1024, prompt_len: int | None = None) -> Tensor:
-    """Per-token log-probs of input_ids[:, 1:] under the model: [B, L] -> [B, L-1] float32.
-
-    Batches are left-padded (attention_mask [B, L]); positions come from the mask, so a padded row
-    gives what it would alone. Logits are divided by `temperature` (0 means 1: greedy sampling used
-    the raw logits). `completion_mask` [B, L-1] (1 where the target is a completion token) skips the
-    output projection for the columns before the first completion token and zeroes masked entries.
-    Logits are made `chunk_size` tokens at a time, so no float32 [B, L, V] tensor exists at once on
-    models whose head is a plain linear layer. No inference_mode inside: gradients flow if enabled.
-
-    `prompt_len`: columns [0, prompt_len) hold left-padded prompts and the rest right-padded
-    completions (a GRPO rollout). Rows with equal prompts then share one run of their prompt on
-    architectures r1lab.models.fast_decoder knows (G completions per prompt: the prompt's share of the work is
-    done once, not G times); prompt columns and padding targets get log-prob 0.
-    """
-    B, L = input_ids.shape
-    if completion_mask is not None and completion_mask.shape != (B, L - 1):
-        raise ValueError(f"completion_mask must have shape {(B, L - 1)} (targets), got {tuple(completion_mask.shape)}")
-    scale = 1.0 if temperature == 0 else temperature
-    if prompt_len is not None and 0 < prompt_len < L and fast_decoder.supports(model):
-        logps = _shared_prompt_logprobs(model, input_ids, attention_mask, prompt_len, scale, chunk_size)
-    else:
-        logps = _full_logprobs(model, input_ids, attention_mask, completion_mask, scale, chunk_size)
-    if completion_mask is not None:
-        logps = logps.masked_fill(~completion_mask.bool(), 0.0)
-    return logps
-
-
-def _full_logprobs(model, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor | None, scale: float,
-                   chunk_size: int) -> Tensor:
-    """sequence_logprobs through the model's own forward (any causal LM). [B, L] -> [B, L-1]"""
-    B, L = input_ids.shape
-    start = 0
-    if completion_mask is not None:
-        columns = completion_mask.bool().any(dim=0).nonzero()
-        start = int(columns[0]) if len(columns) else L - 1
-    hidden, head = _hidden_and_head(model, input_ids, attention_mask)  # hidden [B, L, H] or logits if head is None
-    logps = _chunked_logprobs(hidden[:, start:L - 1], input_ids[:, start + 1:], head, scale, chunk_size)
-    return torch.cat([logps.new_zeros(B, start), logps], dim=1)
-
-
-def _shared_prompt_logprobs(model, input_ids: Tensor, attention_mask: Tensor, prompt_len: int, scale: float,
-                            chunk_size: int) -> Tensor:
-    """sequence_logprobs with each distinct prompt run once (see there). [B, L] -> [B, L-1]"""
-    B, L = input_ids.shape
-    prompt_mask = attention_mask[:, :prompt_len]
-    prompts = input_ids[:, :prompt_len].masked_fill(prompt_mask == 0, -1)  # pad ids don't make prompts differ
-    distinct, owner = torch.unique(prompts, dim=0, return_inverse=True)
-    first = torch.full((len(distinct),), B, dtype=torch.long, device=owner.device)
-    first = first.scatter_reduce(0, owner, torch.arange(B, device=owner.device), reduce="amin")
-    # Prompts numbered in order of first appearance: a batch of whole groups then has owner 0,..,0,1,..
-    first, order = first.sort()
-    owner = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=order.device))[owner]
-    prompt_mask = prompt_mask[first]
-    lo = int(prompt_mask.any(dim=0).long().argmax())  # columns that are padding in every prompt: skip
-    completions = input_ids[:, prompt_len:]
-    last, hidden = fast_decoder.LeanModel(model).shared_prompt_hidden(
-        input_ids[first, lo:prompt_len], prompt_mask[:, lo:], completions[:, :-1], owner)
-    features = torch.cat([last[owner][:, None], hidden], dim=1)  # [B, L - prompt_len, H]: predicts completions
-    logps = _chunked_logprobs(features, completions, model.get_output_embeddings(), scale, chunk_size)
-    logps = logps.masked_fill(attention_mask[:, prompt_len:] == 0, 0.0)
-    return torch.cat([logps.new_zeros(B, prompt_len - 1), logps], dim=1)
-
-
-def _chunked_logprobs(features: Tensor, targets: Tensor, head: nn.Module | None, scale: float,
-                      chunk_size: int) -> Tensor:
-    """log_softmax(head(features) / scale)[target], `chunk_size` rows of logits at a time.
-    features [B, T, H] (or logits [B, T, V] when head is None), targets [B, T] -> [B, T] float32."""
-    B, T = targets.shape
-    flat, targets = features.reshape(B * T, -1), targets.reshape(-1)
-    pieces = []
-    for s in range(0, flat.shape[0], chunk_size):
-        logits = flat[s:s + chunk_size]
-        logits = (fast_decoder.float32_head(head, logits) if head is not None else logits).float()
-        pieces.append(_gather_logprobs(logits / scale if scale != 1.0 else logits, targets[s:s + chunk_size]))
-    return torch.cat(pieces).reshape(B, T) if pieces else flat.new_zeros(B, T, dtype=torch.float32)
-
-
-def _hidden_and_head(model, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, nn.Module | None]:
-    """(last hidden states [B, L, H], output projection), or (logits [B, L, V], None) for models
-    whose logits are not a plain projection of the base model's output."""
-    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=_position_ids(attention_mask),
-                  use_cache=False)
-    head = model.get_output_embeddings() if isinstance(model, PreTrainedModel) else None
-    config = model.config.get_text_config() if isinstance(model, PreTrainedModel) else None
-    plain = (isinstance(head, nn.Linear) and model.base_model is not model
-             and all(getattr(config, a, None) in (None, 1, 1.0) for a in _LOGIT_POSTPROCESSING))
-    if plain:
-        return model.base_model(**kwargs).last_hidden_state, head
-    return model(**kwargs).logits, None
 
 
 def _new_cache(model, capacity: int) -> DynamicCache:
@@ -545,11 +445,6 @@ def _left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[Tensor, Te
         mask[i, width - len(p):] = 1
     return ids.to(device), mask.to(device)
 
-
-def _position_ids(attention_mask: Tensor) -> Tensor:
-    """0, 1, 2, ... over the real tokens of each row; 0 on left padding (as transformers does). [B, L]"""
-    positions = attention_mask.long().cumsum(dim=-1) - 1
-    return positions.masked_fill(attention_mask == 0, 0)
 
 
 def _eos_ids(model, tokenizer) -> frozenset[int]:

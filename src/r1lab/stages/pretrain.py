@@ -7,7 +7,7 @@
 Stage by stage: (1) generate the corpus of worked solutions with controlled flaws and
 re-checks (`r1lab.micro.corpus`, where the design is explained); (2) train a byte-level BPE tokenizer
 on it; (3) build a randomly initialised Qwen2 model of the named size; (4) train it with the SFT
-loop (`r1lab.stages.sft.train`), loss on the solutions only. The result, ``output_dir/final``, is an
+loop (`r1lab.training.loop.train`), loss on the solutions only. The result, ``output_dir/final``, is an
 ordinary Hugging Face folder. Under torchrun every process builds the same corpus, tokenizer and
 model from the seed, trains on its share of each batch, and rank 0 writes the files.
 """
@@ -27,7 +27,7 @@ from r1lab.micro.corpus import build_corpus, corpus_stats
 from r1lab.training.sft_data import tokenize_rows
 from r1lab.files import write_json, write_jsonl
 from r1lab.models.loading import build_model, count_parameters
-from r1lab.stages.sft import TrainSettings, train
+from r1lab.training.loop import TrainSettings, train
 from r1lab.micro.tokenizer import build_tokenizer, micro_corpus_sample
 
 DEFAULT_STYLE = tasks.TraceStyle(p_step_error=0.08, p_drop_carry=0.05, p_wrong_final=0.05,

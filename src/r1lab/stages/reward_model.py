@@ -51,7 +51,7 @@ from r1lab.errors import R1labError
 from r1lab.files import append_jsonl, read_rows, require_columns, write_jsonl
 from r1lab.models.loading import DTYPES, load_tokenizer
 from r1lab.rewards._columns import completion_text
-from r1lab.stages.sft import TrainSettings, build_optimizer, lr_multiplier
+from r1lab.training.loop import TrainSettings, build_optimizer, lr_multiplier
 from r1lab.templates import TEMPLATES, render_prompt
 
 Kind = Literal["pairwise", "pointwise"]
