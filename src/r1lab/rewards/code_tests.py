@@ -18,7 +18,7 @@ import logging
 from typing import Any, Callable
 
 from r1lab.errors import R1labError
-from r1lab.rewards._columns import column, completion_text
+from r1lab.rewards.columns import column, completion_text
 from r1lab.sandbox import Limits, SandboxPool, default_pool, parse_tests
 
 logger = logging.getLogger(__name__)

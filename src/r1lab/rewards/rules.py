@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 from r1lab.errors import R1labError
-from r1lab.rewards._columns import column, completion_text, example_rows
+from r1lab.rewards.columns import column, completion_text, example_rows
 from r1lab.rewards.answers import answers_match, extract_answer
 from r1lab.rewards.formatting import format_reward, lenient_format_reward, tag_count_reward  # noqa: F401
 from r1lab.rewards.text import (  # noqa: F401

@@ -111,7 +111,7 @@ def generate(model, tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]],
     acting on the text, e.g. r1lab.micro.step_noise.StepNoise); the model continues from it, its
     log-prob is the model's for the written token, and `Completion.forced` lists its index.
     """
-    prompt_ids = _encode_prompts(tokenizer, prompts)
+    prompt_ids = encode_prompts(tokenizer, prompts)
     if seeds is not None and len(seeds) != len(prompt_ids):
         raise ValueError(f"seeds has {len(seeds)} entries for {len(prompt_ids)} prompts")
     # Greedy samples are all the same: decode each prompt once and copy it n times.
@@ -420,7 +420,9 @@ def _select_rows(buffer: Tensor, rows: Tensor, length: int) -> Tensor:
     return out
 
 
-def _encode_prompts(tokenizer, prompts) -> list[list[int]]:
+def encode_prompts(tokenizer, prompts) -> list[list[int]]:
+    """Token ids of each prompt: strings tokenised without special tokens, or id lists as given; an
+    empty prompt is an R1labError (a model needs a token to continue from)."""
     if len(prompts) == 0:
         return []
     if all(isinstance(p, str) for p in prompts):

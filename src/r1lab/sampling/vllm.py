@@ -28,7 +28,7 @@ from collections.abc import Sequence
 import torch
 
 from r1lab.errors import R1labError
-from r1lab.sampling.generate import Completion, SamplingParams, _encode_prompts
+from r1lab.sampling.generate import Completion, SamplingParams, encode_prompts
 
 INSTALL_HINT = "rollout_backend=vllm needs vLLM and a CUDA GPU: pip install 'r1lab[vllm]' (or use rollout_backend=native)"
 
@@ -70,7 +70,7 @@ class VLLMSampler:
         """[len(prompts)][params.n] completions of the policy `model` (its weights are loaded first).
         `seeds`: one per prompt, as vLLM's per-request seed (see r1lab.sampling.generate)."""
         self.sync_weights(model)
-        prompt_ids = _encode_prompts(tokenizer, prompts)
+        prompt_ids = encode_prompts(tokenizer, prompts)
         if not prompt_ids:
             return []
         settings = dict(
