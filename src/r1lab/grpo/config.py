@@ -63,7 +63,9 @@ class GRPOConfig:
     stop: tuple[str, ...] = ("</answer>",)
     rollout_batch_size: int = 512  # sequences decoded together
     rollout_backend: str = "native"  # native (r1lab.sampling.generate, CPU or GPU) | vllm (GPU; pip install r1lab[vllm])
-    step_noise: float = 0.0  # micro tasks: chance a column step's units digit is corrupted in rollouts (r1lab/micro/step_noise.py)
+    # micro tasks: chance a column step's units digit is corrupted in rollouts; switches on the micro
+    # world's rollout hook (grpo.rollout.ROLLOUT_HOOKS, r1lab/micro/step_noise.py)
+    step_noise: float = 0.0
 
     # objective
     advantage: str = "group"

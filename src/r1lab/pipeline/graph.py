@@ -65,8 +65,8 @@ from typing import Any, Callable
 
 import torch
 
-from r1lab.evaluation import evaluate, general_eval
-from r1lab.micro import general as micro_general, tasks
+from r1lab.evaluation import evaluate
+from r1lab.micro import general as micro_general, general_eval, tasks
 from r1lab.pipeline import runner
 from r1lab.stages import cold_start, distill, pretrain, rejection_sample, report, reward_model, sft
 from r1lab.training.checkpoint import latest_checkpoint
