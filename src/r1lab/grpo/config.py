@@ -98,7 +98,9 @@ class GRPOConfig:
 
     # optimiser
     learning_rate: float = 1e-6
-    warmup_steps: int = 10  # Adam's first steps are sign-like: warm up (shared/MEASURED.md)
+    # Adam's first steps are sign-like: in a 1M-model prototype the first update without warmup
+    # gave KL 1.0, and 10 warmup steps fixed it
+    warmup_steps: int = 10
     lr_schedule: str = "constant"  # constant | cosine (to min_lr_ratio)
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
