@@ -113,6 +113,13 @@ def main(config: GRPOConfig) -> dict:
     return log.last if log else {}
 
 
+def train_from(config: GRPOConfig, model: str, output_dir: str | Path) -> dict:
+    """`main` with `config` on `model`, writing to `output_dir` and resuming from its newest
+    checkpoint if a killed run left one (the pipeline's and distillation's GRPO runs)."""
+    return main(dataclasses.replace(config, model=model, output_dir=str(output_dir),
+                                    resume=latest_checkpoint(output_dir) is not None))
+
+
 def _rollout_settings(config: GRPOConfig) -> RolloutSettings:
     return RolloutSettings(
         params=SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,

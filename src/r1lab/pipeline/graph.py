@@ -313,8 +313,7 @@ def torchrun(processes: int, command: str, stage_config: Any, config_path: Path)
 
 def run_grpo(config: GRPOConfig, model: str, out: Path) -> str:
     if not _done(out / "final" / "config.json", f"{out.name}: GRPO from {model}"):
-        grpo_train.main(dataclasses.replace(config, model=model, output_dir=str(out),
-                                            resume=latest_checkpoint(out) is not None))
+        grpo_train.train_from(config, model, out)
     return str(out / "final")
 
 
