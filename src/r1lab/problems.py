@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from r1lab.micro import tasks
+from r1lab import task_registry
 from r1lab.errors import R1labError
 from r1lab.grpo.config import GRPOData
 from r1lab.files import read_rows
@@ -21,7 +21,7 @@ def load_train_rows(data: GRPOData, seed: int) -> list[dict]:
     rows = []
     for name in data.tasks:
         levels = tuple(data.levels.get(name) or ()) or None
-        rows += [p.to_row() for p in tasks.generate(name, "train", data.num_train, seed, levels)]
+        rows += [p.to_row() for p in task_registry.generate(name, "train", data.num_train, seed, levels)]
     return rows
 
 
@@ -35,7 +35,7 @@ def load_eval_rows(data: GRPOData, seed: int) -> list[dict]:
     rows = []
     for name in data.tasks:
         levels = tuple(data.levels.get(name) or ()) or None
-        rows += [p.to_row() for p in tasks.generate(name, "test", data.num_eval, seed, levels)]
+        rows += [p.to_row() for p in task_registry.generate(name, "test", data.num_eval, seed, levels)]
     return rows
 
 
