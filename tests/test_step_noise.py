@@ -11,7 +11,7 @@ from r1lab.micro import step_noise
 from r1lab.grpo.config import GRPOConfig
 from r1lab.micro.step_noise import StepNoise, noise_metrics, pending_step_value, step_outcomes
 from r1lab.grpo.rollout import Scored, pack
-from r1lab.models.loading import build_model
+from r1lab.micro.sizes import build_model
 from r1lab.models.logprobs import sequence_logprobs
 from r1lab.sampling.generate import Completion, SamplingParams, generate
 
