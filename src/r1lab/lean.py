@@ -45,6 +45,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributed.fsdp import FSDPModule
 
 from r1lab.lora import is_lora
 from r1lab.precision import autocast_dtype
@@ -78,6 +79,8 @@ def unsupported_reason(model) -> str | None:
     config = getattr(model, "config", None)
     if config is None:
         return "not a Hugging Face model (no config)"
+    if isinstance(model, FSDPModule):
+        return "FSDP-sharded weights (gathered by the model's own forward)"
     if _sliding_window(config):
         return "sliding-window attention"
     postprocessing = [a for a in _LOGIT_POSTPROCESSING if getattr(config, a, None) not in (None, 1, 1.0)]

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.fsdp import FSDPModule
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
@@ -463,7 +464,8 @@ def _hidden_and_head(model, input_ids: Tensor, attention_mask: Tensor) -> tuple[
                   use_cache=False)
     head = model.get_output_embeddings() if isinstance(model, PreTrainedModel) else None
     config = model.config.get_text_config() if isinstance(model, PreTrainedModel) else None
-    plain = (isinstance(head, nn.Linear) and model.base_model is not model
+    # A sharded model's root gathers the embeddings and head in its own forward: call that one.
+    plain = (isinstance(head, nn.Linear) and model.base_model is not model and not isinstance(model, FSDPModule)
              and all(getattr(config, a, None) in (None, 1, 1.0) for a in _LOGIT_POSTPROCESSING))
     if plain:
         return model.base_model(**kwargs).last_hidden_state, head
