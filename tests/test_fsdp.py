@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_distributed import assert_close_weights, comparable, grpo_args, grpo_data, metrics, weights  # noqa: F401
+from test_distributed import (assert_close_weights, comparable, grpo_args, grpo_data, metrics,  # noqa: F401
+                              setup, sft_args, weights)
 
 from r1lab import cli, fsdp
 from r1lab.checkpoint import checkpoint_dir
@@ -131,3 +132,22 @@ def _compare_sharded(plain, model):
         torch.testing.assert_close(p.grad.full_tensor(), q.grad, rtol=1e-5, atol=1e-6, msg=name)
     state = fsdp.full_state_dict(model)
     torch.testing.assert_close(state["model.norm.weight"], plain.model.norm.weight)
+
+
+def test_sft_fsdp_two_processes_match_one_and_resume_with_one(setup, tmp_path):
+    """test_distributed's SFT run (unequal shares, grad_accum=2, sharded eval), sharded."""
+    single, double, resumed = tmp_path / "single", tmp_path / "double", tmp_path / "resumed"
+    assert cli.main(sft_args(setup, single)) == 0
+    finish(launch(sft_args(setup, double) + ["sharding=fsdp"]))
+    one, two = metrics(single), metrics(double)
+    assert [m["step"] for m in two] == [1, 2, 3]
+    for a, b in zip(one, two):
+        for key in ("loss", "eval_loss", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4), key
+    assert_close_weights(weights(single / "final"), weights(double / "final"))
+
+    shutil.copytree(double, resumed)  # its step-2 shards, resumed by one process
+    shutil.rmtree(checkpoint_dir(resumed, 3))
+    assert cli.main(sft_args(setup, resumed) + ["sharding=fsdp", "resume=true"]) == 0
+    assert metrics(resumed)[-1]["loss"] == pytest.approx(one[-1]["loss"], rel=1e-5)
+    assert_close_weights(weights(single / "final"), weights(resumed / "final"))
