@@ -104,9 +104,7 @@ def main(config: GRPOConfig) -> dict:
             _save_model(out / "reference" / f"step-{step:06d}", reference, tokenizer)
         if eval_rows and ((config.eval_every and step % config.eval_every == 0) or step == config.max_steps):
             metrics.update(_evaluate(_sampling(sampler, policy), tokenizer, eval_rows, config))
-        trainer = (policy, tokenizer, optimizer, scheduler)
-        if fsdp.is_sharded(policy):  # every process writes its shards; rank 0 the rest (r1lab.fsdp)
-            trainer = (None, tokenizer, None, scheduler, _save_shards(out, config, step, policy, optimizer))
+        trainer = _trainer(out, config, step, (policy, tokenizer, optimizer, scheduler))
         if is_main:
             _write_step(out, config, step, metrics, scored, log, trainer,
                         {"step": step, "ref_step": ref_step, "stream": stream.state()})
@@ -201,13 +199,17 @@ def _saves(config: GRPOConfig, step: int) -> bool:
     return step % config.save_every == 0 or step == config.max_steps
 
 
-def _save_shards(out: Path, config: GRPOConfig, step: int, policy, optimizer) -> Path | None:
-    """A sharded policy's part of a checkpoint step: its model and optimizer shards, staged."""
-    if not _saves(config, step):
-        return None
-    staging = out / "checkpoints" / f".step-{step:06d}.sharded"
-    fsdp.save_sharded(staging, policy, optimizer)
-    return staging
+def _trainer(out: Path, config: GRPOConfig, step: int, trainer: tuple) -> tuple:
+    """What `_write_step` checkpoints: (policy, tokenizer, optimizer, scheduler), or for a sharded
+    policy (None, tokenizer, None, scheduler, its staged shards), which every process writes here."""
+    policy, tokenizer, optimizer, scheduler = trainer
+    if not fsdp.is_sharded(policy):
+        return trainer
+    staging = None
+    if _saves(config, step):
+        staging = out / "checkpoints" / f".step-{step:06d}.sharded"
+        fsdp.save_sharded(staging, policy, optimizer)
+    return None, tokenizer, None, scheduler, staging
 
 
 def _save_model(path: Path, model, tokenizer) -> None:
