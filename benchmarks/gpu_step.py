@@ -39,7 +39,7 @@ def build(folder: Path, device: str = "cuda") -> None:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from r1lab.tokenizer import build_tokenizer, micro_corpus_sample
+    from r1lab.micro.tokenizer import build_tokenizer, micro_corpus_sample
 
     tokenizer = build_tokenizer(micro_corpus_sample(400))
     tokenizer.add_tokens([f"<w{i}>" for i in range(len(tokenizer), SHAPE["vocab_size"])])

@@ -4,7 +4,7 @@ step, each checked against transformers' own `generate` and forward.
 
     pytest tests/test_architectures.py        # ~1 min on 2 cores
 
-Each architecture either takes r1lab's fast path (r1lab.lean) or logs exactly one line saying
+Each architecture either takes r1lab's fast path (r1lab.models.fast_decoder) or logs exactly one line saying
 why not and runs through its own forward; EXPECTED pins which (the table in docs/architectures.md).
 """
 
@@ -17,10 +17,11 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
-from r1lab import lean
+from r1lab.models import fast_decoder
 from r1lab.cli import main as cli_main
-from r1lab.io import read_jsonl
-from r1lab.sampling import SamplingParams, generate, sequence_logprobs
+from r1lab.files import read_jsonl
+from r1lab.models.logprobs import sequence_logprobs
+from r1lab.sampling.generate import SamplingParams, generate
 
 TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             max_position_embeddings=256)
@@ -73,18 +74,18 @@ def models(tokenizer):
 @pytest.mark.parametrize("name", ARCHITECTURES)
 def test_fast_path_or_one_logged_reason(name, models, tokenizer, caplog):
     model, expected = models[name], ARCHITECTURES[name][2]
-    lean.log_fallback.cache_clear()
-    with caplog.at_level(logging.WARNING, logger="r1lab.lean"):
+    fast_decoder.log_fallback.cache_clear()
+    with caplog.at_level(logging.WARNING, logger=fast_decoder.logger.name):
         generate(model, tokenizer, PROMPTS, SamplingParams(max_new_tokens=4, temperature=0))
         batch = _grpo_batch(tokenizer)
         for precision in ("fp32", "bf16"):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
                 sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], prompt_len=batch["prompt_len"])
-    lines = [r.getMessage() for r in caplog.records if r.name == "r1lab.lean"]
+    lines = [r.getMessage() for r in caplog.records if r.name == fast_decoder.logger.name]
     if expected is None:
-        assert lean.unsupported_reason(model) is None and lines == []
+        assert fast_decoder.unsupported_reason(model) is None and lines == []
     else:
-        assert expected in lean.unsupported_reason(model)
+        assert expected in fast_decoder.unsupported_reason(model)
         assert len(lines) == 1 and expected in lines[0] and model.config.model_type in lines[0], lines
 
 

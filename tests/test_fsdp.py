@@ -17,8 +17,9 @@ import torch
 from test_distributed import (assert_close_weights, comparable, grpo_args, grpo_data, metrics,  # noqa: F401
                               setup, sft_args, weights)
 
-from r1lab import cli, fsdp
-from r1lab.checkpoint import checkpoint_dir
+from r1lab import cli
+from r1lab.training import fsdp
+from r1lab.training.checkpoint import checkpoint_dir
 from r1lab.errors import R1labError
 
 # grpo_data's run (4 prompts x 3, dynamic sampling, unequal shares: some steps leave a process no

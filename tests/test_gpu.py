@@ -11,8 +11,9 @@ from test_grpo_train import _args, prompts_jsonl  # noqa: F401
 from transformers import AutoModelForCausalLM
 
 from r1lab.cli import main as cli_main
-from r1lab.io import read_jsonl
-from r1lab.sampling import SamplingParams, generate, sequence_logprobs
+from r1lab.files import read_jsonl
+from r1lab.models.logprobs import sequence_logprobs
+from r1lab.sampling.generate import SamplingParams, generate
 
 pytestmark = pytest.mark.gpu
 TIMING = {"step_time", "rollout_s", "train_s", "tokens_per_s", "peak_memory_mb"}
