@@ -40,6 +40,14 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process (a killed one may linger as a zombie until it is reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def launch(args, nproc=2):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
@@ -83,7 +91,7 @@ def test_fsdp_two_processes_match_one_and_survive_kill(tiny_model_dir, grpo_data
     proc.wait()
     assert not (killed / "final").exists(), "the run finished before it could be killed"
     time.sleep(1)
-    assert not any(Path(f"/proc/{pid}").exists() for pid in workers)
+    assert not any(map(running, workers))
     again = tmp_path / "again"
     shutil.copytree(killed, again)
 
