@@ -56,7 +56,12 @@ def launch(args, nproc=2):
 
 
 def finish(proc):
-    _, err = proc.communicate(timeout=300)
+    try:
+        _, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:  # leave no run behind: the launcher and its workers
+        for pid in (*children(proc.pid), proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        raise
     assert proc.returncode == 0, err[-3000:]
 
 
