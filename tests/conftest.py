@@ -11,6 +11,16 @@ import torch  # noqa: E402
 torch.set_num_threads(1)  # tiny models gain nothing from 2; 1 stays fast on a busy machine
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` skip, saying why, where CUDA is absent (benchmarks/gpu_check.sh runs them)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     from r1lab.micro.tokenizer import build_tokenizer, micro_corpus_sample

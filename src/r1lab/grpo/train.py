@@ -3,6 +3,7 @@
     r1lab grpo recipes/micro/r1_zero.yaml                  # R1-Zero on the micro base model
     r1lab grpo model=my-hf-folder data.train=prompts.jsonl template=chat max_steps=500
     torchrun --nproc_per_node 8 -m r1lab.cli grpo recipes/micro/r1_zero.yaml   # data parallel: grpo/parallel.py
+    torchrun --nproc_per_node 8 -m r1lab.cli grpo recipe.yaml sharding=fsdp     # sharded: training/fsdp.py
 
 Each step: (1) take P prompts and sample G completions each from the current policy (the "old"
 policy; the sampler returns its log-probs); (2) score them with the weighted rule rewards and
@@ -26,9 +27,9 @@ from pathlib import Path
 
 import torch
 
-from r1lab.training import distributed
-from r1lab.training.checkpoint import (checkpoint_dir, latest_checkpoint, load_checkpoint, load_weights, prune_checkpoints,
-                              save_checkpoint, save_final, save_model)
+from r1lab.training import distributed, fsdp
+from r1lab.training.checkpoint import (checkpoint_dir, latest_checkpoint, load_checkpoint, load_weights,
+                                       prune_checkpoints, save_checkpoint, save_final, save_model)
 from r1lab.recipe import save_config
 from r1lab.errors import R1labError
 from r1lab.grpo.config import GRPOConfig
@@ -63,7 +64,7 @@ def main(config: GRPOConfig) -> dict:
     if is_main:
         save_config(config, out / "config.yaml")
 
-    policy, tokenizer, reference = _load_policy(config)
+    policy, tokenizer, reference, sampler = _load_policy(config)
     device = next(policy.parameters()).device
     check_supported(config.precision, device)
     stream = PromptStream(load_train_rows(config.data, config.seed), config.seed)  # every process: the whole stream
@@ -74,7 +75,7 @@ def main(config: GRPOConfig) -> dict:
     start, ref_step = _resume(config, out, policy, reference, optimizer, scheduler, stream)
     log = MetricsLog(out / "metrics.jsonl", keep_up_to=start) if is_main else None
     if start == 0 and eval_rows:
-        evaluation = _evaluate(policy, tokenizer, eval_rows, config)  # every process: a share of the rows
+        evaluation = _evaluate(_sampling(sampler, policy), tokenizer, eval_rows, config)  # every process: a share of the rows
         if log:
             log.write({"step": 0, **evaluation})
 
@@ -82,7 +83,8 @@ def main(config: GRPOConfig) -> dict:
     for step in range(start + 1, config.max_steps + 1):
         t0 = time.perf_counter()
         settings = dataclasses.replace(rollout_settings, reward_weights=config.weights_at(step))
-        scored, sampled, rollout, mine = _rollout(policy, reference, tokenizer, stream, config, settings, step, device)
+        scored, sampled, rollout, mine = _rollout(_sampling(sampler, policy), reference, tokenizer, stream, config,
+                                                  settings, step, device)
         g = config.num_generations
         t1 = time.perf_counter()
         policy.train()
@@ -96,19 +98,18 @@ def main(config: GRPOConfig) -> dict:
         if rollout_settings.hook is not None:
             metrics.update(rollout_settings.hook.metrics(scored, tokenizer))
         if reference is not None and config.ref_update_every and step % config.ref_update_every == 0:
-            reference.load_state_dict(policy.state_dict())
+            reference.load_state_dict(policy.state_dict())  # sharded: each process copies its shards
             ref_step = step
-            if is_main:
-                save_model(out / "reference" / f"step-{step:06d}", reference, tokenizer)
+            _save_model(out / "reference" / f"step-{step:06d}", reference, tokenizer)
         if eval_rows and ((config.eval_every and step % config.eval_every == 0) or step == config.max_steps):
-            metrics.update(_evaluate(policy, tokenizer, eval_rows, config))
+            metrics.update(_evaluate(_sampling(sampler, policy), tokenizer, eval_rows, config))
+        trainer = _trainer(out, config, step, (policy, tokenizer, optimizer, scheduler))
         if is_main:
-            _write_step(out, config, step, metrics, scored, log, (policy, tokenizer, optimizer, scheduler),
+            _write_step(out, config, step, metrics, scored, log, trainer,
                         {"step": step, "ref_step": ref_step, "stream": stream.state()})
         _report(progress, metrics)
 
-    if is_main:
-        _save_final(out, config, policy, tokenizer)
+    _save_final(out, config, policy, tokenizer)
     distributed.barrier()  # every process returns once the files are there
     return log.last if log else {}
 
@@ -163,7 +164,13 @@ def _rollout(policy, reference, tokenizer, stream: PromptStream, config: GRPOCon
 
 
 def _save_final(out: Path, config: GRPOConfig, policy, tokenizer) -> None:
-    save_final(out / "final", policy, tokenizer)  # with LoRA: the adapters
+    """final/ (every process calls it: a sharded policy is gathered; rank 0 writes)."""
+    if fsdp.is_sharded(policy):
+        fsdp.save_model(out / "final", policy, tokenizer)
+    elif distributed.is_main():
+        save_final(out / "final", policy, tokenizer)  # with LoRA: the adapters
+    if not distributed.is_main():
+        return
     final = out / "final"
     if is_lora(policy) and config.save_merged:
         final = save_merged(policy, tokenizer, out / "final-merged")
@@ -187,20 +194,59 @@ def _write_step(out: Path, config: GRPOConfig, step: int, metrics: dict, scored:
     log.write(metrics)
     if config.sample_every and step % config.sample_every == 0:
         write_samples(out / "completions.jsonl", step, scored)
-    if step % config.save_every == 0 or step == config.max_steps:
-        save_checkpoint(checkpoint_dir(out, step), *trainer, state)
+    if _saves(config, step):
+        model, tokenizer, optimizer, scheduler, *shards = trainer
+        save_checkpoint(checkpoint_dir(out, step), model, tokenizer, optimizer, scheduler, state,
+                        shards=shards[0] if shards else None)
         prune_checkpoints(out, config.keep_checkpoints)
 
 
+def _saves(config: GRPOConfig, step: int) -> bool:
+    return step % config.save_every == 0 or step == config.max_steps
+
+
+def _trainer(out: Path, config: GRPOConfig, step: int, trainer: tuple) -> tuple:
+    """What `_write_step` checkpoints: (policy, tokenizer, optimizer, scheduler), or for a sharded
+    policy (None, tokenizer, None, scheduler, its staged shards), which every process writes here."""
+    policy, tokenizer, optimizer, scheduler = trainer
+    if not fsdp.is_sharded(policy):
+        return trainer
+    staging = None
+    if _saves(config, step):
+        staging = out / "checkpoints" / f".step-{step:06d}.sharded"
+        fsdp.save_sharded(staging, policy, optimizer)
+    return None, tokenizer, None, scheduler, staging
+
+
+def _save_model(path: Path, model, tokenizer) -> None:
+    """A Hugging Face folder of `model`, sharded or not (every process calls it; rank 0 writes)."""
+    if fsdp.is_sharded(model):
+        fsdp.save_model(path, model, tokenizer)
+    elif distributed.is_main():
+        save_model(path, model, tokenizer)
+
+
 def _load_policy(config: GRPOConfig):
-    """(policy, tokenizer, frozen reference copy or None). With LoRA the policy is a PEFT model and
-    there is no copy: the reference is the policy with its adapters off (`_reference_logprobs`)."""
+    """(policy, tokenizer, frozen reference copy or None, the model that samples). With LoRA the
+    policy is a PEFT model and there is no copy: the reference is the policy with its adapters off
+    (`_reference_logprobs`). With sharding=fsdp policy and reference are sharded and an unsharded
+    copy samples (r1lab.training.fsdp); otherwise the policy samples itself."""
     policy, tokenizer = load_model_and_tokenizer(config.model, device=distributed.device(config.device))
     if config.lora_r > 0:
         policy = apply_lora(policy, config.lora_r, config.lora_alpha, config.lora_dropout,
                             config.lora_target_modules, seed=config.seed)
     reference = _frozen_copy(policy) if config.beta > 0 and not is_lora(policy) else None
-    return policy, tokenizer, reference
+    if config.sharding != "fsdp":
+        return policy, tokenizer, reference, policy
+    sampler = _frozen_copy(policy)
+    for model in (policy, reference) if reference is not None else (policy,):
+        fsdp.shard(model, config.precision, config.fsdp_cpu_offload)
+    return policy, tokenizer, reference, sampler
+
+
+def _sampling(sampler, policy):
+    """The model to sample from: the policy, or its unsharded copy given the current weights."""
+    return sampler if sampler is policy else fsdp.refresh(sampler, policy)
 
 
 def _frozen_copy(model):
@@ -281,10 +327,17 @@ def _resume(config, out, policy, reference, optimizer, scheduler, stream) -> tup
     ckpt = latest_checkpoint(out) if config.resume else None
     if ckpt is None:
         return 0, 0
-    state = load_checkpoint(ckpt, policy, optimizer, scheduler)
+    sharded = fsdp.is_sharded(policy)
+    state = load_checkpoint(ckpt, None if sharded else policy, None if sharded else optimizer, scheduler)
+    if sharded:
+        fsdp.load_sharded(ckpt, policy, optimizer)
     stream.restore(state["stream"])
     if reference is not None and state.get("ref_step"):
-        load_weights(out / "reference" / f"step-{state['ref_step']:06d}", reference)
+        folder = out / "reference" / f"step-{state['ref_step']:06d}"
+        if sharded:
+            fsdp.load_model(folder, reference)
+        else:
+            load_weights(folder, reference)
     if distributed.is_main():
         print(f"grpo: resumed from {ckpt} (step {state['step']})")
     return state["step"], state.get("ref_step", 0)
