@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from r1lab.grpo.losses import ADVANTAGES, soft_overlong_penalty, zero_variance_groups
+from r1lab.grpo.advantages import ADVANTAGES, zero_variance_groups
+from r1lab.grpo.losses import soft_overlong_penalty
 from r1lab.precision import autocast
 from r1lab.rewards import combine_rewards
 from r1lab.sampling import Completion, SamplingParams, generate
