@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
+from r1lab.grpo.advantages import ADVANTAGES, zero_variance_groups
 from r1lab.grpo.losses import (
-    ADVANTAGES,
     AGGREGATIONS,
     KL_ESTIMATORS,
     clipped_surrogate,
@@ -14,7 +14,6 @@ from r1lab.grpo.losses import (
     grpo_loss,
     masked_mean,
     soft_overlong_penalty,
-    zero_variance_groups,
 )
 
 E = math.e

@@ -35,8 +35,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from r1lab.grpo.advantages import ADVANTAGES, zero_variance_groups  # noqa: F401  (re-exported)
-
 # exp(20) ~ 4.9e8: large enough never to change a healthy ratio, small enough never to overflow.
 LOG_RATIO_CLAMP = 20.0
 
