@@ -213,3 +213,26 @@ def test_loss_type_picks_the_aggregation_and_keeps_explicit_keys():
     GRPOConfig(loss_type="cispo", eps_low=1.0)  # no lower bound
     with pytest.raises(ValueError, match="loss_type"):
         GRPOConfig(loss_type="ppo")
+
+
+def test_entropy_of_the_shared_prompt_forward_equals_the_full_one(policy):
+    # a GRPO batch: 2 prompts (one left-padded) x 2 completions (one right-padded); the entropy made
+    # with each prompt run once must equal the model's own forward's on every completion position,
+    # and its gradient (the entropy bonus) must reach the weights
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 200, (4, 10), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[2:, :2] = 0  # prompt 1 is 2 tokens shorter
+    ids[2:, :6] = ids[2, :6]  # rows 2-3 share prompt 1, rows 0-1 prompt 0
+    ids[1, :6] = ids[0, :6]
+    mask[1, 8:] = 0  # a completion ending early
+    completion = torch.zeros(4, 9)
+    completion[:, 5:] = mask[:, 6:].float()
+    _, full = sequence_logprobs(policy, ids, mask, completion_mask=completion, with_entropy=True)
+    _, shared = sequence_logprobs(policy, ids, mask, completion_mask=completion, prompt_len=6, with_entropy=True,
+                                  entropy_grad=True)
+    close(shared, full, tol=1e-4)
+    assert shared[1, 7:].eq(0).all() and shared[:, :5].eq(0).all()  # padding and prompt positions
+    shared.sum().backward()
+    assert policy.lm_head.weight.grad is not None and policy.lm_head.weight.grad.abs().sum() > 0
+    policy.zero_grad(set_to_none=True)
