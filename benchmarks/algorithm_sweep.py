@@ -54,6 +54,7 @@ VARIANTS: dict[str, dict[str, tuple[str, ...]]] = {
     "entropy": {
         "no control": RECIPE_RUN,
         "kl_cov 0.02": (*RECIPE_RUN, "entropy_control=kl_cov", "kl_cov_ratio=0.02"),
+        "kl_cov 0.2": (*RECIPE_RUN, "entropy_control=kl_cov", "kl_cov_ratio=0.2"),
         "entropy_coef 0.01": (*RECIPE_RUN, "entropy_coef=0.01"),
     },
 }
@@ -69,6 +70,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--groups", nargs="+", default=["loss_type", "advantage"], choices=sorted(VARIANTS))
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (each with --threads threads)")
+    parser.add_argument("--report-only", action="store_true", help="plot and tabulate the runs there, run nothing")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the recipe for every run")
     args = parser.parse_args()
     out = Path(args.out)
@@ -89,7 +91,7 @@ def _run(args, out: Path, overrides: tuple[str, ...]) -> list[dict]:
     run = out / "runs" / "_".join(o.replace("=", "-").replace(".", "p") for o in overrides if not o.endswith('""'))
     metrics = run / "metrics.jsonl"
     rows = _rows(metrics)
-    if not rows or rows[-1].get("step", 0) < args.steps:
+    if not args.report_only and (not rows or rows[-1].get("step", 0) < args.steps):
         command = [sys.executable, "-m", "r1lab.cli", "grpo", str(RECIPE), f"model={args.base}",
                    f"output_dir={run}", f"max_steps={args.steps}", f"eval_every={args.eval_every}",
                    f"threads={args.threads}", "save_every=100000", "progress=false", *args.overrides, *overrides]
@@ -144,7 +146,7 @@ def _mean(values: list[float]) -> float:
 
 def _table(results: dict, args, minutes: float) -> str:
     head = ["| group | variant | reward, first 5 steps | reward, last 5 steps | pass@1 at 0 | pass@1 at end "
-            "| entropy, first 5 | entropy, last 5 | s/step |", "|" + "---|" * 9]
+            "| entropy, first 5 | entropy, last 5 | clip fraction | steps | s/step |", "|" + "---|" * 11]
     lines = []
     for group, runs in results.items():
         for name, rows in runs.items():
@@ -152,9 +154,11 @@ def _table(results: dict, args, minutes: float) -> str:
             _, pass1 = _series(rows, PASS1)
             _, entropy = _series(rows, "entropy")
             _, step_time = _series(rows, "step_time")
+            _, clipped = _series(rows, "clip/fraction")
             lines.append(f"| {group} | {name} | {_mean(reward[:5]):.3f} | {_mean(reward[-5:]):.3f} | "
                          f"{pass1[0] if pass1 else float('nan'):.3f} | {pass1[-1] if pass1 else float('nan'):.3f} | "
-                         f"{_mean(entropy[:5]):.3f} | {_mean(entropy[-5:]):.3f} | {_mean(step_time):.1f} |")
+                         f"{_mean(entropy[:5]):.3f} | {_mean(entropy[-5:]):.3f} | {_mean(clipped):.3f} | "
+                         f"{len(reward)} | {_mean(step_time):.1f} |")
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {args.threads}"
     command = (f"python benchmarks/algorithm_sweep.py --base {args.base} --steps {args.steps} --eval-every "
                f"{args.eval_every} --threads {args.threads} --jobs {args.jobs} --groups {' '.join(args.groups)} "

@@ -236,3 +236,35 @@ def test_entropy_of_the_shared_prompt_forward_equals_the_full_one(policy):
     shared.sum().backward()
     assert policy.lm_head.weight.grad is not None and policy.lm_head.weight.grad.abs().sum() > 0
     policy.zero_grad(set_to_none=True)
+
+
+def _bandit_entropy_curve(kl_cov_ratio: float, seed: int, rollouts: int = 12, passes: int = 4) -> list[float]:
+    """A softmax policy over 8 one-token "completions", arm 2 paid 1: the policy's entropy after each
+    rollout of 4 groups x 8, trained with `passes` clipped passes per rollout (off-policy after the first)."""
+    torch.manual_seed(seed)
+    logits = torch.zeros(8, requires_grad=True)
+    optimiser = torch.optim.Adam([logits], lr=0.05)
+    curve = []
+    for _ in range(rollouts):
+        with torch.no_grad():
+            arms = torch.multinomial(torch.softmax(logits, 0), 32, replacement=True)
+            old = torch.log_softmax(logits, 0)[arms][:, None]
+        adv = ADVANTAGES["group"]((arms == 2).float().reshape(4, 8)).reshape(-1)
+        for _ in range(passes):
+            logp = torch.log_softmax(logits, 0)[arms][:, None]
+            loss, _ = grpo_loss(logp, old, None, adv, torch.ones_like(logp), eps_low=0.2, eps_high=0.2, beta=0.0,
+                                aggregation="token_mean", kl_cov_ratio=kl_cov_ratio, kl_cov_coef=1.0)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        curve.append(float(token_entropy(logits.detach())))
+    return curve
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kl_cov_slows_the_entropy_collapse_of_a_bandit(seed):
+    # measured: without control the entropy falls from ln 8 = 2.08 to 0.68-0.74 in 12 rollouts (seeds
+    # 0-2), with KL-Cov on 20% of the tokens to 0.79-0.85; both still learn the paid arm
+    plain, controlled = _bandit_entropy_curve(0.0, seed), _bandit_entropy_curve(0.2, seed)
+    assert controlled[-1] > plain[-1] + 0.05, (plain[-1], controlled[-1])
+    assert controlled[-1] < 1.2 and plain[-1] < 1.2
