@@ -10,7 +10,7 @@ import torch
 from r1lab.grpo.advantages import ADVANTAGES
 from r1lab.grpo.config import GRPOConfig
 from r1lab.grpo.losses import AGGREGATIONS, LOSS_TYPES, SURROGATES, grpo_loss, kl_cov_penalty
-from r1lab.sampling import sequence_logprobs, token_entropy
+from r1lab.models.logprobs import sequence_logprobs, token_entropy
 
 
 def close(actual, expected, tol=1e-4):
