@@ -5,10 +5,16 @@ template, G = 16, temperature 1.0, KL coefficient 0.001 with the k3 estimator, r
 refreshed every 400 steps, one inner iteration), except where a recipe overrides them for a
 micro model on a CPU. The variants users expect are names, not flags:
 
-- ``advantage``: group (R1) | batch | none (Dr. GRPO)
-- ``aggregation``: seq_mean (R1/DeepSeekMath) | token_mean (DAPO) | constant (Dr. GRPO)
+- ``loss_type``: grpo (R1) | dapo | dr_grpo | gspo | cispo (the surrogate and its aggregation)
+- ``advantage``: group (R1) | batch | none (Dr. GRPO) | rloo | reinforce_pp | pass_at_k
+- ``aggregation``: seq_mean (R1/DeepSeekMath) | token_mean (DAPO) | constant (Dr. GRPO); empty =
+  the loss type's own
 - ``eps_low``/``eps_high``: clip-higher (DAPO: 0.2 / 0.28)
 - ``dynamic_sampling``, ``mask_truncated``, ``overlong_cache`` (DAPO)
+- ``entropy_coef`` (entropy bonus), ``entropy_control: kl_cov`` (KL-Cov, arXiv 2505.22617)
+
+The formulas are in the comments below; the code, with hand-worked tests, is in grpo/losses.py and
+grpo/advantages.py, and docs/algorithms.md compares them on the micro R1-Zero recipe.
 
 LoRA (``lora_r > 0``, needs peft): only low-rank adapters train; the reference policy is the
 base model, i.e. the policy with its adapters disabled (no second copy). It can't be refreshed
@@ -22,7 +28,8 @@ from dataclasses import dataclass, field
 
 from r1lab.recipe import check_choices
 from r1lab.training.fsdp import SHARDINGS
-from r1lab.grpo.losses import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS
+from r1lab.grpo.advantages import ADVANTAGES
+from r1lab.grpo.losses import AGGREGATIONS, KL_ESTIMATORS, LOSS_TYPES
 from r1lab.models.lora import TARGET_MODULES, check_lora_settings
 from r1lab.evaluation.scoring import REFLECTION_PHRASES
 from r1lab.models.precision import PRECISIONS
@@ -68,9 +75,27 @@ class GRPOConfig:
     # world's rollout hook (grpo.rollout.ROLLOUT_HOOKS, r1lab/micro/step_noise.py)
     step_noise: float = 0.0
 
-    # objective
+    # objective. rho_t = pi(y_t) / pi_old(y_t); A_i the completion's advantage; |o_i| its length.
+    # loss_type, the per-token surrogate and the aggregation it implies:
+    #   grpo     -min(rho_t A, clip(rho_t, 1-eps_low, 1+eps_high) A), 1/G sum_i 1/|o_i| sum_t (R1)
+    #   dapo     the same clip, 1/sum_i |o_i| sum_i sum_t (token_mean; DAPO's other parts are keys below)
+    #   dr_grpo  the same clip, 1/(G max_new_tokens) sum_i sum_t (constant; pair with advantage=none)
+    #   gspo     s_i = exp(mean_t log rho_t) clipped per sequence, gradient s_i A mean_t grad logp_t
+    #            (arXiv 2507.18071; the paper clips at eps_low 3e-4, eps_high 4e-4)
+    #   cispo    -sg[clip(rho_t, 1-eps_low, 1+eps_high)] A logp_t: every token keeps its gradient
+    #            (arXiv 2506.13585; eps_low >= 1 = no lower bound, the paper's choice)
+    loss_type: str = "grpo"
+    # advantage, rewards [P, G] -> [P, G] (mean/std over a group's G completions, or the batch):
+    #   group        (r - mean_g) / (std_g + 1e-4)                  (R1)
+    #   batch        (r - mean_g) / (std_batch + 1e-4)
+    #   none         r - mean_g                                     (Dr. GRPO)
+    #   rloo         r_i - mean_{j != i} r_j                        (leave-one-out baseline)
+    #   reinforce_pp (r - mean_batch) / (std_batch + 1e-4)          (REINFORCE++, arXiv 2501.03262)
+    #   pass_at_k    (E[R | i in the k-subset] - E[R]) / std(R), R = the best reward of a random
+    #                k-subset of the group, k = pass_k             (pass@k training, arXiv 2508.10751)
     advantage: str = "group"
-    aggregation: str = "seq_mean"
+    pass_k: int = 4  # k of advantage=pass_at_k, 1 <= pass_k <= num_generations
+    aggregation: str = ""  # seq_mean | token_mean | constant; empty: the loss type's (see above)
     eps_low: float = 0.2
     eps_high: float = 0.2
     beta: float = 0.001  # KL coefficient; 0 keeps no reference model
@@ -79,6 +104,16 @@ class GRPOConfig:
     num_iterations: int = 1  # mu: passes over each rollout
     minibatches: int = 1  # optimiser steps per pass (the rollout split into this many parts)
     micro_batch_size: int = 64  # sequences per forward/backward (memory only: same gradient)
+    # entropy H_t = -sum_v pi(v) log pi(v) at each completion position, from the training forward
+    # (chunk-wise with the log-probs), logged as `entropy` every step
+    entropy_coef: float = 0.0  # bonus: loss_t -= entropy_coef * H_t (0 = off, no entropy gradient)
+    # none | kl_cov: KL-Cov (arXiv 2505.22617) adds kl_cov_coef * |logp_t - old_logp_t| on the
+    # kl_cov_ratio share of tokens with the largest cov_t = (logp_t - mean logp)(A_t - mean A),
+    # the confident tokens whose updates collapse the entropy. Acts once pi != pi_old (minibatches > 1
+    # or num_iterations > 1). The paper: ratio 0.002 (7B) / 0.0002 (32B), coef 1.
+    entropy_control: str = "none"
+    kl_cov_ratio: float = 0.002
+    kl_cov_coef: float = 1.0
     # fp32 | bf16: bf16 autocast for sampling, the reference pass and the training forward/backward;
     # weights, AdamW and log-probs stay float32, old log-probs come from the training forward
     # (r1lab.models.precision). Needs native bf16 (CPU avx512_bf16/amx_bf16, or a bf16 GPU).
@@ -133,8 +168,12 @@ class GRPOConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        check_choices("loss_type", self.loss_type, LOSS_TYPES)
         check_choices("advantage", self.advantage, ADVANTAGES)
-        check_choices("aggregation", self.aggregation, AGGREGATIONS)
+        if self.aggregation:
+            check_choices("aggregation", self.aggregation, AGGREGATIONS)
+        check_choices("entropy_control", self.entropy_control, ("none", "kl_cov"))
+        self._check_objective()
         check_choices("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
         check_choices("template", self.template, TEMPLATES)
         check_choices("lr_schedule", self.lr_schedule, ("constant", "cosine"))
@@ -170,6 +209,25 @@ class GRPOConfig:
             raise ValueError("step_noise needs rollout_backend native (the noise acts inside r1lab's sampler)")
         if not self.data.train and not self.data.tasks:
             raise ValueError("set data.train (a JSONL of prompt/answer rows) or data.tasks (micro tasks)")
+
+    def _check_objective(self) -> None:
+        implied = LOSS_TYPES[self.loss_type].aggregation
+        if self.loss_type in ("dapo", "dr_grpo") and self.aggregation not in ("", implied):
+            raise ValueError(f"loss_type={self.loss_type} is the {implied} aggregation; got aggregation="
+                             f"{self.aggregation} (leave aggregation empty, or use loss_type=grpo)")
+        if self.advantage == "pass_at_k" and not 1 <= self.pass_k <= self.num_generations:
+            raise ValueError(f"pass_k must be in [1, num_generations={self.num_generations}], got {self.pass_k}")
+        if self.eps_low <= 0 or self.eps_high <= 0 or (self.eps_low >= 1 and self.loss_type != "cispo"):
+            raise ValueError(f"need 0 < eps_low < 1 (cispo: eps_low >= 1 = no lower bound) and eps_high > 0; "
+                             f"got eps_low={self.eps_low}, eps_high={self.eps_high}")
+        if not 0 < self.kl_cov_ratio <= 1 or self.kl_cov_coef < 0:
+            raise ValueError(f"kl_cov_ratio must be in (0, 1] and kl_cov_coef >= 0; got {self.kl_cov_ratio}, "
+                             f"{self.kl_cov_coef}")
+
+    @property
+    def loss_aggregation(self) -> str:
+        """The aggregation in force: `aggregation`, or the loss type's own when it is empty."""
+        return self.aggregation or LOSS_TYPES[self.loss_type].aggregation
 
     @property
     def weights(self) -> tuple[float, ...]:

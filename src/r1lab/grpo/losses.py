@@ -1,11 +1,14 @@
-"""The GRPO maths as pure tensor functions (DeepSeekMath Eq. 3-4, R1 Eq. 1-3, DAPO, Dr. GRPO).
+"""The GRPO maths as pure tensor functions (DeepSeekMath Eq. 3-4, R1 Eq. 1-3, DAPO, Dr. GRPO,
+GSPO, CISPO, KL-Cov).
 
 Nothing here knows about models, tokenizers or optimisers: every function maps tensors to
 tensors, with shapes in its docstring. Variants are small separate functions chosen by name:
 
-    ADVANTAGES["group" | "batch" | "none"](rewards)              [P, G] -> [P, G]
+    ADVANTAGES[...](rewards)                                     [P, G] -> [P, G]  (grpo/advantages.py)
     KL_ESTIMATORS["k1" | "k2" | "k3"](logp, ref_logp)            [N, T] -> [N, T]
+    SURROGATES["clip" | "gspo" | "cispo"](logp, old, adv, mask, eps_low, eps_high) -> Surrogate
     AGGREGATIONS["seq_mean" | "token_mean" | "constant"](loss, mask, ...)  [N, T] -> []
+    LOSS_TYPES["grpo" | "dapo" | "dr_grpo" | "gspo" | "cispo"] -> (surrogate, default aggregation)
 
 Shapes: P prompts, G completions per prompt, N = P * G completion rows (prompt-major, so
 ``advantages.reshape(-1)`` lines up with the rows), T padded completion length.
@@ -49,63 +52,6 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     if dim is None:
         return total.sum() / count.sum().clamp(min=1.0)
     return total.sum(dim) / count.sum(dim).clamp(min=1.0)
-
-
-# --------------------------------------------------------------------------------------------
-# Advantages: rewards [P, G] -> advantages [P, G]; every token of completion i then gets A_i.
-# --------------------------------------------------------------------------------------------
-
-
-def zero_variance_groups(rewards: Tensor) -> Tensor:
-    """bool [P]: groups whose G rewards are all equal (no learning signal; DAPO drops them)."""
-    return (rewards == rewards[:, :1]).all(dim=1)
-
-
-def _std(x: Tensor, dim: int | None = None) -> Tensor:
-    """Unbiased std (keepdim), 0 instead of NaN when fewer than two values are reduced."""
-    n = x.numel() if dim is None else x.shape[dim]
-    if n < 2:
-        return torch.zeros_like(x.sum() if dim is None else x.sum(dim, keepdim=True))
-    return x.std() if dim is None else x.std(dim, correction=1, keepdim=True)
-
-
-def _centred(rewards: Tensor, scale: Tensor | float = 1.0) -> Tensor:
-    """(r - group mean) / scale [P, G], set exactly to 0 in zero-variance groups.
-
-    The float mean of equal values can differ from them in the last bit, and with eps=0 a
-    unanimous group is 0/0; forcing 0 afterwards makes "no signal" exact and never NaN.
-    """
-    scaled = (rewards - rewards.mean(dim=1, keepdim=True)) / scale
-    return torch.where(zero_variance_groups(rewards)[:, None], torch.zeros_like(scaled), scaled)
-
-
-def group_advantages(rewards: Tensor, eps: float = 1e-4) -> Tensor:
-    """GRPO / R1: (r - group mean) / (group std + eps). rewards [P, G] -> [P, G].
-
-    The std is unbiased (correction=1), as in TRL; the paper does not say which.
-    """
-    return _centred(rewards, _std(rewards, dim=1) + eps)
-
-
-def batch_advantages(rewards: Tensor, eps: float = 1e-4) -> Tensor:
-    """(r - group mean) / (std of all rewards in the batch + eps). rewards [P, G] -> [P, G].
-
-    A batch-wide scale (REINFORCE++ style, TRL's scale_rewards="batch") keeps groups that are
-    nearly unanimous from being blown up to unit variance the way per-group std does.
-    """
-    return _centred(rewards, _std(rewards) + eps)
-
-
-def centred_advantages(rewards: Tensor) -> Tensor:
-    """Dr. GRPO: r - group mean, no std division (it biases towards easy/hard questions)."""
-    return _centred(rewards)
-
-
-ADVANTAGES: dict[str, Callable[[Tensor], Tensor]] = {
-    "group": group_advantages,
-    "batch": batch_advantages,
-    "none": centred_advantages,
-}
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,6 +119,95 @@ def clipped_surrogate(
     clipped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high) * adv
     low, high = _clip_masks(ratio, adv, eps_low, eps_high)
     return -torch.minimum(unclipped, clipped), ratio, low | high
+
+
+
+class Surrogate(NamedTuple):
+    """A policy surrogate's per-token loss and what to log about it, all [N, T]."""
+
+    per_token: Tensor  # loss to aggregate (with gradient)
+    ratio: Tensor  # the importance ratio the surrogate used (detached)
+    clip_low: Tensor  # bool: tokens whose ratio was clipped or truncated from below
+    clip_high: Tensor  # bool: ... from above
+
+
+def token_clip_surrogate(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor,
+                         eps_low: float, eps_high: float) -> Surrogate:
+    """GRPO / DAPO / Dr. GRPO: the per-token PPO clip of `clipped_surrogate`. [N, T], [N] -> Surrogate.
+
+    loss_t = -min(rho_t A, clip(rho_t, 1 - eps_low, 1 + eps_high) A), rho_t = pi(y_t) / pi_old(y_t).
+    mask is unused (the token ratios need no sequence statistics).
+    """
+    per_token, ratio, _ = clipped_surrogate(logp, old_logp, advantages, eps_low, eps_high)
+    low, high = _clip_masks(ratio.detach(), advantages[:, None], eps_low, eps_high)
+    return Surrogate(per_token, ratio.detach(), low, high)
+
+
+def gspo_surrogate(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor,
+                   eps_low: float, eps_high: float) -> Surrogate:
+    """GSPO (arXiv 2507.18071), in its GSPO-token form. [N, T], [N], mask [N, T] -> Surrogate.
+
+    Sequence ratio s_i = exp(mean_t (logp_t - old_logp_t)) over the completion's mask tokens
+    (length-normalised), clipped per sequence: loss_t = -min(s_it A_i, clip(s_it, 1 - eps_low,
+    1 + eps_high) A_i) with s_it = sg[s_i] * pi(y_t) / sg[pi(y_t)]. s_it equals s_i in value and
+    its gradient is s_i * grad logp_t, so with seq_mean aggregation the gradient is GSPO's
+    s_i A_i * mean_t grad logp_t. A clipped sequence gets no gradient on any token. The paper's
+    clip range is far narrower than GRPO's (eps_low 3e-4, eps_high 4e-4).
+    """
+    log_seq = masked_mean(logp.detach() - old_logp, mask, dim=1).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [N]
+    seq_ratio = torch.exp(log_seq)[:, None].to(logp.dtype)
+    token_ratio = seq_ratio * torch.exp(logp - logp.detach())  # value s_i, gradient s_i * grad logp_t
+    adv = advantages[:, None].to(logp.dtype)
+    per_token = -torch.minimum(token_ratio * adv, token_ratio.clamp(1.0 - eps_low, 1.0 + eps_high) * adv)
+    ratio = seq_ratio.expand_as(logp)
+    low, high = _clip_masks(ratio, adv, eps_low, eps_high)
+    return Surrogate(per_token, ratio, low, high)
+
+
+def cispo_surrogate(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor,
+                    eps_low: float, eps_high: float) -> Surrogate:
+    """CISPO (MiniMax-M1, arXiv 2506.13585). [N, T], [N] -> Surrogate.
+
+    loss_t = -sg[clip(rho_t, 1 - eps_low, 1 + eps_high)] * A * logp_t: the importance weight is
+    clipped and detached, and the REINFORCE term keeps every token's gradient (PPO's clip zeroes
+    the gradient of clipped tokens instead). eps_low >= 1 means no lower bound, the paper's choice.
+    "Clipped" tokens are those whose weight was truncated, whatever the sign of A.
+    """
+    ratio = torch.exp((logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)).detach()
+    weight = ratio.clamp(max(0.0, 1.0 - eps_low), 1.0 + eps_high)
+    per_token = -weight * advantages[:, None].to(logp.dtype) * logp
+    return Surrogate(per_token, ratio, ratio < 1.0 - eps_low, ratio > 1.0 + eps_high)
+
+
+SURROGATES: dict[str, Callable[..., Surrogate]] = {
+    "clip": token_clip_surrogate,
+    "gspo": gspo_surrogate,
+    "cispo": cispo_surrogate,
+}
+
+
+def kl_cov_penalty(logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, ratio: float,
+                   coef: float) -> Tensor:
+    """KL-Cov (arXiv 2505.22617): coef * |logp - old_logp| on the top `ratio` share of mask tokens
+    by covariance, 0 elsewhere. [N, T], [N], mask [N, T] -> [N, T].
+
+    cov_t = (logp_t - mean logp) (A_t - mean A), means over the mask tokens, detached. The
+    tokens with the largest cov are the confident ones whose update most lowers the entropy;
+    the KL term holds them near pi_old. At least one token is picked when ratio > 0. Added to
+    the surrogate (verl's KL-Cov instead drops the PPO clip on the other tokens). The penalty
+    is 0 while pi == pi_old (the first minibatch of a rollout): it acts from the second on.
+    """
+    keep = mask.bool()
+    count = int(keep.sum())
+    if ratio <= 0 or count == 0:
+        return torch.zeros_like(logp)
+    lp, adv = logp.detach(), advantages[:, None].to(logp.dtype).expand_as(logp)
+    cov = (lp - masked_mean(lp, keep)) * (adv - masked_mean(adv, keep))
+    cov = cov.masked_fill(~keep, float("-inf")).flatten()
+    picked = torch.zeros_like(cov, dtype=torch.bool)
+    picked[cov.topk(max(1, int(count * ratio))).indices] = True
+    penalty = coef * (logp - old_logp).abs()
+    return torch.where(picked.view_as(logp), penalty, torch.zeros_like(penalty))
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,16 +306,36 @@ AGGREGATIONS: dict[str, Callable[..., Tensor]] = {
 # --------------------------------------------------------------------------------------------
 
 
+class LossType(NamedTuple):
+    """A `loss_type`: its surrogate (a key of SURROGATES) and the aggregation it implies."""
+
+    surrogate: str
+    aggregation: str
+
+
+# grpo, dapo and dr_grpo share the token clip and differ in how tokens are averaged (as TRL's
+# loss_type); gspo and cispo change the surrogate. An explicit `aggregation` overrides the default.
+LOSS_TYPES: dict[str, LossType] = {
+    "grpo": LossType("clip", "seq_mean"),  # R1 / DeepSeekMath: 1/G sum_i 1/|o_i| sum_t
+    "dapo": LossType("clip", "token_mean"),  # DAPO: 1/sum_i |o_i| sum_i sum_t
+    "dr_grpo": LossType("clip", "constant"),  # Dr. GRPO: 1/(G * max_len) sum_i sum_t
+    "gspo": LossType("gspo", "seq_mean"),  # GSPO: 1/G sum_i (sequence-level ratio and clip)
+    "cispo": LossType("cispo", "token_mean"),  # CISPO: token-level, normalised by all tokens
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class LossStats:
     """Detached 0-d tensors for logging (call .item() when writing metrics, not every chunk)."""
 
-    policy_loss: Tensor  # the clipped surrogate alone, aggregated like the loss
+    policy_loss: Tensor  # the surrogate alone, aggregated like the loss
     kl: Tensor  # masked token mean of the KL estimate (0 when no KL term)
-    clip_low: Tensor  # share of mask tokens clipped at 1 - eps_low (A < 0)
-    clip_high: Tensor  # share of mask tokens clipped at 1 + eps_high (A > 0)
+    clip_low: Tensor  # share of mask tokens clipped at 1 - eps_low (token clip, GSPO: A < 0)
+    clip_high: Tensor  # share of mask tokens clipped at 1 + eps_high (token clip, GSPO: A > 0)
     clip_fraction: Tensor  # clip_low + clip_high
-    ratio_mean: Tensor  # masked token mean of pi_theta / pi_old
+    ratio_mean: Tensor  # masked token mean of pi_theta / pi_old (GSPO: the sequence ratio)
+    entropy: Tensor  # masked token mean of the policy's entropy (0 when not given)
+    kl_cov: Tensor  # masked token mean of the KL-Cov penalty (0 when off)
 
 
 def grpo_loss(
@@ -294,38 +349,53 @@ def grpo_loss(
     eps_high: float,
     beta: float,
     aggregation: str,
+    loss_type: str = "grpo",
     kl_estimator: str = "k3",
     max_len: int | None = None,
     num_sequences: Tensor | float | None = None,
     num_tokens: Tensor | float | None = None,
+    entropy: Tensor | None = None,
+    entropy_coef: float = 0.0,
+    kl_cov_ratio: float = 0.0,
+    kl_cov_coef: float = 1.0,
 ) -> tuple[Tensor, LossStats]:
     """GRPO objective (negated, to minimise) for N completions. Returns (loss [], LossStats).
 
     logp, old_logp, ref_logp: [N, T] log-probs of the sampled tokens under pi_theta, pi_old and
     pi_ref (ref_logp None or beta == 0: no KL term). advantages [N]. mask [N, T]: 1 for the
-    completion tokens that count. As in DeepSeekMath Eq. 3 the KL goes into the loss, per token
-    (beta * kl added before aggregating), not into the reward.
+    completion tokens that count. Per token, before aggregating:
+        surrogate_t (LOSS_TYPES[loss_type]) + beta * kl_t + kl_cov_t - entropy_coef * H_t.
+    As in DeepSeekMath Eq. 3 the KL goes into the loss, not into the reward. entropy [N, T]: the
+    policy's entropy per position (with gradient for the bonus). kl_cov_ratio > 0 adds the
+    KL-Cov penalty (`kl_cov_penalty`) on that share of tokens.
     aggregation: a key of AGGREGATIONS; max_len, num_sequences, num_tokens are passed to it.
     """
     aggregate = AGGREGATIONS[aggregation]
     norm_kwargs = dict(num_sequences=num_sequences, num_tokens=num_tokens, max_len=max_len)
-    surrogate, ratio, _ = clipped_surrogate(logp, old_logp, advantages, eps_low, eps_high)
-    per_token = surrogate
-    kl = torch.zeros_like(surrogate)
+    surrogate = SURROGATES[LOSS_TYPES[loss_type].surrogate](logp, old_logp, advantages, mask, eps_low, eps_high)
+    per_token = surrogate.per_token
+    kl = torch.zeros_like(per_token)
     if ref_logp is not None and beta != 0.0:
         kl = KL_ESTIMATORS[kl_estimator](logp, ref_logp)
-        per_token = surrogate + beta * kl
+        per_token = per_token + beta * kl
+    kl_cov = kl_cov_penalty(logp, old_logp, advantages, mask, kl_cov_ratio, kl_cov_coef)
+    if kl_cov_ratio > 0:
+        per_token = per_token + kl_cov
+    if entropy is not None and entropy_coef != 0.0:
+        per_token = per_token - entropy_coef * entropy
     loss = aggregate(per_token, mask, **norm_kwargs)
 
-    low, high = _clip_masks(ratio.detach(), advantages[:, None], eps_low, eps_high)
+    low, high = surrogate.clip_low, surrogate.clip_high
     with torch.no_grad():
         stats = LossStats(
-            policy_loss=aggregate(surrogate.detach(), mask, **norm_kwargs),
+            policy_loss=aggregate(surrogate.per_token.detach(), mask, **norm_kwargs),
             kl=masked_mean(kl.detach(), mask),
             clip_low=masked_mean(low.float(), mask),
             clip_high=masked_mean(high.float(), mask),
             clip_fraction=masked_mean((low | high).float(), mask),
-            ratio_mean=masked_mean(ratio.detach(), mask),
+            ratio_mean=masked_mean(surrogate.ratio, mask),
+            entropy=masked_mean(entropy.detach(), mask) if entropy is not None else torch.zeros(()),
+            kl_cov=masked_mean(kl_cov.detach(), mask),
         )
     return loss, stats
 

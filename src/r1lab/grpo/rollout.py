@@ -23,7 +23,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from r1lab.grpo.losses import soft_overlong_penalty, zero_variance_groups
+from r1lab.grpo.advantages import zero_variance_groups
+from r1lab.grpo.losses import soft_overlong_penalty
 from r1lab.models.precision import autocast
 from r1lab.rewards import combine_rewards
 from r1lab.sampling.generate import Completion, SamplingParams, generate
@@ -184,7 +185,7 @@ def informative_groups(scored: Scored) -> list[int]:
 def pack(scored: Scored, prompt_ids: list[list[int]], advantages: Tensor, pad_id: int,
          mask_truncated: bool = False) -> Rollout:
     """Tensors for the update: rows prompt-major, advantages broadcast to every completion token.
-    `advantages` [P, G]: the caller's, from its estimator (`grpo.losses.ADVANTAGES`) on the whole
+    `advantages` [P, G]: the caller's, from its estimator (`grpo.advantages.ADVANTAGES`) on the whole
     step's rewards (under torchrun this is a process's share of them)."""
     if not scored.rows:  # a process's share of a step with fewer kept groups than processes
         return Rollout(*(torch.zeros((0, 1), dtype=torch.long) for _ in range(2)), torch.zeros((0, 0)),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from r1lab.training.distributed import peak_memory_mb
-from r1lab.grpo.losses import zero_variance_groups
+from r1lab.grpo.advantages import zero_variance_groups
 from r1lab.grpo.rollout import Scored
 from r1lab.files import append_jsonl, read_jsonl, write_jsonl
 from r1lab.evaluation.scoring import mean, reflection_rate
@@ -58,7 +58,7 @@ def step_metrics(step: int, scored: Scored, sampled: Scored, stats: dict[str, fl
         "completion_length/max": max(lengths) if lengths else 0,
         "truncation_rate": mean([c.finish_reason == "length" for c in completions]),
         "reflection_rate": reflection_rate(texts, phrases),
-        "entropy": _sampled_entropy(completions),
+        "entropy/sampled": _sampled_entropy(completions),  # `entropy` (exact) comes with the update's stats
         "lr": lr,
         "peak_memory_mb": peak_memory_mb(),
     }
@@ -73,7 +73,8 @@ def step_metrics(step: int, scored: Scored, sampled: Scored, stats: dict[str, fl
 
 def _sampled_entropy(completions) -> float:
     """Mean -log p of the sampled tokens: an unbiased estimate of the per-token entropy of the
-    sampling distribution, free because the sampler already returned the log-probs."""
+    sampling distribution, free because the sampler already returned the log-probs. The exact
+    mean entropy, from the training forward's logits, is the update's `entropy`."""
     logps = [lp for c in completions for lp in c.logprobs]
     return -mean(logps) if logps else 0.0
 

@@ -34,7 +34,7 @@ from r1lab.recipe import save_config
 from r1lab.errors import R1labError
 from r1lab.grpo.config import GRPOConfig
 from r1lab.problems import PromptStream, load_eval_rows, load_train_rows
-from r1lab.grpo.losses import ADVANTAGES
+from r1lab.grpo.advantages import ADVANTAGES
 from r1lab.grpo.step_metrics import MetricsLog, step_metrics, write_samples
 from r1lab.grpo.parallel import gather_lists, gather_scored, group_seed, share
 from r1lab.grpo.rollout import (RolloutSettings, Scored, informative_groups, pack, rollout_hook, rollout_sampler,
@@ -155,7 +155,8 @@ def _rollout(policy, reference, tokenizer, stream: PromptStream, config: GRPOCon
     policy.eval()
     scored, prompt_ids, sampled = _collect(policy, tokenizer, stream, config, settings, step)
     mine = share(len(scored.rows))
-    advantages = ADVANTAGES[config.advantage](scored.rewards)  # on the whole batch ("batch" needs all of it)
+    # on the whole batch ("batch" and "reinforce_pp" need all of it)
+    advantages = ADVANTAGES[config.advantage](scored.rewards, pass_k=config.pass_k)
     rollout = pack(scored.keep(mine), prompt_ids[mine.start:mine.stop], advantages[mine.start:mine.stop],
                    tokenizer.pad_token_id, config.mask_truncated).to(device)
     if config.beta > 0:
@@ -269,8 +270,10 @@ def _update_settings(config: GRPOConfig) -> UpdateSettings:
         num_iterations=config.num_iterations, minibatches=config.minibatches,
         micro_batch_size=config.micro_batch_size, temperature=config.temperature, eps_low=config.eps_low,
         eps_high=config.eps_high, beta=config.beta, kl_estimator=config.kl_estimator,
-        aggregation=config.aggregation, max_len=config.max_new_tokens, max_grad_norm=config.max_grad_norm,
-        precision=config.precision)
+        aggregation=config.loss_aggregation, max_len=config.max_new_tokens, max_grad_norm=config.max_grad_norm,
+        precision=config.precision, loss_type=config.loss_type, entropy_coef=config.entropy_coef,
+        kl_cov_ratio=config.kl_cov_ratio if config.entropy_control == "kl_cov" else 0.0,
+        kl_cov_coef=config.kl_cov_coef)
 
 
 def _collect(policy, tokenizer, stream: PromptStream, config: GRPOConfig, settings: RolloutSettings, step: int):

@@ -36,7 +36,7 @@ from r1lab.models.precision import autocast
 from r1lab.models.logprobs import sequence_logprobs
 
 
-STAT_KEYS = ("kl", "clip/low", "clip/high", "clip/fraction", "ratio")  # what `_backward` reports
+STAT_KEYS = ("kl", "clip/low", "clip/high", "clip/fraction", "ratio", "entropy", "kl_cov")  # what `_backward` reports
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,10 @@ class UpdateSettings:
     max_len: int
     max_grad_norm: float
     precision: str = "fp32"  # fp32 | bf16 (r1lab.models.precision); bf16 takes old log-probs from the training forward
+    loss_type: str = "grpo"  # a key of grpo.losses.LOSS_TYPES
+    entropy_coef: float = 0.0  # entropy bonus; 0: the entropy is only measured (no gradient)
+    kl_cov_ratio: float = 0.0  # KL-Cov's share of tokens; 0 = off
+    kl_cov_coef: float = 1.0
 
 
 def update_policy(policy, optimizer, rollout: Rollout, settings: UpdateSettings, seed: int,
@@ -159,9 +163,16 @@ def _micro_batches(order: torch.Tensor, settings: UpdateSettings, mine: range) -
 
 def _logprobs(policy, part: Rollout, settings: UpdateSettings) -> torch.Tensor:
     """The training forward: [n, L-1] float32 log-probs of one micro-batch, in settings.precision."""
+    return _logprobs_entropy(policy, part, settings, with_entropy=False)
+
+
+def _logprobs_entropy(policy, part: Rollout, settings: UpdateSettings, with_entropy: bool = True):
+    """The training forward: log-probs [n, L-1] float32 (and, with_entropy, the entropy [n, L-1]
+    at each position, with gradient only when there is an entropy bonus)."""
     with autocast(settings.precision, part.input_ids.device):
         return sequence_logprobs(policy, part.input_ids, part.attention_mask, temperature=settings.temperature,
-                                 prompt_len=part.prompt_len)
+                                 prompt_len=part.prompt_len, with_entropy=with_entropy,
+                                 entropy_grad=settings.entropy_coef != 0.0)
 
 
 @torch.no_grad()
@@ -186,17 +197,18 @@ def _backward(policy, part: Rollout, settings: UpdateSettings, norm,
     """Forward, loss and backward for one micro-batch: its loss value, token-mean statistics and
     detached log-probs. `current_is_old`: the policy is the sampling one, so its log-probs
     (detached) are the old ones and the ratio is exactly 1."""
-    logp = _logprobs(policy, part, settings)
+    logp, entropy = _logprobs_entropy(policy, part, settings)
     old_logp = logp.detach() if current_is_old else part.old_logp
     loss, stats = grpo_loss(
         logp, old_logp, part.ref_logp, part.advantages, part.completion_mask,
-        eps_low=settings.eps_low, eps_high=settings.eps_high, beta=settings.beta,
+        eps_low=settings.eps_low, eps_high=settings.eps_high, beta=settings.beta, loss_type=settings.loss_type,
         aggregation=settings.aggregation, kl_estimator=settings.kl_estimator, max_len=settings.max_len,
-        num_sequences=norm.num_sequences, num_tokens=norm.num_tokens)
+        num_sequences=norm.num_sequences, num_tokens=norm.num_tokens, entropy=entropy,
+        entropy_coef=settings.entropy_coef, kl_cov_ratio=settings.kl_cov_ratio, kl_cov_coef=settings.kl_cov_coef)
     loss.backward()
-    return float(loss.detach()), {"kl": float(stats.kl), "clip/low": float(stats.clip_low),
-                                  "clip/high": float(stats.clip_high), "clip/fraction": float(stats.clip_fraction),
-                                  "ratio": float(stats.ratio_mean)}, logp.detach()
+    values = (stats.kl, stats.clip_low, stats.clip_high, stats.clip_fraction, stats.ratio_mean, stats.entropy,
+              stats.kl_cov)
+    return float(loss.detach()), {key: float(v) for key, v in zip(STAT_KEYS, values)}, logp.detach()
 
 
 def reference_logprobs(reference, rollout: Rollout, temperature: float, micro_batch_size: int,

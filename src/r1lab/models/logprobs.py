@@ -13,6 +13,8 @@ matmuls run in bf16 and the output projection in float32, so log-probs come from
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor, nn
 from torch.distributed.fsdp import FSDPModule
@@ -28,7 +30,8 @@ def gather_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
     return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)
 
 def sequence_logprobs(model, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor | None = None,
-                      temperature: float = 1.0, chunk_size: int = 1024, prompt_len: int | None = None) -> Tensor:
+                      temperature: float = 1.0, chunk_size: int = 1024, prompt_len: int | None = None,
+                      with_entropy: bool = False, entropy_grad: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """Per-token log-probs of input_ids[:, 1:] under the model: [B, L] -> [B, L-1] float32.
 
     Batches are left-padded (attention_mask [B, L]); positions come from the mask, so a padded row
@@ -42,38 +45,56 @@ def sequence_logprobs(model, input_ids: Tensor, attention_mask: Tensor, completi
     completions (a GRPO rollout). Rows with equal prompts then share one run of their prompt on
     architectures r1lab.models.fast_decoder knows (G completions per prompt: the prompt's share of the work is
     done once, not G times); prompt columns and padding targets get log-prob 0.
+
+    `with_entropy`: also return the entropy [B, L-1] float32 of each position's (tempered)
+    distribution, H = logsumexp(z) - sum_v softmax(z)_v z_v, made chunk by chunk from the same
+    logits (0 where the log-prob is 0 by the rules above). It has a gradient only with
+    `entropy_grad` (an entropy bonus); otherwise it costs no autograd memory.
     """
     B, L = input_ids.shape
     if completion_mask is not None and completion_mask.shape != (B, L - 1):
         raise ValueError(f"completion_mask must have shape {(B, L - 1)} (targets), got {tuple(completion_mask.shape)}")
     scale = 1.0 if temperature == 0 else temperature
+    entropy = _EntropyMode(with_entropy, entropy_grad)
     rollout = prompt_len is not None and 0 < prompt_len < L
     if rollout and fast_decoder.supports(model):
-        logps = _shared_prompt_logprobs(model, input_ids, attention_mask, prompt_len, scale, chunk_size)
+        logps, ent = _shared_prompt_logprobs(model, input_ids, attention_mask, prompt_len, scale, chunk_size, entropy)
     else:
-        logps = _full_logprobs(model, input_ids, attention_mask, completion_mask, scale, chunk_size)
+        logps, ent = _full_logprobs(model, input_ids, attention_mask, completion_mask, scale, chunk_size, entropy)
     if rollout:  # the same zeros whichever path ran: prompt columns and padding targets
         logps = logps.masked_fill(attention_mask[:, 1:] == 0, 0.0)
         logps[:, :prompt_len - 1] = 0.0
     if completion_mask is not None:
         logps = logps.masked_fill(~completion_mask.bool(), 0.0)
-    return logps
+        ent = ent.masked_fill(~completion_mask.bool(), 0.0) if with_entropy else ent
+    return (logps, ent) if with_entropy else logps
+
+
+class _EntropyMode(NamedTuple):
+    wanted: bool = False  # compute the entropy alongside the log-probs
+    grad: bool = False  # with autograd (an entropy bonus), else under no_grad
+
+
+def _padded(pieces: Tensor | None, B: int, left: int) -> Tensor | None:
+    """[B, T] -> [B, left + T] with `left` zero columns in front (None stays None)."""
+    return None if pieces is None else torch.cat([pieces.new_zeros(B, left), pieces], dim=1)
 
 def _full_logprobs(model, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor | None, scale: float,
-                   chunk_size: int) -> Tensor:
-    """sequence_logprobs through the model's own forward (any causal LM). [B, L] -> [B, L-1]"""
+                   chunk_size: int, entropy: _EntropyMode) -> tuple[Tensor, Tensor | None]:
+    """sequence_logprobs through the model's own forward (any causal LM). [B, L] -> [B, L-1] (x2)"""
     B, L = input_ids.shape
     start = 0
     if completion_mask is not None:
         columns = completion_mask.bool().any(dim=0).nonzero()
         start = int(columns[0]) if len(columns) else L - 1
     hidden, head = _hidden_and_head(model, input_ids, attention_mask)  # hidden [B, L, H] or logits if head is None
-    logps = _chunked_logprobs(hidden[:, start:L - 1], input_ids[:, start + 1:], head, scale, chunk_size)
-    return torch.cat([logps.new_zeros(B, start), logps], dim=1)
+    logps, ent = _chunked_logprobs(hidden[:, start:L - 1], input_ids[:, start + 1:], head, scale, chunk_size, entropy)
+    return _padded(logps, B, start), _padded(ent, B, start)
+
 
 def _shared_prompt_logprobs(model, input_ids: Tensor, attention_mask: Tensor, prompt_len: int, scale: float,
-                            chunk_size: int) -> Tensor:
-    """sequence_logprobs with each distinct prompt run once (see there). [B, L] -> [B, L-1]"""
+                            chunk_size: int, entropy: _EntropyMode) -> tuple[Tensor, Tensor | None]:
+    """sequence_logprobs with each distinct prompt run once (see there). [B, L] -> [B, L-1] (x2)"""
     B, L = input_ids.shape
     prompt_mask = attention_mask[:, :prompt_len]
     prompts = input_ids[:, :prompt_len].masked_fill(prompt_mask == 0, -1)  # pad ids don't make prompts differ
@@ -89,22 +110,42 @@ def _shared_prompt_logprobs(model, input_ids: Tensor, attention_mask: Tensor, pr
     last, hidden = fast_decoder.LeanModel(model).shared_prompt_hidden(
         input_ids[first, lo:prompt_len], prompt_mask[:, lo:], completions[:, :-1], owner)
     features = torch.cat([last[owner][:, None], hidden], dim=1)  # [B, L - prompt_len, H]: predicts completions
-    logps = _chunked_logprobs(features, completions, model.get_output_embeddings(), scale, chunk_size)
-    logps = logps.masked_fill(attention_mask[:, prompt_len:] == 0, 0.0)
-    return torch.cat([logps.new_zeros(B, prompt_len - 1), logps], dim=1)
+    logps, ent = _chunked_logprobs(features, completions, model.get_output_embeddings(), scale, chunk_size, entropy)
+    padding = attention_mask[:, prompt_len:] == 0
+    logps = logps.masked_fill(padding, 0.0)
+    ent = None if ent is None else ent.masked_fill(padding, 0.0)
+    return _padded(logps, B, prompt_len - 1), _padded(ent, B, prompt_len - 1)
 
 def _chunked_logprobs(features: Tensor, targets: Tensor, head: nn.Module | None, scale: float,
-                      chunk_size: int) -> Tensor:
-    """log_softmax(head(features) / scale)[target], `chunk_size` rows of logits at a time.
-    features [B, T, H] (or logits [B, T, V] when head is None), targets [B, T] -> [B, T] float32."""
+                      chunk_size: int, entropy: _EntropyMode = _EntropyMode()) -> tuple[Tensor, Tensor | None]:
+    """log_softmax(head(features) / scale)[target], `chunk_size` rows of logits at a time, and the
+    entropy of each row's distribution if `entropy.wanted` (else None): no [B*T, V] tensor exists.
+    features [B, T, H] (or logits [B, T, V] when head is None), targets [B, T] -> [B, T] float32 (x2)."""
     B, T = targets.shape
     flat, targets = features.reshape(B * T, -1), targets.reshape(-1)
-    pieces = []
+    pieces, entropies = [], []
     for s in range(0, flat.shape[0], chunk_size):
         logits = flat[s:s + chunk_size]
         logits = (float32_head(head, logits) if head is not None else logits).float()
-        pieces.append(gather_logprobs(logits / scale if scale != 1.0 else logits, targets[s:s + chunk_size]))
-    return torch.cat(pieces).reshape(B, T) if pieces else flat.new_zeros(B, T, dtype=torch.float32)
+        logits = logits / scale if scale != 1.0 else logits
+        pieces.append(gather_logprobs(logits, targets[s:s + chunk_size]))
+        if entropy.wanted:
+            with torch.set_grad_enabled(entropy.grad and torch.is_grad_enabled()):
+                entropies.append(token_entropy(logits))
+    empty = flat.new_zeros(B, T, dtype=torch.float32)
+    logps = torch.cat(pieces).reshape(B, T) if pieces else empty
+    return logps, (torch.cat(entropies).reshape(B, T) if entropies else empty) if entropy.wanted else None
+
+
+def token_entropy(logits: Tensor) -> Tensor:
+    """Entropy of softmax(logits) per row: logsumexp(z) - sum_v softmax(z)_v z_v. [..., V] -> [...]
+
+    Written through logsumexp so a -inf logit (a masked token) adds 0 instead of 0 * inf = NaN.
+    """
+    lse = logits.logsumexp(dim=-1, keepdim=True)
+    probs = torch.exp(logits - lse)
+    weighted = torch.where(probs > 0, probs * logits, torch.zeros_like(probs))
+    return lse.squeeze(-1) - weighted.sum(-1)
 
 def _hidden_and_head(model, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, nn.Module | None]:
     """(last hidden states [B, L, H], output projection), or (logits [B, L, V], None) for models

@@ -21,6 +21,7 @@ PANELS = (
     ("completion length (tokens)", ("completion_length/mean",)),
     ("reflection rate", ("reflection_rate",)),
     ("KL to reference", ("kl",)),
+    ("policy entropy (nats/token)", ("entropy",)),
 )
 
 
@@ -48,7 +49,8 @@ def plot_run(run: Path, output: Path | None = None, smooth: int = 10) -> Path:
     if not rows:
         raise R1labError(f"{run / 'metrics.jsonl'}: no metrics to plot")
     eval_keys = sorted({k for r in rows for k in r if k.startswith("eval/") and k.endswith("/pass@1")})
-    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    columns = -(-len(PANELS) // 2)
+    fig, axes = plt.subplots(2, columns, figsize=(4.4 * columns, 6.5))
     for ax, (title, keys) in zip(axes.flat, PANELS):
         keys = tuple(eval_keys) if keys == ("eval/all/pass@1",) else keys
         for key in keys:
@@ -64,6 +66,8 @@ def plot_run(run: Path, output: Path | None = None, smooth: int = 10) -> Path:
         ax.set_xlabel("step")
         if keys == tuple(eval_keys) and eval_keys:
             ax.legend(fontsize=8)
+    for ax in list(axes.flat)[len(PANELS):]:
+        ax.axis("off")
     fig.suptitle(str(run), fontsize=10)
     fig.tight_layout()
     output = output or run / "curves.png"
