@@ -24,18 +24,29 @@ from r1lab.config import check_choices
 from r1lab.grpo.losses import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS
 from r1lab.lora import TARGET_MODULES, check_lora_settings
 from r1lab.metrics import REFLECTION_PHRASES
+from r1lab.problem_formats import FORMATS
 from r1lab.precision import PRECISIONS
 from r1lab.templates import TEMPLATES
 
 
 @dataclass(frozen=True)
 class GRPOData:
-    train: str = ""  # JSONL/Parquet with `prompt` (or `problem`) and `answer`; or empty for micro tasks
+    # JSONL/Parquet file, `datasets` folder or hub dataset name (online); empty: micro tasks
+    train: str = ""
+    # a user's rows -> problems (r1lab.problem_formats): gsm8k (#### answers) | math (\boxed{}) | plain
+    format: str = "plain"
+    prompt_column: str = ""  # empty: the format's default (question / problem / prompt)
+    answer_column: str = ""  # empty: the format's default (answer / solution / answer)
+    system_prompt: str = ""  # a system message before each prompt (chat template)
+    subset: str = ""  # hub datasets only: the configuration name (openai/gsm8k: main)
     tasks: tuple[str, ...] = ("addition", "subtraction", "multiplication")  # micro tasks, used when `train` is empty
     levels: dict[str, tuple[int, ...]] = field(default_factory=dict)
     num_train: int = 20000  # micro problems generated per task
     eval: str = ""  # held-out JSONL for periodic evaluation (micro: the test split of `tasks`)
     num_eval: int = 50  # held-out problems per task for periodic evaluation
+
+    def __post_init__(self) -> None:
+        check_choices("data.format", self.format, FORMATS)
 
 
 @dataclass(frozen=True)
