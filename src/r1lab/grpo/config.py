@@ -25,6 +25,8 @@ from r1lab.grpo.losses import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS
 from r1lab.lora import TARGET_MODULES, check_lora_settings
 from r1lab.metrics import REFLECTION_PHRASES
 from r1lab.problem_formats import FORMATS
+from r1lab.rewards.calling import FAILURE_POLICIES
+from r1lab.tracking import TRACKERS
 from r1lab.precision import PRECISIONS
 from r1lab.templates import TEMPLATES
 
@@ -51,7 +53,10 @@ class GRPOData:
 
 @dataclass(frozen=True)
 class GRPOConfig:
-    model: str = "runs/micro/base/final"
+    model: str = "runs/micro/base/final"  # a local folder (always tried first) or a hub name
+    revision: str = ""  # hub models: branch, tag or commit
+    trust_remote_code: bool = False  # run a hub model's own modelling code
+    attn_implementation: str = ""  # eager | sdpa | flash_attention_2; empty: transformers' choice
     data: GRPOData = field(default_factory=GRPOData)
     output_dir: str = "runs/grpo"
     seed: int = 0
@@ -63,6 +68,8 @@ class GRPOConfig:
     # from step 1. R1 stage 4 adds the preference rewards only in the last 400 of 1,700 steps.
     reward_from_step: tuple[int, ...] = ()
     template: str = "r1_zero"
+    reward_failures: str = "raise"  # raise: a raising reward stops the run | skip: its batch counts as None
+    max_reward_failures: int = 3  # with skip: failed calls in a row of one reward that stop the run
 
     # rollouts
     num_generations: int = 16  # G
@@ -124,6 +131,7 @@ class GRPOConfig:
     eval_temperature: float = 0.6
     eval_top_p: float = 0.95
     reflection_phrases: tuple[str, ...] = REFLECTION_PHRASES
+    report_to: tuple[str, ...] = ()  # tensorboard | wandb | trackio, beside metrics.jsonl (r1lab.tracking)
 
     # checkpoints
     save_every: int = 50
@@ -141,6 +149,10 @@ class GRPOConfig:
         check_choices("lr_schedule", self.lr_schedule, ("constant", "cosine"))
         check_choices("rollout_backend", self.rollout_backend, ("native", "vllm"))
         check_choices("precision", self.precision, PRECISIONS)
+        check_choices("reward_failures", self.reward_failures, FAILURE_POLICIES)
+        check_choices("report_to", self.report_to, TRACKERS)
+        if self.max_reward_failures < 1:
+            raise ValueError(f"max_reward_failures must be >= 1, got {self.max_reward_failures}")
         if self.reward_weights and len(self.reward_weights) != len(self.rewards):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} entries for {len(self.rewards)} rewards")
         if self.reward_from_step and len(self.reward_from_step) != len(self.rewards):

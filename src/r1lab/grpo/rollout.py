@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from r1lab.grpo.losses import ADVANTAGES, soft_overlong_penalty, zero_variance_groups
 from r1lab.precision import autocast
-from r1lab.rewards import combine_rewards
+from r1lab.rewards import FailurePolicy, RewardInputs, TrainerState, combine_rewards
 from r1lab.sampling import Completion, SamplingParams, generate
 
 
@@ -105,6 +105,8 @@ class RolloutSettings:
     sampler: Callable = generate  # (policy, tokenizer, prompt_ids, params, batch_size=, seeds=) -> [P][G] Completions
     step_noise: float = 0.0  # micro column steps corrupted while sampling (grpo/noise.py)
     precision: str = "fp32"  # fp32 | bf16: the sampler runs under r1lab.precision.autocast
+    failures: FailurePolicy = field(default_factory=FailurePolicy)  # what a raising reward does
+    trainer_state: TrainerState | None = None  # passed to rewards (TRL's `trainer_state`)
 
 
 def rollout_sampler(backend: str, model_path: str, seed: int) -> Callable:
@@ -135,7 +137,10 @@ def sample_and_score(policy, tokenizer, rows: list[dict], prompt_ids: list[list[
     g = settings.params.n
     texts = [c.text for group in completions for c in group]
     columns = _columns(rows, g)
-    total, per_reward = combine_rewards(settings.reward_fns, settings.reward_weights, texts, **columns)
+    inputs = RewardInputs(prompts=columns.get("prompt"), trainer_state=settings.trainer_state,
+                          completion_ids=[list(c.token_ids) for group in completions for c in group])
+    total, per_reward = combine_rewards(settings.reward_fns, settings.reward_weights, texts, inputs=inputs,
+                                        failures=settings.failures, **columns)
     rewards = torch.tensor(total, dtype=torch.float32).view(len(rows), g)
     if settings.overlong_cache > 0:
         lengths = torch.tensor([len(c.token_ids) for group in completions for c in group])

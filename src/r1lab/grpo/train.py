@@ -29,7 +29,7 @@ import torch
 from r1lab import distributed
 from r1lab.checkpoint import (checkpoint_dir, latest_checkpoint, load_checkpoint, load_weights, prune_checkpoints,
                               save_checkpoint, save_final, save_model)
-from r1lab.config import save_config
+from r1lab.config import save_config, to_dict
 from r1lab.errors import R1labError
 from r1lab.grpo.config import GRPOConfig
 from r1lab.grpo.data import PromptStream, load_eval_rows, load_train_rows
@@ -41,13 +41,15 @@ from r1lab.grpo.rollout import (RolloutSettings, Scored, informative_groups, pac
                                 sample_and_score)
 from r1lab.grpo.update import UpdateSettings, reference_logprobs, update_policy
 from r1lab.lora import apply_lora, disabled_adapters, is_lora, save_merged
-from r1lab.modeling import load_model_and_tokenizer
+from r1lab.modeling import load_model, load_tokenizer
 from r1lab.precision import check_supported
 from r1lab.plots import plot_run
-from r1lab.rewards import load_reward
+from r1lab.rewards import FailurePolicy, TrainerState, load_reward
 from r1lab.sampling import SamplingParams, generate
 from r1lab.sft import lr_multiplier
-from r1lab.templates import render_prompt
+from r1lab.problem_formats import encode_prompts, render_problem
+from r1lab.tokenizer import is_micro_tokenizer
+from r1lab.tracking import Tracker, check_trackers
 
 __all__ = ["GRPOConfig", "main"]
 
@@ -64,25 +66,27 @@ def main(config: GRPOConfig) -> dict:
     if is_main:
         save_config(config, out / "config.yaml")
 
-    policy, tokenizer, reference = _load_policy(config)
+    tokenizer = load_tokenizer(config.model, config.revision, config.trust_remote_code)
+    stream, eval_rows, rollout_settings = _prepare(config, tokenizer)  # before the model: a typo costs seconds
+    policy, reference = _load_policy(config)
     device = next(policy.parameters()).device
     check_supported(config.precision, device)
-    stream = PromptStream(load_train_rows(config.data, config.seed), config.seed)  # every process: the whole stream
-    eval_rows = load_eval_rows(config.data, config.seed)
-    rollout_settings = _rollout_settings(config)
     optimizer, scheduler = _optimizer(policy, config)
 
     start, ref_step = _resume(config, out, policy, reference, optimizer, scheduler, stream)
     log = MetricsLog(out / "metrics.jsonl", keep_up_to=start) if is_main else None
+    tracker = Tracker(config.report_to, out, to_dict(config)) if is_main else None
     if start == 0 and eval_rows:
         evaluation = _evaluate(policy, tokenizer, eval_rows, config)  # every process: a share of the rows
         if log:
             log.write({"step": 0, **evaluation})
+            tracker.log({"step": 0, **evaluation})
 
     progress = _progress(config, start) if is_main else None
     for step in range(start + 1, config.max_steps + 1):
         t0 = time.perf_counter()
-        settings = dataclasses.replace(rollout_settings, reward_weights=config.weights_at(step))
+        settings = dataclasses.replace(rollout_settings, reward_weights=config.weights_at(step),
+                                       trainer_state=_trainer_state(step, config, stream))
         scored, sampled, rollout, mine = _rollout(policy, reference, tokenizer, stream, config, settings, step, device)
         g = config.num_generations
         t1 = time.perf_counter()
@@ -106,12 +110,35 @@ def main(config: GRPOConfig) -> dict:
         if is_main:
             _write_step(out, config, step, metrics, scored, log, (policy, tokenizer, optimizer, scheduler),
                         {"step": step, "ref_step": ref_step, "stream": stream.state()})
+            tracker.log(metrics)
         _report(progress, metrics)
 
     if is_main:
+        tracker.close()
         _save_final(out, config, policy, tokenizer)
     distributed.barrier()  # every process returns once the files are there
     return log.last if log else {}
+
+
+def _prepare(config: GRPOConfig, tokenizer) -> tuple[PromptStream, list[dict], RolloutSettings]:
+    """The prompt stream, the eval rows and the rollout settings (rewards loaded and set up), each
+    checked before the model loads; the first prompts are rendered with the template."""
+    if not config.data.train and not is_micro_tokenizer(tokenizer):
+        raise R1labError(f"{config.model} is not a micro model, and data.train is not set: give data.train "
+                         "(a JSONL/Parquet file, a datasets folder or a hub dataset); the micro tasks are for "
+                         "micro models")
+    check_trackers(config.report_to)
+    rows = load_train_rows(config.data, config.seed)
+    eval_rows = load_eval_rows(config.data, config.seed)
+    _prompt_ids(rows[:1] + eval_rows[:1], tokenizer, config)
+    return PromptStream(rows, config.seed), eval_rows, _rollout_settings(config)  # every process: the whole stream
+
+
+def _trainer_state(step: int, config: GRPOConfig, stream: PromptStream) -> TrainerState:
+    """What a reward sees as TRL's `trainer_state` while step `step` (1-based) is sampled."""
+    epoch = stream.epoch + stream.position / max(1, len(stream.rows))
+    return TrainerState(global_step=step - 1, max_steps=config.max_steps, epoch=epoch,
+                        is_world_process_zero=distributed.is_main())
 
 
 def _rollout_settings(config: GRPOConfig) -> RolloutSettings:
@@ -123,7 +150,7 @@ def _rollout_settings(config: GRPOConfig) -> RolloutSettings:
         reward_weights=config.weights, overlong_cache=config.overlong_cache,
         batch_size=config.rollout_batch_size,
         sampler=rollout_sampler(config.rollout_backend, config.model, config.seed), step_noise=config.step_noise,
-        precision=config.precision)
+        precision=config.precision, failures=FailurePolicy(config.reward_failures, config.max_reward_failures))
 
 
 def _optimizer(policy, config: GRPOConfig):
@@ -187,14 +214,15 @@ def _write_step(out: Path, config: GRPOConfig, step: int, metrics: dict, scored:
 
 
 def _load_policy(config: GRPOConfig):
-    """(policy, tokenizer, frozen reference copy or None). With LoRA the policy is a PEFT model and
-    there is no copy: the reference is the policy with its adapters off (`_reference_logprobs`)."""
-    policy, tokenizer = load_model_and_tokenizer(config.model, device=distributed.device(config.device))
+    """(policy, frozen reference copy or None). With LoRA the policy is a PEFT model and there is
+    no copy: the reference is the policy with its adapters off (`_reference_logprobs`)."""
+    policy = load_model(config.model, device=distributed.device(config.device), revision=config.revision,
+                        trust_remote_code=config.trust_remote_code, attn_implementation=config.attn_implementation)
     if config.lora_r > 0:
         policy = apply_lora(policy, config.lora_r, config.lora_alpha, config.lora_dropout,
                             config.lora_target_modules, seed=config.seed)
     reference = _frozen_copy(policy) if config.beta > 0 and not is_lora(policy) else None
-    return policy, tokenizer, reference
+    return policy, reference
 
 
 def _frozen_copy(model):
@@ -245,7 +273,7 @@ def _collect(policy, tokenizer, stream: PromptStream, config: GRPOConfig, settin
     result = Scored.concat(kept) if kept else sampled[-1]
     if len(result.rows) > config.prompts_per_step:
         result = result.keep(range(config.prompts_per_step))
-    return result, _prompt_ids(result.rows, tokenizer, config.template), Scored.concat(sampled)
+    return result, _prompt_ids(result.rows, tokenizer, config), Scored.concat(sampled)
 
 
 def _sample_shared(policy, tokenizer, rows: list[dict], config: GRPOConfig, settings: RolloutSettings,
@@ -257,14 +285,15 @@ def _sample_shared(policy, tokenizer, rows: list[dict], config: GRPOConfig, sett
     if mine:
         local = rows[mine.start:mine.stop]
         seeds = [group_seed(config.seed, *draw, i) for i in mine]
-        part = sample_and_score(policy, tokenizer, local, _prompt_ids(local, tokenizer, config.template), settings,
+        part = sample_and_score(policy, tokenizer, local, _prompt_ids(local, tokenizer, config), settings,
                                 seeds)
     return gather_scored(part)
 
 
-def _prompt_ids(rows: list[dict], tokenizer, template: str) -> list[list[int]]:
-    texts = [render_prompt(template, row["prompt"], tokenizer) for row in rows]
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+def _prompt_ids(rows: list[dict], tokenizer, config: GRPOConfig) -> list[list[int]]:
+    """Token ids of the rows' prompts: templated (or chat-rendered), BOS as the tokenizer adds it."""
+    texts = [render_problem(row["prompt"], config.template, tokenizer, config.data.system_prompt) for row in rows]
+    return encode_prompts(tokenizer, texts)
 
 
 def _resume(config, out, policy, reference, optimizer, scheduler, stream) -> tuple[int, int]:
@@ -295,7 +324,7 @@ def _evaluate(policy, tokenizer, rows: list[dict], config: GRPOConfig) -> dict:
                              seed=config.seed, reflection_phrases=config.reflection_phrases, progress=False,
                              batch_size=config.rollout_batch_size)
     mine = share(len(rows))
-    prompts = [render_prompt(config.template, rows[i]["prompt"], tokenizer) for i in mine]
+    prompts = _prompt_ids([rows[i] for i in mine], tokenizer, config)
     policy.eval()
     with torch.inference_mode():
         groups = generate(policy, tokenizer, prompts, eval_config.sampling(), batch_size=config.rollout_batch_size,
