@@ -45,6 +45,7 @@ from r1lab.io import append_jsonl, read_jsonl, read_rows, write_jsonl
 from r1lab.lora import TARGET_MODULES, apply_lora, check_lora_settings, is_lora, save_merged
 from r1lab.modeling import DTYPES, load_model_and_tokenizer
 from r1lab.templates import TEMPLATES
+from r1lab.tracking import TRACKERS, Tracker, check_trackers
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class TrainSettings:
     keep_checkpoints: int = 2  # <= 0: keep all
     log_every: int = 10
     seed: int = 0
+    report_to: tuple[str, ...] = ()  # tensorboard | wandb | trackio, beside metrics.jsonl (r1lab.tracking)
 
     def __post_init__(self):
         if self.learning_rate <= 0:
@@ -83,6 +85,7 @@ class TrainSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_steps <= 0 and self.epochs < 1:
             raise ValueError("set max_steps > 0 or epochs >= 1")
+        check_choices("report_to", self.report_to, TRACKERS)
 
 
 def lr_multiplier(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
@@ -199,7 +202,8 @@ def train(model, tokenizer, train_examples: Sequence[Example], eval_examples: Se
     trainee = distributed.data_parallel(model)  # `model` itself in a single process
     stream = _batch_stream(train_examples, settings, state["epoch"], state["position"])
     main = distributed.is_main()
-    log = _MetricsLog(output_dir / "metrics.jsonl") if main else None
+    log = _MetricsLog(output_dir / "metrics.jsonl", Tracker(settings.report_to, output_dir,
+                                                            dataclasses.asdict(settings))) if main else None
     bar = tqdm(total=total_steps, initial=state["step"], desc=desc, dynamic_ncols=True, disable=not main)
     trainee.train()
     while state["step"] < total_steps:
@@ -224,6 +228,7 @@ def train(model, tokenizer, train_examples: Sequence[Example], eval_examples: Se
             prune_checkpoints(output_dir, settings.keep_checkpoints)
     bar.close()
     if main:
+        log.tracker.close()
         save_final(output_dir / "final", model, tokenizer)
     distributed.barrier()  # every process returns only once the files are there
     return {"train_loss": state.get("loss"), "eval_loss": state.get("eval_loss"), "steps": state["step"],
@@ -233,8 +238,8 @@ def train(model, tokenizer, train_examples: Sequence[Example], eval_examples: Se
 class _MetricsLog:
     """Appends rows to metrics.jsonl, adding the tokens/s since the previous row."""
 
-    def __init__(self, path: Path):
-        self.path, self.clock, self.tokens = path, time.perf_counter(), 0
+    def __init__(self, path: Path, tracker: Tracker):
+        self.path, self.clock, self.tokens, self.tracker = path, time.perf_counter(), 0, tracker
 
     def add(self, tokens: int) -> None:
         self.tokens += tokens
@@ -244,6 +249,7 @@ class _MetricsLog:
         row["tokens_per_s"] = round(self.tokens / max(now - self.clock, 1e-9), 1)
         row["peak_memory_mb"] = distributed.peak_memory_mb()
         append_jsonl(self.path, row)
+        self.tracker.log(row)
         self.clock, self.tokens = now, 0
 
 
@@ -341,7 +347,10 @@ def _device_of(model) -> torch.device:
 class SFTConfig(TrainSettings):
     """``r1lab sft`` settings: the data and model below, plus every `TrainSettings` field."""
 
-    model: str = ""  # model folder (or hub name) with its tokenizer
+    model: str = ""  # model folder (always tried first) or hub name, with its tokenizer
+    revision: str = ""  # hub models: branch, tag or commit
+    trust_remote_code: bool = False  # run a hub model's own modelling code
+    attn_implementation: str = ""  # eager | sdpa | flash_attention_2; empty: transformers' choice
     train_data: str = ""  # .jsonl, .parquet or a datasets folder
     eval_data: str = ""  # empty: hold out eval_fraction of train_data (0: no eval)
     eval_fraction: float = 0.0
@@ -390,7 +399,10 @@ def main(config: SFTConfig) -> dict:
     check_output_dir(output_dir, config.resume)  # before config.yaml is overwritten
     train_rows = read_rows(config.train_data)  # before the model: a wrong path fails fast
     eval_rows = read_rows(config.eval_data) if config.eval_data else None
-    model, tokenizer = load_model_and_tokenizer(config.model, config.dtype, distributed.device(config.device))
+    check_trackers(config.report_to)
+    model, tokenizer = load_model_and_tokenizer(config.model, config.dtype, distributed.device(config.device),
+                                                revision=config.revision, trust_remote_code=config.trust_remote_code,
+                                                attn_implementation=config.attn_implementation)
     if config.gradient_checkpointing:
         _enable_gradient_checkpointing(model)
     if config.lora_r > 0:
