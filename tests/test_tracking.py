@@ -41,6 +41,11 @@ def test_grpo_tensorboard_events_read_back(tiny_model_dir, prompts, tmp_path):
         scalars = events.Scalars(key)
         assert [s.step for s in scalars] == [1, 2]
         assert [s.value for s in scalars] == pytest.approx([r[key] for r in rows], rel=1e-6, abs=1e-7)
+    # r1lab report RUN_DIR works on a single run
+    assert cli_main(["report", str(out)]) == 0
+    result = json.loads((out / "results.json").read_text())
+    assert result["steps"] == 2 and result["metrics"]["loss"] == {"first": rows[0]["loss"], "last": rows[1]["loss"]}
+    assert (out / "report.html").is_file() and (out / "curves.png").is_file()
 
 
 def test_sft_wandb_offline_writes_its_run_folder(tiny_model_dir, tmp_path, monkeypatch):
@@ -60,6 +65,8 @@ def test_sft_wandb_offline_writes_its_run_folder(tiny_model_dir, tmp_path, monke
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
     assert [s.step for s in events.Scalars("loss")] == [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3]
+    assert cli_main(["report", str(out)]) == 0
+    assert "| loss |" in (out / "results.md").read_text()
 
 
 def test_trackio_logs_to_its_local_database(tmp_path):

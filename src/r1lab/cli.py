@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from pathlib import Path
 
 from r1lab.errors import R1labError
 
@@ -49,6 +50,8 @@ def parse_args(argv: list[str]) -> tuple[str, str | None, list[str]]:
     config_path = None
     if rest and "=" not in rest[0] and not rest[0].startswith("-"):
         config_path, rest = rest[0], rest[1:]
+    if command == "report" and config_path and Path(config_path).is_dir():  # r1lab report RUN_DIR
+        config_path, rest = None, [f"run_dir={config_path}", *rest]
     for item in rest:
         if item in ("-h", "--help"):
             continue
