@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "pipeline": ("r1lab.pipeline", "PipelineConfig", "the whole R1 recipe, stage by stage, resumable"),
     "report": ("r1lab.report", "ReportConfig", "results table, curves and HTML report of a pipeline run"),
     "plot": ("r1lab.plots", "PlotConfig", "curves of a run's metrics.jsonl as a PNG"),
+    "init-model": ("r1lab.init_model", "InitModelConfig",
+                   "a random-initialised Qwen2.5 / Llama-3.2-shaped model and tokenizer, offline"),
     "demo": ("r1lab.pipeline", "PipelineConfig", "= make demo: the pipeline with its micro defaults"),
 }
 

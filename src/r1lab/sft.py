@@ -41,9 +41,10 @@ from r1lab.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint,
 from r1lab.config import check_choices, save_config
 from r1lab.data import IGNORE_INDEX, Example, batches, collate, split_examples, tokenize_rows
 from r1lab.errors import R1labError
-from r1lab.io import append_jsonl, read_jsonl, read_rows, write_jsonl
+from r1lab.io import append_jsonl, read_jsonl, write_jsonl
 from r1lab.lora import TARGET_MODULES, apply_lora, check_lora_settings, is_lora, save_merged
 from r1lab.modeling import DTYPES, load_model_and_tokenizer
+from r1lab.problem_formats import read_problem_rows
 from r1lab.templates import TEMPLATES
 from r1lab.tracking import TRACKERS, Tracker, check_trackers
 
@@ -351,7 +352,8 @@ class SFTConfig(TrainSettings):
     revision: str = ""  # hub models: branch, tag or commit
     trust_remote_code: bool = False  # run a hub model's own modelling code
     attn_implementation: str = ""  # eager | sdpa | flash_attention_2; empty: transformers' choice
-    train_data: str = ""  # .jsonl, .parquet or a datasets folder
+    train_data: str = ""  # .jsonl, .parquet, a datasets folder, or a hub dataset name (online)
+    data_subset: str = ""  # hub datasets only: the configuration name (Mixture-of-Thoughts: math)
     eval_data: str = ""  # empty: hold out eval_fraction of train_data (0: no eval)
     eval_fraction: float = 0.0
     template: str = "raw"  # prompt template for prompt/completion rows (r1lab.templates)
@@ -397,8 +399,9 @@ def main(config: SFTConfig) -> dict:
         torch.set_num_threads(config.threads)
     output_dir = Path(config.output_dir)
     check_output_dir(output_dir, config.resume)  # before config.yaml is overwritten
-    train_rows = read_rows(config.train_data)  # before the model: a wrong path fails fast
-    eval_rows = read_rows(config.eval_data) if config.eval_data else None
+    # before the model: a wrong path fails fast; a local file or folder, else a hub dataset (online)
+    train_rows = read_problem_rows(config.train_data, "train", config.data_subset)
+    eval_rows = read_problem_rows(config.eval_data, "test", config.data_subset) if config.eval_data else None
     check_trackers(config.report_to)
     model, tokenizer = load_model_and_tokenizer(config.model, config.dtype, distributed.device(config.device),
                                                 revision=config.revision, trust_remote_code=config.trust_remote_code,
