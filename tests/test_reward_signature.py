@@ -101,3 +101,17 @@ def test_skip_policy_stops_after_n_failures_in_a_row(caplog):
     assert "2 failed calls in a row" in excinfo.value.__notes__[0]
     with pytest.raises(R1labError, match="reward_failures"):
         FailurePolicy("ignore")
+
+
+def test_the_docs_trl_reward_example_runs_unchanged():
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "your_model.md").read_text()
+    code = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(compile(code, "your_model.md", "exec"), namespace)
+    inputs = RewardInputs(prompts=["q", "q"], completion_ids=[[1] * 10, [1] * 20],
+                          trainer_state=TrainerState(global_step=5, max_steps=10))
+    total, _ = combine_rewards([namespace["short_and_right"]], None, ["so 72", "maybe 71"], inputs=inputs,
+                               answer=["72", "72"])
+    assert total == pytest.approx([1 - 0.001 * 0.5 * 10, -0.001 * 0.5 * 20])
