@@ -24,6 +24,7 @@ from r1lab.io import read_rows, write_json, write_jsonl
 from r1lab.metrics import REFLECTION_PHRASES, cons_at_k, has_reflection, mean, pass_at_1, pass_at_k
 from r1lab.rewards.answers import answers_match, extract_answer
 from r1lab.rewards.formatting import format_reward, readable_format_reward
+from r1lab.rewards.gym import reasoning_gym_reward
 from r1lab.sampling import SamplingParams, generate
 from r1lab.templates import render_prompt
 
@@ -150,6 +151,9 @@ def judge(row: dict, completion, phrases=REFLECTION_PHRASES) -> dict:
     if task in tasks.TASKS:
         correct = tasks.verify(task, answer, row)
         vote = tasks.canonical(task, answer, row) if answer is not None else None
+    elif isinstance(row.get("reasoning_gym_entry"), dict):  # reasoning-gym's own verifier, as in training
+        correct = reasoning_gym_reward([text], reasoning_gym_entry=[row["reasoning_gym_entry"]])[0] == 1.0
+        vote = "".join(answer.split()) if answer is not None else None
     else:
         correct = answer is not None and answers_match(answer, row["answer"])
         vote = "".join(answer.split()) if answer is not None else None

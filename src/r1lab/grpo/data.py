@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 from r1lab import tasks
 from r1lab.grpo.config import GRPOData
-from r1lab.problem_formats import ProblemFormat, prepare_rows, read_problem_rows
+from r1lab.problem_formats import REASONING_GYM, ProblemFormat, prepare_rows, read_problem_rows
 
 
 def load_train_rows(data: GRPOData, seed: int) -> list[dict]:
     if data.train:
-        return _user_rows(data, data.train, "train")
+        return _user_rows(data, data.train, "train", seed)
     rows = []
     for name in data.tasks:
         levels = tuple(data.levels.get(name) or ()) or None
@@ -26,8 +26,10 @@ def load_train_rows(data: GRPOData, seed: int) -> list[dict]:
 
 def load_eval_rows(data: GRPOData, seed: int) -> list[dict]:
     if data.eval:
-        rows = _user_rows(data, data.eval, "test")
+        rows = _user_rows(data, data.eval, "test", seed)
         rows = [{**row, "task": row.get("task") or "math"} for row in rows]  # evaluation groups by task
+        if data.eval.startswith(REASONING_GYM):  # already num_eval per task
+            return rows
         return rows[: data.num_eval] if data.num_eval > 0 else rows
     if data.train:
         return []
@@ -39,9 +41,10 @@ def load_eval_rows(data: GRPOData, seed: int) -> list[dict]:
 
 
 # --- a user's problems: r1lab.problem_formats (data.format, column mapping, hub names) ---
-def _user_rows(data: GRPOData, source: str, split: str) -> list[dict]:
+def _user_rows(data: GRPOData, source: str, split: str, seed: int) -> list[dict]:
     fmt = ProblemFormat(data.format, data.prompt_column, data.answer_column)
-    return prepare_rows(read_problem_rows(source, split, data.subset), fmt, source)
+    size = data.num_train if split == "train" else data.num_eval  # reasoning_gym: problems per task
+    return prepare_rows(read_problem_rows(source, split, data.subset, size, seed), fmt, source)
 # --- end ---
 
 

@@ -24,6 +24,7 @@ from r1lab.rewards.calling import (FailurePolicy, RewardInputs, TrainerState, ca
                                    conversational_completions)
 from r1lab.rewards.answers import answers_match, extract_answer, normalise
 from r1lab.rewards.code import binary_code_reward, code_reward, extract_code, make_code_reward
+from r1lab.rewards.gym import reasoning_gym_reward
 from r1lab.rewards.formatting import format_reward, lenient_format_reward, readable_format_reward, tag_count_reward
 from r1lab.rewards.rules import (
     accuracy_reward,
@@ -58,6 +59,7 @@ REWARDS: dict[str, RewardFn] = {
     "faithfulness": faithfulness_reward,
     "code": code_reward,
     "code_binary": binary_code_reward,
+    "reasoning_gym": reasoning_gym_reward,  # needs `pip install reasoning-gym` (make install has it)
 }
 
 
