@@ -74,13 +74,11 @@ def main(config: GRPOConfig) -> dict:
     optimizer, scheduler = _optimizer(policy, config)
 
     start, ref_step = _resume(config, out, policy, reference, optimizer, scheduler, stream)
-    log = MetricsLog(out / "metrics.jsonl", keep_up_to=start) if is_main else None
-    tracker = Tracker(config.report_to, out, to_dict(config)) if is_main else None
+    log = MetricsLog(out / "metrics.jsonl", start, Tracker(config.report_to, out, to_dict(config))) if is_main else None
     if start == 0 and eval_rows:
         evaluation = _evaluate(policy, tokenizer, eval_rows, config)  # every process: a share of the rows
         if log:
             log.write({"step": 0, **evaluation})
-            tracker.log({"step": 0, **evaluation})
 
     progress = _progress(config, start) if is_main else None
     for step in range(start + 1, config.max_steps + 1):
@@ -110,11 +108,10 @@ def main(config: GRPOConfig) -> dict:
         if is_main:
             _write_step(out, config, step, metrics, scored, log, (policy, tokenizer, optimizer, scheduler),
                         {"step": step, "ref_step": ref_step, "stream": stream.state()})
-            tracker.log(metrics)
         _report(progress, metrics)
 
     if is_main:
-        tracker.close()
+        log.close()
         _save_final(out, config, policy, tokenizer)
     distributed.barrier()  # every process returns once the files are there
     return log.last if log else {}
