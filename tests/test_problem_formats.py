@@ -195,3 +195,16 @@ def test_a_local_path_with_one_slash_is_a_folder(tiny_model_dir, tmp_path, monke
     shutil.copytree(tiny_model_dir, tmp_path / "runs" / "final")
     data = _write(tmp_path / "d.jsonl", [{"prompt": "Compute 1 + 2.", "answer": "3"}])
     assert cli_main(["grpo", *_args("runs/final", tmp_path / "r", f"data.train={data}", "max_steps=1")]) == 0
+
+
+def test_llama_style_prompts_get_one_bos_qwen_style_none():
+    from r1lab.init_model import build_tokenizer_for
+
+    llama = build_tokenizer_for("llama-3.2-1b")
+    bos = llama.bos_token_id
+    chat = render_problem([{"role": "user", "content": "2+2?"}], "r1_zero", llama, "Think.")
+    text = render_problem("2+2?", "r1_zero", llama)
+    for ids in encode_prompts(llama, [chat, text]):
+        assert ids[0] == bos and ids.count(bos) == 1
+    qwen = build_tokenizer_for("qwen2.5-0.5b")
+    assert qwen.bos_token_id is None and not adds_bos(qwen)
