@@ -208,3 +208,15 @@ def test_llama_style_prompts_get_one_bos_qwen_style_none():
         assert ids[0] == bos and ids.count(bos) == 1
     qwen = build_tokenizer_for("qwen2.5-0.5b")
     assert qwen.bos_token_id is None and not adds_bos(qwen)
+
+
+def test_parquet_and_datasets_folders_read_like_jsonl(tmp_path):
+    import datasets
+
+    rows = CASES["gsm8k"][0]
+    datasets.Dataset.from_list(rows).to_parquet(str(tmp_path / "g.parquet"))
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "folder"))
+    fmt = ProblemFormat("gsm8k")
+    for source in (tmp_path / "g.parquet", tmp_path / "folder"):
+        problems = prepare_rows(read_problem_rows(str(source)), fmt, str(source))
+        assert [p["answer"] for p in problems] == ["3", "1300", "11"]
