@@ -139,13 +139,13 @@ def _encode_pieces(pieces: list[tuple[str, bool]], tokenizer) -> tuple[list[int]
         piece_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         ids += piece_ids
         mask += [int(target)] * len(piece_ids)
-    bos = _bos_to_add(tokenizer)
+    bos = bos_to_add(tokenizer)
     if bos is not None and (not ids or ids[0] != bos):
         ids, mask = [bos] + ids, [0] + mask
     return ids, mask
 
 
-def _bos_to_add(tokenizer) -> int | None:
+def bos_to_add(tokenizer) -> int | None:
     """The BOS id if this tokenizer adds one by itself (Llama does, Qwen and the micro one don't)."""
     bos = tokenizer.bos_token_id
     if bos is None:

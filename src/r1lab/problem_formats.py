@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from r1lab.data import bos_to_add
 from r1lab.errors import R1labError
 from r1lab.io import hub_offline, is_hub_name, read_rows
 from r1lab.rewards.answers import extract_answer
@@ -166,21 +167,12 @@ def render_problem(prompt: str | list[dict], template: str, tokenizer=None, syst
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def adds_bos(tokenizer) -> bool:
-    """Whether the tokenizer's own encoding starts a text with its BOS token."""
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is None:
-        return False
-    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
-    return bool(ids) and ids[0] == bos
-
-
 def encode_prompts(tokenizer, texts: list[str]) -> list[list[int]]:
     """Token ids of rendered prompts: the text's own tokens, with the BOS token in front exactly
     when the tokenizer adds one and the text (e.g. a chat template's output) doesn't start with it."""
     ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
-    if adds_bos(tokenizer):
-        bos = tokenizer.bos_token_id
+    bos = bos_to_add(tokenizer)  # the same rule as SFT examples (r1lab.data)
+    if bos is not None:
         ids = [row if row and row[0] == bos else [bos, *row] for row in ids]
     return ids
 

@@ -45,7 +45,7 @@ from torch import Tensor
 from r1lab import distributed, micro_general
 from r1lab.checkpoint import save_final
 from r1lab.config import check_choices, save_config
-from r1lab.data import _bos_to_add, split_examples  # _bos_to_add: Llama-style tokenizers get their BOS
+from r1lab.data import bos_to_add, split_examples  # bos_to_add: Llama-style tokenizers get their BOS
 from r1lab.errors import R1labError
 from r1lab.io import append_jsonl, read_rows, require_columns, write_jsonl
 from r1lab.modeling import DTYPES, load_tokenizer
@@ -136,7 +136,7 @@ def build_examples(rows: Sequence[dict], kind: str, tokenizer, template: str, ma
                    source: str) -> list[RMExample]:
     """Rows -> examples, checking columns; a bad label is an R1labError naming `source` and the row."""
     require_columns(rows, COLUMNS[kind], source)
-    view, examples, cut, bos = VIEWS[kind], [], 0, _bos_to_add(tokenizer)
+    view, examples, cut, bos = VIEWS[kind], [], 0, bos_to_add(tokenizer)
     for i, row in enumerate(rows):
         label = 1.0 if kind == "pairwise" else _label(row["label"], f"{source}: row {i}")
         responses = (row["chosen"], row["rejected"]) if kind == "pairwise" else (row["response"],)
@@ -224,7 +224,7 @@ def score_texts(model, tokenizer, prompts: Sequence[str], responses: Sequence[st
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     was_training = model.training
     model.eval()
-    bos = _bos_to_add(tokenizer)
+    bos = bos_to_add(tokenizer)
     ids = [encode(tokenizer, template, p, r, max_length, bos)[0] for p, r in zip(prompts, responses)]
     scores: list[float] = []
     for start in range(0, len(ids), batch_size):
