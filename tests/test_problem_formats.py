@@ -10,7 +10,7 @@ from r1lab.cli import main as cli_main
 from r1lab.errors import R1labError
 from r1lab.io import read_jsonl
 from r1lab.data import bos_to_add
-from r1lab.problem_formats import (ProblemFormat, encode_prompts, gsm8k_answer, math_answer, prepare_rows,
+from r1lab.problem_formats import (ProblemFormat, tokenize_prompts, gsm8k_answer, math_answer, prepare_rows,
                                    read_problem_rows, render_problem)
 
 
@@ -51,7 +51,7 @@ def test_render_conversations_system_prompt_and_bos(tokenizer):
         render_problem("2+2?", "micro", tokenizer, "Think first.")
     # the micro tokenizer (like Qwen2.5's) has no BOS: the prompt ids are the text's own
     assert bos_to_add(tokenizer) is None
-    assert encode_prompts(tokenizer, ["User: 1"]) == [tokenizer("User: 1", add_special_tokens=False)["input_ids"]]
+    assert tokenize_prompts(tokenizer, ["User: 1"]) == [tokenizer("User: 1", add_special_tokens=False)["input_ids"]]
 
 
 def test_bos_added_exactly_when_the_tokenizer_adds_one(tokenizer):
@@ -65,7 +65,7 @@ def test_bos_added_exactly_when_the_tokenizer_adds_one(tokenizer):
     assert bos_to_add(tok) == tok.bos_token_id
     plain = tok("2+2", add_special_tokens=False)["input_ids"]
     # once in front, and not twice when the text (a Llama-style chat template's output) has it
-    assert encode_prompts(tok, ["2+2", "<s>2+2"]) == [[bos, *plain], [bos, *plain]]
+    assert tokenize_prompts(tok, ["2+2", "<s>2+2"]) == [[bos, *plain], [bos, *plain]]
 
 
 def test_hub_names_offline_and_local_first(tmp_path, monkeypatch):
@@ -205,7 +205,7 @@ def test_llama_style_prompts_get_one_bos_qwen_style_none():
     bos = llama.bos_token_id
     chat = render_problem([{"role": "user", "content": "2+2?"}], "r1_zero", llama, "Think.")
     text = render_problem("2+2?", "r1_zero", llama)
-    for ids in encode_prompts(llama, [chat, text]):
+    for ids in tokenize_prompts(llama, [chat, text]):
         assert ids[0] == bos and ids.count(bos) == 1
     qwen = build_tokenizer_for("qwen2.5-0.5b")
     assert qwen.bos_token_id is None and bos_to_add(qwen) is None

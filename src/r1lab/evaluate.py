@@ -26,7 +26,7 @@ from r1lab.rewards.answers import answers_match, extract_answer
 from r1lab.rewards.formatting import format_reward, readable_format_reward
 from r1lab.rewards.gym import reasoning_gym_reward
 from r1lab.sampling import SamplingParams, generate
-from r1lab.problem_formats import encode_prompts, render_problem
+from r1lab.problem_formats import render_problem, tokenize_prompts
 
 MICRO_TASKS = tasks.DEFAULT_TASKS
 
@@ -104,7 +104,7 @@ def load_problems(config: EvalConfig) -> list[dict]:
 def sample_rows(model, tokenizer, rows: list[dict], config: EvalConfig) -> tuple[list[list], float]:
     """k completions for each row's prompt in the configured template, and the seconds it took."""
     # conversations through the chat template; the BOS token exactly when the tokenizer adds one
-    prompts = encode_prompts(tokenizer, [render_problem(row["prompt"], config.template, tokenizer) for row in rows])
+    prompts = tokenize_prompts(tokenizer, [render_problem(row["prompt"], config.template, tokenizer) for row in rows])
     start = time.perf_counter()
     with torch.inference_mode():
         completions = generate(model, tokenizer, prompts, config.sampling(), batch_size=config.batch_size,

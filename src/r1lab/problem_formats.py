@@ -15,7 +15,7 @@ so a reward function sees it by name. The preparer is picked by ``data.format``:
 
 Rows whose answer can't be extracted (no ``####``, no single ``\\boxed{}``) are left out with a
 warning; a file where none can is an error naming it. `render_problem` turns a prompt into the
-text the policy continues, and `encode_prompts` into token ids, with a BOS token exactly when the
+text the policy continues, and `tokenize_prompts` into token ids, with a BOS token exactly when the
 tokenizer's own encoding adds one (Llama does, Qwen2.5 has none).
 """
 
@@ -167,7 +167,7 @@ def render_problem(prompt: str | list[dict], template: str, tokenizer=None, syst
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def encode_prompts(tokenizer, texts: list[str]) -> list[list[int]]:
+def tokenize_prompts(tokenizer, texts: list[str]) -> list[list[int]]:
     """Token ids of rendered prompts: the text's own tokens, with the BOS token in front exactly
     when the tokenizer adds one and the text (e.g. a chat template's output) doesn't start with it."""
     ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []

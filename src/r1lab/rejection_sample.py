@@ -38,7 +38,7 @@ from r1lab.filters import (DEFAULT_FILTERS, FILTERS, FilterSettings, Judge, Samp
 from r1lab.io import read_rows, require_columns, write_json, write_jsonl
 from r1lab.modeling import DTYPES, load_model_and_tokenizer
 from r1lab.sampling import SamplingParams, generate
-from r1lab.problem_formats import encode_prompts
+from r1lab.problem_formats import tokenize_prompts
 from r1lab.templates import TEMPLATES, render_prompt
 
 
@@ -94,7 +94,7 @@ def main(config: RejectionSampleConfig) -> dict:
     save_config(config, out / "config.yaml")
 
     # the BOS token exactly when the tokenizer adds one (r1lab.problem_formats)
-    prompts = encode_prompts(tokenizer, [render_prompt(config.template, row["prompt"], tokenizer) for row in rows])
+    prompts = tokenize_prompts(tokenizer, [render_prompt(config.template, row["prompt"], tokenizer) for row in rows])
     samples = sample_completions(model, tokenizer, rows, prompts, config.sampling(), config.batch_size,
                                  config.progress)
     kept, stats = filter_report(samples, config.filters, config.filter_settings, judge)

@@ -47,7 +47,7 @@ from r1lab.plots import plot_run
 from r1lab.rewards import FailurePolicy, TrainerState, load_reward
 from r1lab.sampling import SamplingParams, generate
 from r1lab.sft import lr_multiplier
-from r1lab.problem_formats import encode_prompts, render_problem
+from r1lab.problem_formats import render_problem, tokenize_prompts
 from r1lab.tokenizer import is_micro_tokenizer
 from r1lab.tracking import Tracker, check_trackers
 
@@ -290,7 +290,7 @@ def _sample_shared(policy, tokenizer, rows: list[dict], config: GRPOConfig, sett
 def _prompt_ids(rows: list[dict], tokenizer, config: GRPOConfig) -> list[list[int]]:
     """Token ids of the rows' prompts: templated (or chat-rendered), BOS as the tokenizer adds it."""
     texts = [render_problem(row["prompt"], config.template, tokenizer, config.data.system_prompt) for row in rows]
-    return encode_prompts(tokenizer, texts)
+    return tokenize_prompts(tokenizer, texts)
 
 
 def _resume(config, out, policy, reference, optimizer, scheduler, stream) -> tuple[int, int]:
