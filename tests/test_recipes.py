@@ -84,3 +84,31 @@ def test_recipe_runs_two_steps_offline(recipe, tmp_path):
     assert all(r["loss"] == r["loss"] for r in rows if "loss" in r)  # no NaN
     if command == "grpo" and config.data.eval:
         assert any(k.startswith("eval/") for k in rows[-1])
+
+
+@pytest.mark.parametrize("shape,vocab,published", [
+    ("qwen2.5-0.5b", 151936, 0.49e9),  # Qwen2.5-0.5B model card: 0.49B parameters (0.36B non-embedding)
+    ("qwen2.5-1.5b", 151936, 1.54e9),  # Qwen2.5-1.5B model card: 1.54B (1.31B non-embedding)
+    ("qwen2.5-math-1.5b", 151936, 1.54e9),
+    ("llama-3.2-1b", 128256, 1.23e9),  # Llama 3.2 model card: 1.23B
+])
+def test_shapes_have_the_published_parameter_counts(shape, vocab, published):
+    """The architectures init-model builds, at the real vocabulary, count what their cards say."""
+    import torch
+
+    from r1lab.init_model import SHAPES
+    from r1lab.modeling import count_parameters
+
+    class Vocab:  # a stand-in tokenizer of the real vocabulary size
+        bos_token_id, eos_token_id, pad_token_id = None, 0, 0
+
+        def __len__(self):
+            return vocab
+
+    with torch.device("meta"):
+        model = build_random_model(shape, Vocab())
+    assert count_parameters(model) == pytest.approx(published, rel=0.01)
+    if SHAPES[shape]["arch"] == "qwen2":  # the tiny version keeps the architecture's head layout
+        tiny = build_random_model(shape, Vocab(), tiny=True)
+        ratio = SHAPES[shape]["num_attention_heads"] // SHAPES[shape]["num_key_value_heads"]
+        assert tiny.config.num_attention_heads // tiny.config.num_key_value_heads == ratio
