@@ -8,8 +8,8 @@ import pytest
 
 from r1lab.cli import main as cli_main
 from r1lab.errors import R1labError
-from r1lab.io import read_jsonl
-from r1lab.data import bos_to_add
+from r1lab.files import read_jsonl
+from r1lab.training.sft_data import bos_to_add
 from r1lab.problem_formats import (ProblemFormat, tokenize_prompts, gsm8k_answer, math_answer, prepare_rows,
                                    read_problem_rows, render_problem)
 
@@ -199,7 +199,7 @@ def test_a_local_path_with_one_slash_is_a_folder(tiny_model_dir, tmp_path, monke
 
 
 def test_llama_style_prompts_get_one_bos_qwen_style_none():
-    from r1lab.init_model import build_tokenizer_for
+    from r1lab.stages.init_model import build_tokenizer_for
 
     llama = build_tokenizer_for("llama-3.2-1b")
     bos = llama.bos_token_id

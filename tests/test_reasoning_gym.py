@@ -6,7 +6,7 @@ pytest.importorskip("reasoning_gym")
 
 from r1lab.cli import main as cli_main  # noqa: E402
 from r1lab.errors import R1labError  # noqa: E402
-from r1lab.io import read_jsonl  # noqa: E402
+from r1lab.files import read_jsonl  # noqa: E402
 from r1lab.problem_formats import read_problem_rows  # noqa: E402
 from r1lab.rewards import load_reward  # noqa: E402
 
@@ -47,8 +47,8 @@ def test_grpo_trains_on_reasoning_gym_and_logs_its_reward(tiny_model_dir, tmp_pa
 
 
 def test_evaluation_judges_with_reasoning_gyms_scorer():
-    from r1lab.evaluate import judge
-    from r1lab.sampling import Completion
+    from r1lab.evaluation.evaluate import judge
+    from r1lab.sampling.generate import Completion
 
     row = {**read_problem_rows("reasoning_gym:leg_counting", "test", size=1, seed=0)[0]}
     right = Completion(prompt_index=0, text=f"<think> count </think> <answer>{row['answer']}</answer>", token_ids=(1,), logprobs=(0.0,),

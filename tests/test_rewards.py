@@ -193,7 +193,7 @@ def test_hostile_completions_score_zero_quickly(name):
 
 
 def test_micro_world_tasks_defer_to_their_verifier(monkeypatch):
-    tasks = pytest.importorskip("r1lab.tasks")
+    tasks = pytest.importorskip("r1lab.micro.tasks")
     problem = tasks.generate("addition", split="train", n=1, seed=0)[0]
     row = problem.to_row()
     right, wrong = f"<answer>{problem.answer}</answer>", f"<answer>{int(problem.answer) + 1}</answer>"
@@ -311,7 +311,8 @@ def test_repetition_penalty_against_hand_numbers():
 
 def test_registry_names():
     assert set(REWARDS) == {"accuracy", "format", "format_lenient", "format_readable", "tag_count",
-                            "language_consistency", "cosine_length", "repetition", "faithfulness", "code", "code_binary"}
+                            "language_consistency", "cosine_length", "repetition", "faithfulness", "code", "code_binary",
+                            "reasoning_gym"}
     for name, fn in REWARDS.items():
         assert load_reward(name) is fn
 

@@ -11,8 +11,8 @@ import pytest
 
 from r1lab.cli import main as cli_main
 from r1lab.errors import R1labError
-from r1lab.io import read_jsonl
-from r1lab.tracking import Tracker, check_trackers
+from r1lab.files import read_jsonl
+from r1lab.training.tracking import Tracker, check_trackers
 
 
 def _grpo(model, data, out, *extra):
@@ -71,7 +71,7 @@ def test_sft_wandb_offline_writes_its_run_folder(tiny_model_dir, tmp_path, monke
 
 def test_trackio_logs_to_its_local_database(tmp_path):
     pytest.importorskip("trackio")
-    code = ("from r1lab.tracking import Tracker\n"
+    code = ("from r1lab.training.tracking import Tracker\n"
             f"t = Tracker(['trackio'], {str(tmp_path / 'myrun')!r}, {{'lr': 0.1}})\n"
             "t.log({'step': 1, 'loss': 0.5, 'ok': True}); t.log({'step': 2, 'loss': 0.25}); t.close()\n")
     env = {**os.environ, "TRACKIO_DIR": str(tmp_path / "db"), "PYTHONPATH": os.pathsep.join(sys.path)}

@@ -26,9 +26,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from r1lab.data import bos_to_add
+from r1lab.training.sft_data import bos_to_add
 from r1lab.errors import R1labError
-from r1lab.io import hub_offline, is_hub_name, read_rows
+from r1lab.files import hub_offline, is_hub_name, read_rows
 from r1lab.rewards.answers import extract_answer
 from r1lab.templates import render_prompt
 
@@ -171,7 +171,7 @@ def tokenize_prompts(tokenizer, texts: list[str]) -> list[list[int]]:
     """Token ids of rendered prompts: the text's own tokens, with the BOS token in front exactly
     when the tokenizer adds one and the text (e.g. a chat template's output) doesn't start with it."""
     ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"] if texts else []
-    bos = bos_to_add(tokenizer)  # the same rule as SFT examples (r1lab.data)
+    bos = bos_to_add(tokenizer)  # the same rule as SFT examples (r1lab.training.sft_data)
     if bos is not None:
         ids = [row if row and row[0] == bos else [bos, *row] for row in ids]
     return ids

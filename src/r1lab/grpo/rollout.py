@@ -7,7 +7,7 @@ for logging. The policy's log-probs at sampling time come from the sampler itsel
 1e-5; tests/test_sampling.py and tests/test_grpo_speed_correctness.py check it); with
 `precision: bf16` the sampler runs under bf16 autocast and grpo/update.py replaces its log-probs
 with the training forward's, as bf16 rounding makes the two differ. The sampler is
-r1lab.sampling.generate, or a vLLM engine with `rollout_backend: vllm` (grpo/vllm_backend.py).
+r1lab.sampling.generate, or a vLLM engine with `rollout_backend: vllm` (r1lab/sampling/vllm.py).
 `Rollout.prompt_len` marks where the prompts end, so the training and reference forwards run
 each group's shared prompt once instead of G times.
 """
@@ -22,9 +22,9 @@ import torch
 from torch import Tensor
 
 from r1lab.grpo.losses import ADVANTAGES, soft_overlong_penalty, zero_variance_groups
-from r1lab.precision import autocast
+from r1lab.models.precision import autocast
 from r1lab.rewards import FailurePolicy, RewardInputs, TrainerState, combine_rewards
-from r1lab.sampling import Completion, SamplingParams, generate
+from r1lab.sampling.generate import Completion, SamplingParams, generate
 
 
 @dataclass(frozen=True)
@@ -103,8 +103,8 @@ class RolloutSettings:
     overlong_cache: int = 0
     batch_size: int | None = None
     sampler: Callable = generate  # (policy, tokenizer, prompt_ids, params, batch_size=, seeds=) -> [P][G] Completions
-    step_noise: float = 0.0  # micro column steps corrupted while sampling (grpo/noise.py)
-    precision: str = "fp32"  # fp32 | bf16: the sampler runs under r1lab.precision.autocast
+    step_noise: float = 0.0  # micro column steps corrupted while sampling (r1lab/micro/step_noise.py)
+    precision: str = "fp32"  # fp32 | bf16: the sampler runs under r1lab.models.precision.autocast
     failures: FailurePolicy = field(default_factory=FailurePolicy)  # what a raising reward does
     trainer_state: TrainerState | None = None  # passed to rewards (TRL's `trainer_state`)
 
@@ -115,7 +115,7 @@ def rollout_sampler(backend: str, model_path: str, seed: int) -> Callable:
     if backend == "native":
         return generate
     if backend == "vllm":
-        from r1lab.grpo.vllm_backend import VLLMSampler
+        from r1lab.sampling.vllm import VLLMSampler
 
         return VLLMSampler(model_path, seed=seed)
     raise ValueError(f"rollout_backend must be native or vllm; got '{backend}'")
@@ -127,7 +127,7 @@ def sample_and_score(policy, tokenizer, rows: list[dict], prompt_ids: list[list[
     prompt, each group's own random stream (see r1lab.sampling.generate)."""
     extra: dict = {} if seeds is None else {"seeds": seeds}
     if settings.step_noise > 0:
-        from r1lab.grpo.noise import StepNoise
+        from r1lab.micro.step_noise import StepNoise
 
         # one noise stream per call: under torchrun the corruptions depend on the process's share
         extra["token_hook"] = StepNoise(settings.step_noise, tokenizer, seed=settings.params.seed)

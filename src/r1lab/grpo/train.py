@@ -26,30 +26,30 @@ from pathlib import Path
 
 import torch
 
-from r1lab import distributed
-from r1lab.checkpoint import (checkpoint_dir, latest_checkpoint, load_checkpoint, load_weights, prune_checkpoints,
+from r1lab.training import distributed
+from r1lab.training.checkpoint import (checkpoint_dir, latest_checkpoint, load_checkpoint, load_weights, prune_checkpoints,
                               save_checkpoint, save_final, save_model)
-from r1lab.config import save_config, to_dict
+from r1lab.recipe import save_config, to_dict
 from r1lab.errors import R1labError
 from r1lab.grpo.config import GRPOConfig
-from r1lab.grpo.data import PromptStream, load_eval_rows, load_train_rows
+from r1lab.problems import PromptStream, load_eval_rows, load_train_rows
 from r1lab.grpo.losses import ADVANTAGES
-from r1lab.grpo.metrics import MetricsLog, step_metrics, write_samples
+from r1lab.grpo.step_metrics import MetricsLog, step_metrics, write_samples
 from r1lab.grpo.parallel import gather_lists, gather_scored, group_seed, share
-from r1lab.grpo.noise import noise_metrics
+from r1lab.micro.step_noise import noise_metrics
 from r1lab.grpo.rollout import (RolloutSettings, Scored, informative_groups, pack, rollout_sampler,
                                 sample_and_score)
 from r1lab.grpo.update import UpdateSettings, reference_logprobs, update_policy
-from r1lab.lora import apply_lora, disabled_adapters, is_lora, save_merged
-from r1lab.modeling import load_model, load_tokenizer
-from r1lab.precision import check_supported
-from r1lab.plots import plot_run
-from r1lab.rewards import FailurePolicy, TrainerState, load_reward
-from r1lab.sampling import SamplingParams, generate
-from r1lab.sft import lr_multiplier
+from r1lab.micro.tokenizer import is_micro_tokenizer
+from r1lab.models.loading import load_model, load_tokenizer
+from r1lab.models.lora import apply_lora, disabled_adapters, is_lora, save_merged
+from r1lab.models.precision import check_supported
 from r1lab.problem_formats import render_problem, tokenize_prompts
-from r1lab.tokenizer import is_micro_tokenizer
-from r1lab.tracking import Tracker, check_trackers
+from r1lab.rewards import FailurePolicy, TrainerState, load_reward
+from r1lab.sampling.generate import SamplingParams, generate
+from r1lab.stages.plot import plot_run
+from r1lab.training.loop import lr_multiplier
+from r1lab.training.tracking import Tracker, check_trackers
 
 __all__ = ["GRPOConfig", "main"]
 
@@ -314,7 +314,7 @@ def _evaluate(policy, tokenizer, rows: list[dict], config: GRPOConfig) -> dict:
     Each process samples a share of the rows, each row from its own seeded stream (the same for
     every evaluation of the run, and whatever the number of processes); every process gets the
     result."""
-    from r1lab.evaluate import EvalConfig, judge, summarize
+    from r1lab.evaluation.evaluate import EvalConfig, judge, summarize
 
     eval_config = EvalConfig(k=config.eval_k, temperature=config.eval_temperature, top_p=config.eval_top_p,
                              max_new_tokens=config.max_new_tokens, template=config.template, stop=config.stop,

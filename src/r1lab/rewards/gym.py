@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from r1lab.rewards._columns import column, completion_text
+from r1lab.rewards.columns import column, completion_text
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any, Callable
 
 from r1lab.errors import R1labError
-from r1lab.rewards._columns import column, completion_text, example_rows
+from r1lab.rewards.columns import column, completion_text, example_rows
 from r1lab.rewards.answers import answers_match, extract_answer
 from r1lab.rewards.formatting import format_reward, lenient_format_reward, tag_count_reward  # noqa: F401
 from r1lab.rewards.text import (  # noqa: F401
@@ -23,7 +23,7 @@ from r1lab.rewards.text import (  # noqa: F401
     repetition_penalty_reward,
 )
 
-MATH_TASKS = frozenset({"", "math"})  # judged by math-verify without loading r1lab.tasks
+MATH_TASKS = frozenset({"", "math"})  # judged by math-verify without loading r1lab.micro.tasks
 ACCURACY_TIMEOUT = 2.0  # s per math-verify call; real answers take < 0.1 s, hostile ones forever
 
 RewardFn = Callable[..., list[float | None]]
@@ -33,7 +33,7 @@ def is_correct(completion: str, row: dict[str, Any], timeout: float = ACCURACY_T
     """Whether a completion's final answer is right for one example; None without a reference.
 
     `row` holds the example's columns. A ``task`` naming a micro-world task (a key of
-    ``r1lab.tasks.TASKS``) is judged by ``r1lab.tasks.verify(task, answer, row)``; any other
+    ``r1lab.micro.tasks.TASKS``) is judged by ``r1lab.micro.tasks.verify(task, answer, row)``; any other
     task value (none, "math", "gsm8k") by `answers_match` against ``answer``. A completion
     with no single well-formed answer (`extract_answer` is None) is wrong.
     """
@@ -51,11 +51,11 @@ def is_correct(completion: str, row: dict[str, Any], timeout: float = ACCURACY_T
 
 
 def _task_verifier(task: str) -> Callable[[str, str, dict[str, Any]], bool] | None:
-    """``r1lab.tasks.verify`` if `task` is a micro-world task, else None (judged as maths)."""
+    """``r1lab.micro.tasks.verify`` if `task` is a micro-world task, else None (judged as maths)."""
     try:
-        from r1lab import tasks  # imported late: math-only runs needn't load the micro world
+        from r1lab.micro import tasks  # imported late: math-only runs needn't load the micro world
     except ImportError as e:
-        raise R1labError(f"the 'task' column says {task!r}, but r1lab.tasks can't be imported: {e}") from e
+        raise R1labError(f"the 'task' column says {task!r}, but r1lab.micro.tasks can't be imported: {e}") from e
     return tasks.verify if task in tasks.TASKS else None
 
 
@@ -151,7 +151,7 @@ def faithfulness_reward(completions: list[str], task: Sequence[str] | None = Non
 
     Blocks the shortcut the R1-Zero prototype found in the micro world (shared/MEASURED.md): RL
     learned to write the right answer after a wrong step, so the answer stopped following from
-    the reasoning. Micro tasks replay their own traces (`r1lab.tasks.check_trace`).
+    the reasoning. Micro tasks replay their own traces (`r1lab.micro.tasks.check_trace`).
 
     >>> row = dict(task=["addition"], prompt=["Compute 19 + 3."], answer=["22"], operands=[[19, 3]])
     >>> faithfulness_reward(["<think> 9+3=12 , 1+0+1=2 , so 22 </think> <answer>22</answer>"], **row)
@@ -159,7 +159,7 @@ def faithfulness_reward(completions: list[str], task: Sequence[str] | None = Non
     >>> faithfulness_reward(["<think> 9+3=13 , 1+0+1=2 , so 22 </think> <answer>22</answer>"], **row)
     [0.0]
     """
-    from r1lab import tasks
+    from r1lab.micro import tasks
 
     rows = example_rows(len(completions), {"task": task, **columns})
     out: list[float | None] = []
