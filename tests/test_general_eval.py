@@ -1,4 +1,4 @@
-"""r1lab.evaluation.general_eval: the rule judge of general and unsafe requests, and a run on a tiny model."""
+"""r1lab.micro.general_eval: the rule judge of general and unsafe requests, and a run on a tiny model."""
 
 import doctest
 import json
@@ -6,8 +6,7 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from r1lab.evaluation import general_eval
-from r1lab.micro import general as micro_general
+from r1lab.micro import general as micro_general, general_eval
 from r1lab.stages import report
 from r1lab.evaluation.evaluate import EvalConfig
 from r1lab.stages.sample_filters import format_readable

@@ -9,8 +9,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from r1lab import task_registry
 from r1lab.grpo.config import GRPOData
-from r1lab.micro import tasks
 from r1lab.problem_formats import REASONING_GYM, ProblemFormat, prepare_rows, read_problem_rows
 
 
@@ -20,7 +20,7 @@ def load_train_rows(data: GRPOData, seed: int) -> list[dict]:
     rows = []
     for name in data.tasks:
         levels = tuple(data.levels.get(name) or ()) or None
-        rows += [p.to_row() for p in tasks.generate(name, "train", data.num_train, seed, levels)]
+        rows += [p.to_row() for p in task_registry.generate(name, "train", data.num_train, seed, levels)]
     return rows
 
 
@@ -36,7 +36,7 @@ def load_eval_rows(data: GRPOData, seed: int) -> list[dict]:
     rows = []
     for name in data.tasks:
         levels = tuple(data.levels.get(name) or ()) or None
-        rows += [p.to_row() for p in tasks.generate(name, "test", data.num_eval, seed, levels)]
+        rows += [p.to_row() for p in task_registry.generate(name, "test", data.num_eval, seed, levels)]
     return rows
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from r1lab.micro import tasks
 from r1lab.recipe import check_choices, save_config
+from r1lab import task_registry
 from r1lab.errors import R1labError
 from r1lab.files import read_rows, write_json, write_jsonl
 from r1lab.evaluation.scoring import REFLECTION_PHRASES, cons_at_k, has_reflection, mean, pass_at_1, pass_at_k
@@ -28,7 +28,7 @@ from r1lab.problem_formats import render_problem, tokenize_prompts
 from r1lab.rewards.gym import reasoning_gym_reward
 from r1lab.sampling.generate import SamplingParams, generate
 
-MICRO_TASKS = tasks.DEFAULT_TASKS
+MICRO_TASKS = task_registry.DEFAULT_TASKS
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
-        check_choices("task", self.tasks, tasks.TASKS)
+        check_choices("task", self.tasks, task_registry.names())
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
@@ -97,7 +97,7 @@ def load_problems(config: EvalConfig) -> list[dict]:
     rows = []
     for name in config.tasks:
         levels = config.levels.get(name) or None
-        rows += [p.to_row() for p in tasks.generate(name, "test", config.num_problems, config.seed, levels)]
+        rows += [p.to_row() for p in task_registry.generate(name, "test", config.num_problems, config.seed, levels)]
     return rows
 
 
@@ -149,9 +149,9 @@ def judge(row: dict, completion, phrases=REFLECTION_PHRASES) -> dict:
     answer = extract_answer(text)
     readable = readable_format_reward([text])[0] == 1.0
     task = row["task"]
-    if task in tasks.TASKS:
-        correct = tasks.verify(task, answer, row)
-        vote = tasks.canonical(task, answer, row) if answer is not None else None
+    if task_registry.is_task(task):
+        correct = task_registry.verify(task, answer, row)
+        vote = task_registry.canonical(task, answer, row) if answer is not None else None
     elif isinstance(row.get("reasoning_gym_entry"), dict):  # reasoning-gym's own verifier, as in training
         correct = reasoning_gym_reward([text], reasoning_gym_entry=[row["reasoning_gym_entry"]])[0] == 1.0
         vote = "".join(answer.split()) if answer is not None else None

@@ -81,7 +81,9 @@ class GRPOConfig:
     stop: tuple[str, ...] = ("</answer>",)
     rollout_batch_size: int = 512  # sequences decoded together
     rollout_backend: str = "native"  # native (r1lab.sampling.generate, CPU or GPU) | vllm (GPU; pip install r1lab[vllm])
-    step_noise: float = 0.0  # micro tasks: chance a column step's units digit is corrupted in rollouts (r1lab/micro/step_noise.py)
+    # micro tasks: chance a column step's units digit is corrupted in rollouts; switches on the micro
+    # world's rollout hook (grpo.rollout.ROLLOUT_HOOKS, r1lab/micro/step_noise.py)
+    step_noise: float = 0.0
 
     # objective
     advantage: str = "group"
@@ -114,7 +116,9 @@ class GRPOConfig:
 
     # optimiser
     learning_rate: float = 1e-6
-    warmup_steps: int = 10  # Adam's first steps are sign-like: warm up (shared/MEASURED.md)
+    # Adam's first steps are sign-like: in a 1M-model prototype the first update without warmup
+    # gave KL 1.0, and 10 warmup steps fixed it
+    warmup_steps: int = 10
     lr_schedule: str = "constant"  # constant | cosine (to min_lr_ratio)
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0

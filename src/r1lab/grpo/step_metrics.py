@@ -99,5 +99,5 @@ def write_samples(path: Path, step: int, scored: Scored, per_prompt: int = 2, pr
             flat = i * g + j
             append_jsonl(path, {"step": step, "prompt": row["prompt"], "answer": row.get("answer"),
                                 "completion": c.text, "reward": float(scored.rewards[i, j]),
-                                **({"forced": list(c.forced)} if c.forced else {}),  # step noise (r1lab/micro/step_noise.py)
+                                **({"forced": list(c.forced)} if c.forced else {}),  # tokens a rollout hook wrote
                                 **{f"reward/{_short(k)}": v[flat] for k, v in scored.per_reward.items()}})

@@ -36,8 +36,7 @@ from r1lab.problems import PromptStream, load_eval_rows, load_train_rows
 from r1lab.grpo.losses import ADVANTAGES
 from r1lab.grpo.step_metrics import MetricsLog, step_metrics, write_samples
 from r1lab.grpo.parallel import gather_lists, gather_scored, group_seed, share
-from r1lab.micro.step_noise import noise_metrics
-from r1lab.grpo.rollout import (RolloutSettings, Scored, informative_groups, pack, rollout_sampler,
+from r1lab.grpo.rollout import (RolloutSettings, Scored, informative_groups, pack, rollout_hook, rollout_sampler,
                                 sample_and_score)
 from r1lab.grpo.update import UpdateSettings, reference_logprobs, update_policy
 from r1lab.micro.tokenizer import is_micro_tokenizer
@@ -96,8 +95,8 @@ def main(config: GRPOConfig) -> dict:
 
         metrics = step_metrics(step, scored, sampled, stats, rollout_s=t1 - t0, train_s=t2 - t1,
                                lr=scheduler.get_last_lr()[0], phrases=config.reflection_phrases)
-        if config.step_noise:
-            metrics.update(noise_metrics(scored, tokenizer))
+        if rollout_settings.hook is not None:
+            metrics.update(rollout_settings.hook.metrics(scored, tokenizer))
         if reference is not None and config.ref_update_every and step % config.ref_update_every == 0:
             reference.load_state_dict(policy.state_dict())
             ref_step = step
@@ -115,6 +114,13 @@ def main(config: GRPOConfig) -> dict:
         _save_final(out, config, policy, tokenizer)
     distributed.barrier()  # every process returns once the files are there
     return log.last if log else {}
+
+
+def train_from(config: GRPOConfig, model: str, output_dir: str | Path) -> dict:
+    """`main` with `config` on `model`, writing to `output_dir` and resuming from its newest
+    checkpoint if a killed run left one (the pipeline's and distillation's GRPO runs)."""
+    return main(dataclasses.replace(config, model=model, output_dir=str(output_dir),
+                                    resume=latest_checkpoint(output_dir) is not None))
 
 
 def _prepare(config: GRPOConfig, tokenizer) -> tuple[PromptStream, list[dict], RolloutSettings]:
@@ -146,7 +152,7 @@ def _rollout_settings(config: GRPOConfig) -> RolloutSettings:
         reward_fns=[(spec, load_reward(spec)) for spec in config.rewards],
         reward_weights=config.weights, overlong_cache=config.overlong_cache,
         batch_size=config.rollout_batch_size,
-        sampler=rollout_sampler(config.rollout_backend, config.model, config.seed), step_noise=config.step_noise,
+        sampler=rollout_sampler(config.rollout_backend, config.model, config.seed), hook=rollout_hook(config),
         precision=config.precision, failures=FailurePolicy(config.reward_failures, config.max_reward_failures))
 
 

@@ -97,6 +97,21 @@ class StepNoise:
         return self.digit_ids[(value % 10 + self.rng.choice((-1, 1))) % 10]
 
 
+class StepNoiseHook:
+    """Step noise as a GRPO rollout hook (r1lab.grpo.rollout.RolloutHook), switched on by the
+    `step_noise` setting: a `StepNoise` per generate call, and `noise_metrics` each step."""
+
+    def __init__(self, p: float):
+        self.p = p
+
+    def token_hook(self, tokenizer, seed: int) -> StepNoise:
+        # one noise stream per call: under torchrun the corruptions depend on the process's share
+        return StepNoise(self.p, tokenizer, seed=seed)
+
+    def metrics(self, scored, tokenizer) -> dict[str, float]:
+        return noise_metrics(scored, tokenizer)
+
+
 def step_outcomes(text: str, corrupted_ends: Sequence[int]) -> list[tuple[bool, bool]]:
     """(corrupted, followed by a re-check) for each first-attempt step of `text`.
 

@@ -40,8 +40,9 @@ class PretrainConfig:
     size: str = "micro"
     tasks: tuple[str, ...] = tasks.DEFAULT_TASKS
     levels: dict[str, tuple[int, ...]] = field(default_factory=dict)  # per task; default: the task's
-    # Shares of the corpus: a 1M model needs ~1000 steps on a task before its loss drops (shared/
-    # MEASURED.md), so within 5 minutes the column tasks get most of them and countdown a little.
+    # Shares of the corpus: a 1M model needs ~1000 steps on a task before its loss drops (measured
+    # on a 2-core CPU, 2026-11), so within 5 minutes the column tasks get most of them and countdown
+    # a little.
     task_weights: dict[str, float] = field(default_factory=lambda: {
         "addition": 4.0, "subtraction": 2.5, "multiplication": 2.5, "countdown": 1.0})
     num_examples: int = 90000

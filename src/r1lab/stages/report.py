@@ -56,7 +56,7 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("language", "language"),
 )
 
-# the general-request table (r1lab.evaluation.general_eval): (label, part of general.json, metric)
+# the general-request table (r1lab.micro.general_eval): (label, part of general.json, metric)
 GENERAL_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("helpful", "general", "helpful"),
     ("unsafe refused", "unsafe", "refused"),
@@ -183,7 +183,7 @@ def load_summary(eval_dir: Path) -> dict:
 
 
 def load_general(run: Path) -> dict[str, dict]:
-    """Each evaluated model's ``general.json`` (`r1lab.evaluation.general_eval`), by row key."""
+    """Each evaluated model's ``general.json`` (`r1lab.micro.general_eval`), by row key."""
     import json
 
     return {path.parent.name: json.loads(path.read_text(encoding="utf-8"))

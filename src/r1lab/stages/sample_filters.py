@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from r1lab import task_registry
 from r1lab.errors import R1labError
 from r1lab.rewards.answers import extract_answer
 from r1lab.rewards.rules import is_correct
@@ -114,9 +115,7 @@ def rules_judge(completion: str, row: dict) -> bool | None:
     verdict = is_correct(completion, row)
     if verdict is not False:
         return verdict
-    from r1lab.micro.tasks import TASKS
-
-    if row.get("task") in TASKS or extract_answer(completion) is None:
+    if task_registry.is_task(row.get("task")) or extract_answer(completion) is None:
         return False
     words = _PROSE_WORD.findall(str(row["answer"]))
     return None if any(w.lower() not in _MATH_WORDS for w in words) else False

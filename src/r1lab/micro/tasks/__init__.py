@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import random
 import re
+import sys
 from typing import Any
 
+from r1lab import task_registry
 from r1lab.errors import R1labError
 from r1lab.micro.tasks.arithmetic import Addition, Multiplication, Subtraction
 from r1lab.micro.tasks.base import CLEAN, Problem, Task, TraceStyle, format_completion, split_of
@@ -22,9 +24,7 @@ from r1lab.micro.tasks.programs import CodeTask
 from r1lab.micro.tasks.countdown import Countdown
 
 TASKS: dict[str, Task] = {t.name: t for t in (Addition(), Subtraction(), Multiplication(), Countdown(), CodeTask())}
-# The tasks the micro base model is pretrained and evaluated on by default. "code" needs the
-# sandbox (bubblewrap) to verify answers, so it is opt-in: tasks=[..., code].
-DEFAULT_TASKS = ("addition", "subtraction", "multiplication", "countdown")
+DEFAULT_TASKS = task_registry.DEFAULT_TASKS  # the engine's default: these four (code is opt-in)
 
 __all__ = ["CLEAN", "DEFAULT_TASKS", "TASKS", "Problem", "Task", "TraceStyle", "format_completion", "generate",
            "check_trace", "get_task", "split_of", "verify"]
@@ -95,3 +95,7 @@ _THINK = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 def canonical(task: str, predicted: str, row: dict[str, Any]) -> str:
     """The form in which answers are grouped for majority voting (cons@k)."""
     return get_task(task).canonical(predicted, row)
+
+
+# The engine finds these tasks by name through r1lab.task_registry (this module is the source).
+task_registry.register(TASKS, sys.modules[__name__])

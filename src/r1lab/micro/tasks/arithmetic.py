@@ -1,7 +1,7 @@
 """Column arithmetic: multi-digit addition, subtraction, and multiplication by one digit.
 
-Worked solutions go right to left, one column per step, as the prototype in
-shared/MEASURED.md did: ``9+3=12 , 5+2+1=8 , 4+1=5 , so 582``. A step writes the column's
+Worked solutions go right to left, one column per step, as the plain PyTorch prototype of the
+micro world did: ``9+3=12 , 5+2+1=8 , 4+1=5 , so 582``. A step writes the column's
 whole result, so the carry or borrow into the next column can be read off the text, and an
 error in one column propagates into the next, as it would in a real model's reasoning.
 """
