@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@$(PY) -m pip install -q --upgrade pip
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_CPU)" \
 		|| $(PY) -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
-	@$(PY) -m pip install -q -e ".[test]"
+	@$(PY) -m pip install -q -e ".[test,track,gym]"
 	@touch $(STAMP)
 
 demo: install

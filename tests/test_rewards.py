@@ -16,6 +16,7 @@ import r1lab.rewards as rewards  # noqa: E402
 from r1lab.errors import R1labError  # noqa: E402
 from r1lab.rewards import (  # noqa: E402
     REWARDS,
+    FailurePolicy,
     accuracy_reward,
     answers_match,
     combine_rewards,
@@ -310,7 +311,8 @@ def test_repetition_penalty_against_hand_numbers():
 
 def test_registry_names():
     assert set(REWARDS) == {"accuracy", "format", "format_lenient", "format_readable", "tag_count",
-                            "language_consistency", "cosine_length", "repetition", "faithfulness", "code", "code_binary"}
+                            "language_consistency", "cosine_length", "repetition", "faithfulness", "code", "code_binary",
+                            "reasoning_gym"}
     for name, fn in REWARDS.items():
         assert load_reward(name) is fn
 
@@ -334,7 +336,7 @@ def test_load_reward_from_file_and_module(tmp_path):
         assert spec in str(excinfo.value)
 
 
-def test_combine_rewards_skips_none_and_survives_a_raising_reward(caplog):
+def test_combine_rewards_skips_none_and_a_raising_reward_when_told(caplog):
     def half(completions, **kw):
         return [0.5 if "<answer>" in c else None for c in completions]
 
@@ -344,11 +346,16 @@ def test_combine_rewards_skips_none_and_survives_a_raising_reward(caplog):
     completions = ["<think> x </think> <answer>4</answer>", "\\boxed{5}"]
     with caplog.at_level(logging.WARNING, logger="r1lab.rewards"):
         total, per_fn = combine_rewards([accuracy_reward, format_reward, half, broken, accuracy_reward],
-                                        [1.0, 0.5, 2.0, 10.0, 1.0], completions, answer=["4", "4"])
+                                        [1.0, 0.5, 2.0, 10.0, 1.0], completions, answer=["4", "4"],
+                                        failures=FailurePolicy("skip", max_failures=2))
     assert total == [1.0 + 0.5 + 1.0 + 1.0, 0.0]
     assert per_fn == {"accuracy": [1.0, 0.0], "format": [1.0, 0.0], "half": [0.5, None],
                       "broken": [None, None], "accuracy#2": [1.0, 0.0]}
     assert "broken" in caplog.text and "boom" in caplog.text
+    # by default a raising reward stops the run with its own exception
+    with pytest.raises(ValueError, match="boom") as excinfo:
+        combine_rewards([format_reward, broken], None, completions)
+    assert "reward 'broken' raised" in excinfo.value.__notes__[0]
 
     def nan(completions, **kw):
         return [math.nan] * len(completions)

@@ -62,6 +62,7 @@ def scripted_generate(lookup):
     def generate(model, tokenizer, prompts, params, batch_size=None, progress=False):
         groups = []
         for i, prompt in enumerate(prompts):
+            prompt = prompt if isinstance(prompt, str) else tokenizer.decode(prompt)  # stages pass token ids
             problem = lookup[prompt.splitlines()[-1].removeprefix("User: ").removesuffix(" Assistant:")]
             right = tasks.TASKS[problem.task].solution(problem)
             texts = [right, right + " ", f"<think> guess </think> <answer>{int(problem.answer) + 1}</answer>"]

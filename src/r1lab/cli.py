@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from pathlib import Path
 
 from r1lab.errors import R1labError
 
@@ -29,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "pipeline": ("r1lab.pipeline.graph", "PipelineConfig", "the whole R1 recipe, stage by stage, resumable"),
     "report": ("r1lab.stages.report", "ReportConfig", "results table, curves and HTML report of a pipeline run"),
     "plot": ("r1lab.stages.plot", "PlotConfig", "curves of a run's metrics.jsonl as a PNG"),
+    "init-model": ("r1lab.stages.init_model", "InitModelConfig",
+                   "a random-initialised Qwen2.5 / Llama-3.2-shaped model and tokenizer, offline"),
     "demo": ("r1lab.pipeline.graph", "PipelineConfig", "= make demo: the pipeline with its micro defaults"),
 }
 
@@ -49,6 +52,8 @@ def parse_args(argv: list[str]) -> tuple[str, str | None, list[str]]:
     config_path = None
     if rest and "=" not in rest[0] and not rest[0].startswith("-"):
         config_path, rest = rest[0], rest[1:]
+    if command == "report" and config_path and Path(config_path).is_dir():  # r1lab report RUN_DIR
+        config_path, rest = None, [f"run_dir={config_path}", *rest]
     for item in rest:
         if item in ("-h", "--help"):
             continue

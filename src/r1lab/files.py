@@ -122,6 +122,22 @@ def read_rows(source: str | os.PathLike, split: str = "train") -> list[dict]:
     raise R1labError(f"{path}: unsupported data format '{suffix}' (use .jsonl, .parquet or a datasets folder)")
 
 
+def is_hub_name(source: str | os.PathLike) -> bool:
+    """True for an ``org/name`` that is not an existing path: a local file or folder is always
+    taken first, so a local ``runs/final`` is never mistaken for a hub name."""
+    text = str(source)
+    if Path(text).expanduser().exists() or text.startswith(("/", ".", "~")) or text.endswith("/"):
+        return False
+    parts = text.split("/")
+    return len(parts) == 2 and all(parts) and not Path(text).suffix.lower() in (".jsonl", ".json", ".parquet")
+
+
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub must not be contacted (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE)."""
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on")
+               for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
 def _read_datasets_dir(path: Path, split: str) -> list[dict]:
     import datasets
 

@@ -1,4 +1,4 @@
-"""Prompts for GRPO: a user's JSONL/Parquet of prompt/answer rows, or micro tasks.
+"""Prompts for GRPO: a user's problems (file, folder or hub dataset; see r1lab.problem_formats), or micro tasks.
 
 The order is a seeded permutation per epoch, and the stream's position is part of the
 checkpoint, so a resumed run sees exactly the prompts an uninterrupted run would.
@@ -10,14 +10,13 @@ import random
 from dataclasses import dataclass
 
 from r1lab import task_registry
-from r1lab.errors import R1labError
 from r1lab.grpo.config import GRPOData
-from r1lab.files import read_rows
+from r1lab.problem_formats import REASONING_GYM, ProblemFormat, prepare_rows, read_problem_rows
 
 
 def load_train_rows(data: GRPOData, seed: int) -> list[dict]:
     if data.train:
-        return _user_rows(data.train)
+        return _user_rows(data, data.train, "train", seed)
     rows = []
     for name in data.tasks:
         levels = tuple(data.levels.get(name) or ()) or None
@@ -27,8 +26,10 @@ def load_train_rows(data: GRPOData, seed: int) -> list[dict]:
 
 def load_eval_rows(data: GRPOData, seed: int) -> list[dict]:
     if data.eval:
-        rows = _user_rows(data.eval)
+        rows = _user_rows(data, data.eval, "test", seed)
         rows = [{**row, "task": row.get("task") or "math"} for row in rows]  # evaluation groups by task
+        if data.eval.startswith(REASONING_GYM):  # already num_eval per task
+            return rows
         return rows[: data.num_eval] if data.num_eval > 0 else rows
     if data.train:
         return []
@@ -39,20 +40,12 @@ def load_eval_rows(data: GRPOData, seed: int) -> list[dict]:
     return rows
 
 
-def _user_rows(path: str) -> list[dict]:
-    """Rows with a non-empty `prompt` (or `problem`) and `answer`; the reward sees every column."""
-    rows = read_rows(path)
-    if not rows:
-        raise R1labError(f"{path}: no rows")
-    out = []
-    for i, row in enumerate(rows):
-        prompt = row.get("prompt", row.get("problem"))
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise R1labError(f"{path}: row {i} has no 'prompt' (or 'problem') text")
-        if "answer" not in row or row["answer"] in (None, ""):
-            raise R1labError(f"{path}: row {i} has no 'answer'")
-        out.append({**row, "prompt": prompt, "answer": str(row["answer"])})
-    return out
+# --- a user's problems: r1lab.problem_formats (data.format, column mapping, hub names) ---
+def _user_rows(data: GRPOData, source: str, split: str, seed: int) -> list[dict]:
+    fmt = ProblemFormat(data.format, data.prompt_column, data.answer_column)
+    size = data.num_train if split == "train" else data.num_eval  # reasoning_gym: problems per task
+    return prepare_rows(read_problem_rows(source, split, data.subset, size, seed), fmt, source)
+# --- end ---
 
 
 @dataclass

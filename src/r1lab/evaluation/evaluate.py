@@ -24,8 +24,9 @@ from r1lab.files import read_rows, write_json, write_jsonl
 from r1lab.evaluation.scoring import REFLECTION_PHRASES, cons_at_k, has_reflection, mean, pass_at_1, pass_at_k
 from r1lab.rewards.answers import answers_match, extract_answer
 from r1lab.rewards.formatting import format_reward, readable_format_reward
+from r1lab.problem_formats import render_problem, tokenize_prompts
+from r1lab.rewards.gym import reasoning_gym_reward
 from r1lab.sampling.generate import SamplingParams, generate
-from r1lab.templates import render_prompt
 
 MICRO_TASKS = task_registry.DEFAULT_TASKS
 
@@ -102,7 +103,8 @@ def load_problems(config: EvalConfig) -> list[dict]:
 
 def sample_rows(model, tokenizer, rows: list[dict], config: EvalConfig) -> tuple[list[list], float]:
     """k completions for each row's prompt in the configured template, and the seconds it took."""
-    prompts = [render_prompt(config.template, row["prompt"], tokenizer) for row in rows]
+    # conversations through the chat template; the BOS token exactly when the tokenizer adds one
+    prompts = tokenize_prompts(tokenizer, [render_problem(row["prompt"], config.template, tokenizer) for row in rows])
     start = time.perf_counter()
     with torch.inference_mode():
         completions = generate(model, tokenizer, prompts, config.sampling(), batch_size=config.batch_size,
@@ -150,6 +152,9 @@ def judge(row: dict, completion, phrases=REFLECTION_PHRASES) -> dict:
     if task_registry.is_task(task):
         correct = task_registry.verify(task, answer, row)
         vote = task_registry.canonical(task, answer, row) if answer is not None else None
+    elif isinstance(row.get("reasoning_gym_entry"), dict):  # reasoning-gym's own verifier, as in training
+        correct = reasoning_gym_reward([text], reasoning_gym_entry=[row["reasoning_gym_entry"]])[0] == 1.0
+        vote = "".join(answer.split()) if answer is not None else None
     else:
         correct = answer is not None and answers_match(answer, row["answer"])
         vote = "".join(answer.split()) if answer is not None else None

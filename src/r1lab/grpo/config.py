@@ -30,25 +30,41 @@ from r1lab.recipe import check_choices
 from r1lab.training.fsdp import SHARDINGS
 from r1lab.grpo.advantages import ADVANTAGES
 from r1lab.grpo.losses import AGGREGATIONS, KL_ESTIMATORS, LOSS_TYPES
-from r1lab.models.lora import TARGET_MODULES, check_lora_settings
 from r1lab.evaluation.scoring import REFLECTION_PHRASES
+from r1lab.models.lora import TARGET_MODULES, check_lora_settings
 from r1lab.models.precision import PRECISIONS
+from r1lab.problem_formats import FORMATS
+from r1lab.rewards.calling import FAILURE_POLICIES
+from r1lab.training.tracking import TRACKERS
 from r1lab.templates import TEMPLATES
 
 
 @dataclass(frozen=True)
 class GRPOData:
-    train: str = ""  # JSONL/Parquet with `prompt` (or `problem`) and `answer`; or empty for micro tasks
+    # JSONL/Parquet file, `datasets` folder or hub dataset name (online); empty: micro tasks
+    train: str = ""
+    # a user's rows -> problems (r1lab.problem_formats): gsm8k (#### answers) | math (\boxed{}) | plain
+    format: str = "plain"
+    prompt_column: str = ""  # empty: the format's default (question / problem / prompt)
+    answer_column: str = ""  # empty: the format's default (answer / solution / answer)
+    system_prompt: str = ""  # a system message before each prompt (chat template)
+    subset: str = ""  # hub datasets only: the configuration name (openai/gsm8k: main)
     tasks: tuple[str, ...] = ("addition", "subtraction", "multiplication")  # micro tasks, used when `train` is empty
     levels: dict[str, tuple[int, ...]] = field(default_factory=dict)
     num_train: int = 20000  # micro problems generated per task
     eval: str = ""  # held-out JSONL for periodic evaluation (micro: the test split of `tasks`)
     num_eval: int = 50  # held-out problems per task for periodic evaluation
 
+    def __post_init__(self) -> None:
+        check_choices("data.format", self.format, FORMATS)
+
 
 @dataclass(frozen=True)
 class GRPOConfig:
-    model: str = "runs/micro/base/final"
+    model: str = "runs/micro/base/final"  # a local folder (always tried first) or a hub name
+    revision: str = ""  # hub models: branch, tag or commit
+    trust_remote_code: bool = False  # run a hub model's own modelling code
+    attn_implementation: str = ""  # eager | sdpa | flash_attention_2; empty: transformers' choice
     data: GRPOData = field(default_factory=GRPOData)
     output_dir: str = "runs/grpo"
     seed: int = 0
@@ -60,6 +76,8 @@ class GRPOConfig:
     # from step 1. R1 stage 4 adds the preference rewards only in the last 400 of 1,700 steps.
     reward_from_step: tuple[int, ...] = ()
     template: str = "r1_zero"
+    reward_failures: str = "raise"  # raise: a raising reward stops the run | skip: its batch counts as None
+    max_reward_failures: int = 3  # with skip: failed calls in a row of one reward that stop the run
 
     # rollouts
     num_generations: int = 16  # G
@@ -158,6 +176,7 @@ class GRPOConfig:
     eval_temperature: float = 0.6
     eval_top_p: float = 0.95
     reflection_phrases: tuple[str, ...] = REFLECTION_PHRASES
+    report_to: tuple[str, ...] = ()  # tensorboard | wandb | trackio, beside metrics.jsonl (r1lab.training.tracking)
 
     # checkpoints
     save_every: int = 50
@@ -185,6 +204,10 @@ class GRPOConfig:
         if self.sharding == "fsdp" and (self.lora_r > 0 or self.rollout_backend != "native"):
             raise ValueError("sharding=fsdp works with full fine-tuning and rollout_backend=native only "
                              "(LoRA and vllm: use sharding=ddp)")
+        check_choices("reward_failures", self.reward_failures, FAILURE_POLICIES)
+        check_choices("report_to", self.report_to, TRACKERS)
+        if self.max_reward_failures < 1:
+            raise ValueError(f"max_reward_failures must be >= 1, got {self.max_reward_failures}")
         if self.reward_weights and len(self.reward_weights) != len(self.rewards):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} entries for {len(self.rewards)} rewards")
         if self.reward_from_step and len(self.reward_from_step) != len(self.rewards):

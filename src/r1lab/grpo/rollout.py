@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -26,7 +26,7 @@ from torch import Tensor
 from r1lab.grpo.advantages import zero_variance_groups
 from r1lab.grpo.losses import soft_overlong_penalty
 from r1lab.models.precision import autocast
-from r1lab.rewards import combine_rewards
+from r1lab.rewards import FailurePolicy, RewardInputs, TrainerState, combine_rewards
 from r1lab.sampling.generate import Completion, SamplingParams, generate
 
 
@@ -108,6 +108,8 @@ class RolloutSettings:
     sampler: Callable = generate  # (policy, tokenizer, prompt_ids, params, batch_size=, seeds=) -> [P][G] Completions
     hook: RolloutHook | None = None  # what the environment does while rollouts are sampled
     precision: str = "fp32"  # fp32 | bf16: the sampler runs under r1lab.models.precision.autocast
+    failures: FailurePolicy = field(default_factory=FailurePolicy)  # what a raising reward does
+    trainer_state: TrainerState | None = None  # passed to rewards (TRL's `trainer_state`)
 
 
 class RolloutHook(Protocol):
@@ -162,7 +164,10 @@ def sample_and_score(policy, tokenizer, rows: list[dict], prompt_ids: list[list[
     g = settings.params.n
     texts = [c.text for group in completions for c in group]
     columns = _columns(rows, g)
-    total, per_reward = combine_rewards(settings.reward_fns, settings.reward_weights, texts, **columns)
+    inputs = RewardInputs(prompts=columns.get("prompt"), trainer_state=settings.trainer_state,
+                          completion_ids=[list(c.token_ids) for group in completions for c in group])
+    total, per_reward = combine_rewards(settings.reward_fns, settings.reward_weights, texts, inputs=inputs,
+                                        failures=settings.failures, **columns)
     rewards = torch.tensor(total, dtype=torch.float32).view(len(rows), g)
     if settings.overlong_cache > 0:
         lengths = torch.tensor([len(c.token_ids) for group in completions for c in group])

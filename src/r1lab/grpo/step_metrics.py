@@ -14,14 +14,16 @@ from r1lab.grpo.advantages import zero_variance_groups
 from r1lab.grpo.rollout import Scored
 from r1lab.files import append_jsonl, read_jsonl, write_jsonl
 from r1lab.evaluation.scoring import mean, reflection_rate
+from r1lab.training.tracking import Tracker
 
 
 class MetricsLog:
     """Appends one JSON row per step. On resume, rows after the checkpoint's step (written by the
     killed run after its last checkpoint) are dropped, so the log reads as one uninterrupted run."""
 
-    def __init__(self, path: Path, keep_up_to: int = 0):
+    def __init__(self, path: Path, keep_up_to: int = 0, tracker: Tracker | None = None):
         self.path = Path(path)
+        self.tracker = tracker  # mirrors each row to tensorboard / wandb / trackio (r1lab.training.tracking)
         self.last: dict = {}
         if keep_up_to > 0 and self.path.exists():
             rows = [r for r in read_jsonl(self.path, tolerant=True) if r.get("step", 0) <= keep_up_to]
@@ -33,6 +35,12 @@ class MetricsLog:
     def write(self, row: dict) -> None:
         append_jsonl(self.path, row)
         self.last = row
+        if self.tracker is not None:
+            self.tracker.log(row)
+
+    def close(self) -> None:
+        if self.tracker is not None:
+            self.tracker.close()
 
 
 def step_metrics(step: int, scored: Scored, sampled: Scored, stats: dict[str, float], *, rollout_s: float,

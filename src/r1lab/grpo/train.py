@@ -30,7 +30,7 @@ import torch
 from r1lab.training import distributed, fsdp
 from r1lab.training.checkpoint import (checkpoint_dir, latest_checkpoint, load_checkpoint, load_weights,
                                        prune_checkpoints, save_checkpoint, save_final, save_model)
-from r1lab.recipe import save_config
+from r1lab.recipe import save_config, to_dict
 from r1lab.errors import R1labError
 from r1lab.grpo.config import GRPOConfig
 from r1lab.problems import PromptStream, load_eval_rows, load_train_rows
@@ -40,40 +40,32 @@ from r1lab.grpo.parallel import gather_lists, gather_scored, group_seed, share
 from r1lab.grpo.rollout import (RolloutSettings, Scored, informative_groups, pack, rollout_hook, rollout_sampler,
                                 sample_and_score)
 from r1lab.grpo.update import UpdateSettings, reference_logprobs, update_policy
+from r1lab.models.loading import load_model, load_tokenizer
 from r1lab.models.lora import apply_lora, disabled_adapters, is_lora, save_merged
-from r1lab.models.loading import load_model_and_tokenizer
 from r1lab.models.precision import check_supported
-from r1lab.stages.plot import plot_run
-from r1lab.rewards import load_reward
+from r1lab.problem_formats import render_problem, tokenize_prompts
+from r1lab.rewards import FailurePolicy, TrainerState, load_reward
 from r1lab.sampling.generate import SamplingParams, generate
+from r1lab.stages.plot import plot_run
 from r1lab.training.loop import lr_multiplier
-from r1lab.templates import render_prompt
+from r1lab.training.tracking import Tracker, check_trackers
 
 __all__ = ["GRPOConfig", "main"]
 
 
 @distributed.launched  # under torchrun: one process of N (see grpo/parallel.py; a no-op otherwise)
 def main(config: GRPOConfig) -> dict:
-    _check_world_size(config)
+    out = _start(config)
     is_main = distributed.is_main()
-    out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    if is_main:
-        save_config(config, out / "config.yaml")
-
-    policy, tokenizer, reference, sampler = _load_policy(config)
+    tokenizer = load_tokenizer(config.model, config.revision, config.trust_remote_code)
+    stream, eval_rows, rollout_settings = _prepare(config, tokenizer)  # before the model: a typo costs seconds
+    policy, reference, sampler = _load_policy(config)
     device = next(policy.parameters()).device
     check_supported(config.precision, device)
-    stream = PromptStream(load_train_rows(config.data, config.seed), config.seed)  # every process: the whole stream
-    eval_rows = load_eval_rows(config.data, config.seed)
-    rollout_settings = _rollout_settings(config)
     optimizer, scheduler = _optimizer(policy, config)
 
     start, ref_step = _resume(config, out, policy, reference, optimizer, scheduler, stream)
-    log = MetricsLog(out / "metrics.jsonl", keep_up_to=start) if is_main else None
+    log = MetricsLog(out / "metrics.jsonl", start, Tracker(config.report_to, out, to_dict(config))) if is_main else None
     if start == 0 and eval_rows:
         evaluation = _evaluate(_sampling(sampler, policy), tokenizer, eval_rows, config)  # every process: a share of the rows
         if log:
@@ -82,7 +74,8 @@ def main(config: GRPOConfig) -> dict:
     progress = _progress(config, start) if is_main else None
     for step in range(start + 1, config.max_steps + 1):
         t0 = time.perf_counter()
-        settings = dataclasses.replace(rollout_settings, reward_weights=config.weights_at(step))
+        settings = dataclasses.replace(rollout_settings, reward_weights=config.weights_at(step),
+                                       trainer_state=_trainer_state(step, config, stream))
         scored, sampled, rollout, mine = _rollout(_sampling(sampler, policy), reference, tokenizer, stream, config,
                                                   settings, step, device)
         g = config.num_generations
@@ -109,9 +102,24 @@ def main(config: GRPOConfig) -> dict:
                         {"step": step, "ref_step": ref_step, "stream": stream.state()})
         _report(progress, metrics)
 
+    if log:
+        log.close()
     _save_final(out, config, policy, tokenizer)
     distributed.barrier()  # every process returns once the files are there
     return log.last if log else {}
+
+
+def _start(config: GRPOConfig) -> Path:
+    """Checks, threads, seed and the saved config; returns the run folder."""
+    _check_world_size(config)
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    if distributed.is_main():
+        save_config(config, out / "config.yaml")
+    return out
 
 
 def train_from(config: GRPOConfig, model: str, output_dir: str | Path) -> dict:
@@ -119,6 +127,35 @@ def train_from(config: GRPOConfig, model: str, output_dir: str | Path) -> dict:
     checkpoint if a killed run left one (the pipeline's and distillation's GRPO runs)."""
     return main(dataclasses.replace(config, model=model, output_dir=str(output_dir),
                                     resume=latest_checkpoint(output_dir) is not None))
+
+
+def _prepare(config: GRPOConfig, tokenizer) -> tuple[PromptStream, list[dict], RolloutSettings]:
+    """The prompt stream, the eval rows and the rollout settings (rewards loaded and set up), each
+    checked before the model loads; the first prompts are rendered with the template."""
+    if not config.data.train and not _speaks_micro(tokenizer):
+        raise R1labError(f"{config.model} is not a micro model, and data.train is not set: give data.train "
+                         "(a JSONL/Parquet file, a datasets folder or a hub dataset); the micro tasks are for "
+                         "micro models")
+    check_trackers(config.report_to)
+    rows = load_train_rows(config.data, config.seed)
+    eval_rows = load_eval_rows(config.data, config.seed)
+    _prompt_ids(rows[:1] + eval_rows[:1], tokenizer, config)
+    return PromptStream(rows, config.seed), eval_rows, _rollout_settings(config)  # every process: the whole stream
+
+
+def _speaks_micro(tokenizer) -> bool:
+    """Whether the tokenizer is the micro world's (the built-in tasks' models). Imported here only:
+    a run without data.train uses the micro world anyway, and a run on a user's file never loads it."""
+    from r1lab.micro.tokenizer import is_micro_tokenizer
+
+    return is_micro_tokenizer(tokenizer)
+
+
+def _trainer_state(step: int, config: GRPOConfig, stream: PromptStream) -> TrainerState:
+    """What a reward sees as TRL's `trainer_state` while step `step` (1-based) is sampled."""
+    epoch = stream.epoch + stream.position / max(1, len(stream.rows))
+    return TrainerState(global_step=step - 1, max_steps=config.max_steps, epoch=epoch,
+                        is_world_process_zero=distributed.is_main())
 
 
 def _rollout_settings(config: GRPOConfig) -> RolloutSettings:
@@ -130,7 +167,7 @@ def _rollout_settings(config: GRPOConfig) -> RolloutSettings:
         reward_weights=config.weights, overlong_cache=config.overlong_cache,
         batch_size=config.rollout_batch_size,
         sampler=rollout_sampler(config.rollout_backend, config.model, config.seed), hook=rollout_hook(config),
-        precision=config.precision)
+        precision=config.precision, failures=FailurePolicy(config.reward_failures, config.max_reward_failures))
 
 
 def _optimizer(policy, config: GRPOConfig):
@@ -228,21 +265,22 @@ def _save_model(path: Path, model, tokenizer) -> None:
 
 
 def _load_policy(config: GRPOConfig):
-    """(policy, tokenizer, frozen reference copy or None, the model that samples). With LoRA the
-    policy is a PEFT model and there is no copy: the reference is the policy with its adapters off
+    """(policy, frozen reference copy or None, the model that samples). With LoRA the policy is a
+    PEFT model and there is no copy: the reference is the policy with its adapters off
     (`_reference_logprobs`). With sharding=fsdp policy and reference are sharded and an unsharded
     copy samples (r1lab.training.fsdp); otherwise the policy samples itself."""
-    policy, tokenizer = load_model_and_tokenizer(config.model, device=distributed.device(config.device))
+    policy = load_model(config.model, device=distributed.device(config.device), revision=config.revision,
+                        trust_remote_code=config.trust_remote_code, attn_implementation=config.attn_implementation)
     if config.lora_r > 0:
         policy = apply_lora(policy, config.lora_r, config.lora_alpha, config.lora_dropout,
                             config.lora_target_modules, seed=config.seed)
     reference = _frozen_copy(policy) if config.beta > 0 and not is_lora(policy) else None
     if config.sharding != "fsdp":
-        return policy, tokenizer, reference, policy
+        return policy, reference, policy
     sampler = _frozen_copy(policy)
     for model in (policy, reference) if reference is not None else (policy,):
         fsdp.shard(model, config.precision, config.fsdp_cpu_offload)
-    return policy, tokenizer, reference, sampler
+    return policy, reference, sampler
 
 
 def _sampling(sampler, policy):
@@ -288,7 +326,7 @@ def _collect(policy, tokenizer, stream: PromptStream, config: GRPOConfig, settin
     rounds = 1 + (config.max_refills if config.dynamic_sampling else 0)
     for r in range(rounds):
         rows = stream.take(need)  # the same rows on every process
-        prompt_ids = _prompt_ids(rows, tokenizer, config.template)  # once: for sampling and for packing
+        prompt_ids = _prompt_ids(rows, tokenizer, config)  # once: for sampling and for packing
         scored = _sample_shared(policy, tokenizer, rows, prompt_ids, config, settings, [step, r])
         sampled.append(scored)
         if config.dynamic_sampling:
@@ -320,9 +358,10 @@ def _sample_shared(policy, tokenizer, rows: list[dict], prompt_ids: list[list[in
     return gather_scored(part)
 
 
-def _prompt_ids(rows: list[dict], tokenizer, template: str) -> list[list[int]]:
-    texts = [render_prompt(template, row["prompt"], tokenizer) for row in rows]
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+def _prompt_ids(rows: list[dict], tokenizer, config: GRPOConfig) -> list[list[int]]:
+    """Token ids of the rows' prompts: templated (or chat-rendered), BOS as the tokenizer adds it."""
+    texts = [render_problem(row["prompt"], config.template, tokenizer, config.data.system_prompt) for row in rows]
+    return tokenize_prompts(tokenizer, texts)
 
 
 def _resume(config, out, policy, reference, optimizer, scheduler, stream) -> tuple[int, int]:
@@ -360,7 +399,7 @@ def _evaluate(policy, tokenizer, rows: list[dict], config: GRPOConfig) -> dict:
                              seed=config.seed, reflection_phrases=config.reflection_phrases, progress=False,
                              batch_size=config.rollout_batch_size)
     mine = share(len(rows))
-    prompts = [render_prompt(config.template, rows[i]["prompt"], tokenizer) for i in mine]
+    prompts = _prompt_ids([rows[i] for i in mine], tokenizer, config)
     policy.eval()
     with torch.inference_mode():
         groups = generate(policy, tokenizer, prompts, eval_config.sampling(), batch_size=config.rollout_batch_size,

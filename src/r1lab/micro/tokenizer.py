@@ -70,3 +70,12 @@ def micro_corpus_sample(n: int = 4000, seed: int = 0) -> Iterator[str]:
         if template.text:
             yield template.text
     yield "wait, let me check. Wait, recheck. Hmm, let me verify this step again."
+
+
+def is_micro_tokenizer(tokenizer) -> bool:
+    """Whether `tokenizer` is a micro-world tokenizer (built by `build_tokenizer`): a small
+    vocabulary in which every reasoning tag is one token. The micro tasks are only meant for
+    models that speak it; a real model given no data is a mistake, not a micro run."""
+    if len(tokenizer) > 4096:
+        return False
+    return all(len(tokenizer(tag, add_special_tokens=False)["input_ids"]) == 1 for tag in TAG_TOKENS)

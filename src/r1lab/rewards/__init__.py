@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import logging
 import math
 import sys
@@ -19,8 +20,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from r1lab.errors import R1labError
+from r1lab.rewards.calling import (FailurePolicy, RewardInputs, TrainerState, call_reward,
+                                   conversational_completions)
 from r1lab.rewards.answers import answers_match, extract_answer, normalise
 from r1lab.rewards.code_tests import binary_code_reward, code_reward, extract_code, make_code_reward
+from r1lab.rewards.gym import reasoning_gym_reward
 from r1lab.rewards.formatting import format_reward, lenient_format_reward, readable_format_reward, tag_count_reward
 from r1lab.rewards.rules import (
     accuracy_reward,
@@ -55,11 +59,15 @@ REWARDS: dict[str, RewardFn] = {
     "faithfulness": faithfulness_reward,
     "code": code_reward,
     "code_binary": binary_code_reward,
+    "reasoning_gym": reasoning_gym_reward,  # needs `pip install reasoning-gym` (make install has it)
 }
 
 
 def load_reward(spec: str) -> RewardFn:
     """A reward function from a registry name, ``path/to/file.py:function`` or ``package.module:function``.
+
+    A name that is a class is instantiated once, with no arguments (its ``__init__`` is the set-up);
+    the instance is then called like a function.
 
     >>> load_reward("format") is format_reward
     True
@@ -79,6 +87,8 @@ def load_reward(spec: str) -> RewardFn:
     fn = getattr(module, name, None)
     if fn is None:
         raise R1labError(f"reward {spec!r}: {source} has no function {name!r}")
+    if inspect.isclass(fn):  # a reward class: set up once (load a model, open a client), then called
+        fn = fn()
     if not callable(fn):
         raise R1labError(f"reward {spec!r}: {name!r} in {source} is not callable")
     return fn
@@ -120,6 +130,9 @@ def combine_rewards(
     fns: Sequence[RewardFn | tuple[str, RewardFn]],
     weights: Sequence[float] | None,
     completions: list[str],
+    *,
+    inputs: RewardInputs | None = None,
+    failures: FailurePolicy | None = None,
     **columns: Any,
 ) -> tuple[list[float], dict[str, list[float | None]]]:
     """The weighted sum of several rewards, and each reward's own scores (for logging).
@@ -127,9 +140,12 @@ def combine_rewards(
     `fns` holds reward functions, or ``(name, fn)`` pairs to log them under a name of your own
     (e.g. the spec given to `load_reward`); a bare function is named by `reward_name`.
     total[i] = sum_k weights[k] * scores_k[i] over the rewards whose score is not None (0.0 when
-    none can judge example i). A reward that raises is logged and counts as None for the whole
-    batch: a bug in one reward must not kill a long run. A reward returning the wrong number of
-    scores, or non-numbers, is a bug in its definition: R1labError. NaN/inf scores count as None.
+    none can judge example i). Each reward is called as TRL calls it (r1lab.rewards.calling):
+    `inputs` carries the prompts, completion ids and trainer state; with conversational prompts
+    the completions are passed as messages. A reward that raises stops the run with its traceback,
+    unless `failures` (a FailurePolicy with mode "skip") lets the call count as None for the whole
+    batch. A reward returning the wrong number of scores, or non-numbers, is a bug in its
+    definition: R1labError. NaN/inf scores count as None.
 
     >>> combine_rewards([accuracy_reward, format_reward], [1.0, 0.5],
     ...                 ["<think> 2+2 </think> <answer>4</answer>"], answer=["4"])[0]
@@ -141,11 +157,15 @@ def combine_rewards(
     n = len(completions)
     total = [0.0] * n
     per_fn: dict[str, list[float | None]] = {}
+    inputs = inputs or RewardInputs()
+    passed = completions
+    if inputs.prompts is not None and any(isinstance(p, list) for p in inputs.prompts):
+        passed = conversational_completions(completions)
     for entry, weight in zip(fns, weights):
         name, fn = entry if isinstance(entry, tuple) else (reward_name(entry), entry)
         if name in per_fn:
             name = f"{name}#{sum(key.split('#')[0] == name for key in per_fn) + 1}"
-        scores = _call_reward(fn, name, completions, columns)
+        scores = _call_reward(fn, name, passed, columns, inputs, failures or FailurePolicy())
         per_fn[name] = scores
         for i, score in enumerate(scores):
             if score is not None:
@@ -153,13 +173,15 @@ def combine_rewards(
     return total, per_fn
 
 
-def _call_reward(fn: RewardFn, name: str, completions: list[str], columns: dict[str, Any]) -> list[float | None]:
+def _call_reward(fn: RewardFn, name: str, completions: list, columns: dict[str, Any], inputs: RewardInputs,
+                 failures: FailurePolicy) -> list[float | None]:
     n = len(completions)
     try:
-        raw = fn(completions, **columns)
-    except Exception as e:  # noqa: BLE001 -- any bug in a reward: warn, don't crash the run
-        logger.warning("reward %r raised %s: %s; its scores for this batch are left out", name, type(e).__name__, e)
+        raw = call_reward(fn, completions, columns, inputs)
+    except Exception as e:  # noqa: BLE001 -- re-raised unless reward_failures=skip allows it
+        failures.failed(name, e)
         return [None] * n
+    failures.succeeded(name)
     try:
         raw = list(raw)
     except TypeError:
@@ -184,7 +206,7 @@ def _call_reward(fn: RewardFn, name: str, completions: list[str], columns: dict[
 
 
 __all__ = [
-    "REWARDS", "accuracy_reward", "answers_match", "combine_rewards", "cosine_length_reward",
+    "REWARDS", "FailurePolicy", "RewardInputs", "TrainerState", "accuracy_reward", "answers_match", "combine_rewards", "cosine_length_reward",
     "cosine_scale", "extract_answer", "format_reward", "is_correct", "language_consistency_reward",
     "language_share", "lenient_format_reward", "load_reward", "make_accuracy_reward",
     "make_cosine_length_reward", "make_language_consistency_reward", "make_repetition_penalty",

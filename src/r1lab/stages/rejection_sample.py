@@ -38,6 +38,7 @@ from r1lab.stages.sample_filters import (DEFAULT_FILTERS, FILTERS, FilterSetting
 from r1lab.files import read_rows, require_columns, write_json, write_jsonl
 from r1lab.models.loading import DTYPES, load_model_and_tokenizer
 from r1lab.sampling.generate import SamplingParams, generate
+from r1lab.problem_formats import tokenize_prompts
 from r1lab.templates import TEMPLATES, render_prompt
 
 
@@ -92,7 +93,8 @@ def main(config: RejectionSampleConfig) -> dict:
     out = Path(config.output_dir)
     save_config(config, out / "config.yaml")
 
-    prompts = [render_prompt(config.template, row["prompt"], tokenizer) for row in rows]
+    # the BOS token exactly when the tokenizer adds one (r1lab.problem_formats)
+    prompts = tokenize_prompts(tokenizer, [render_prompt(config.template, row["prompt"], tokenizer) for row in rows])
     samples = sample_completions(model, tokenizer, rows, prompts, config.sampling(), config.batch_size,
                                  config.progress)
     kept, stats = filter_report(samples, config.filters, config.filter_settings, judge)
@@ -132,8 +134,8 @@ def load_prompts(data: str, task_names, num_problems: int, levels: dict, seed: i
     return rows
 
 
-def sample_completions(model, tokenizer, rows: list[dict], prompts: list[str], params: SamplingParams,
-                       batch_size: int, progress: bool = False) -> list[Sample]:
+def sample_completions(model, tokenizer, rows: list[dict], prompts: list[str] | list[list[int]],
+                       params: SamplingParams, batch_size: int, progress: bool = False) -> list[Sample]:
     """`params.n` samples for each rendered prompt, as `Sample`s carrying their row."""
     with torch.inference_mode():
         groups = generate(model, tokenizer, prompts, params, batch_size=batch_size, progress=progress)

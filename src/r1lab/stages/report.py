@@ -1,6 +1,10 @@
 """The results of the R1 pipeline: ``r1lab report run_dir=runs/micro/r1``
 
     r1lab report run_dir=runs/micro/r1     # re-draw the table and report of a finished pipeline
+    r1lab report runs/grpo                 # any single run (grpo, sft, pretrain...): its metrics, first and last
+
+A folder with ``metrics.jsonl`` and no pipeline evaluations is a single run: its report is the first
+and last logged value of every metric, and its training curves (RL runs).
 
 One row per model of the recipe (base, R1-Zero, each R1 stage, the distilled and the RL-only
 student), one column per metric of the paper's protocol (`r1lab.evaluation.evaluate`: k samples per
@@ -26,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from r1lab.errors import R1labError
 from r1lab.files import read_jsonl, write_json, write_text
 
 # (key, label): the key is the pipeline's folder name of the stage that made the model
@@ -66,6 +71,10 @@ class ReportConfig:
 
 def main(config: ReportConfig) -> dict:
     run = Path(config.run_dir)
+    if not run.is_dir():
+        raise R1labError(f"{run}: no such run folder")
+    if not (run / "eval").is_dir() and (run / "metrics.jsonl").is_file():
+        return write_run_report(run, read_jsonl(run / "metrics.jsonl", tolerant=True))
     summaries = {key: load_summary(run / "eval" / key) for key, _ in ROWS if (run / "eval" / key).is_dir()}
     return write_report(run, summaries, curve_images(run), load_general(run))
 
@@ -203,6 +212,49 @@ def write_report(run: Path, summaries: Mapping[str, Mapping], curves: Mapping[st
     write_text(run / "results.md", f"# Results: {run}\n\n{markdown}")
     write_json(run / "results.json", _json_safe(result))
     write_text(run / "report.html", to_html(run, result, curves))
+    print(f"report: {run / 'results.md'}, {run / 'results.json'}, {run / 'report.html'}")
+    return result
+
+
+def run_table(rows: Sequence[Mapping]) -> list[tuple[str, float, float, int, int]]:
+    """(metric, first value, last value, its first step, its last step) for every numeric metric.
+
+    >>> run_table([{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5, "eval/x/pass@1": 0.5}])
+    [('eval/x/pass@1', 0.5, 0.5, 2, 2), ('loss', 2.0, 1.5, 1, 2)]
+    """
+    seen: dict[str, list[tuple[int, float]]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                seen.setdefault(key, []).append((int(row.get("step", 0)), float(value)))
+    return [(key, points[0][1], points[-1][1], points[0][0], points[-1][0]) for key, points in sorted(seen.items())]
+
+
+def write_run_report(run: Path, rows: Sequence[Mapping]) -> dict:
+    """results.md / results.json / report.html of a single run from its metrics.jsonl rows."""
+    if not rows:
+        raise R1labError(f"{run / 'metrics.jsonl'}: no metrics logged yet")
+    table = run_table(rows)
+    lines = ["| metric | first | last | steps |", "|---|---:|---:|---|"]
+    lines += [f"| {key} | {first:.4g} | {last:.4g} | {a}-{b} |" for key, first, last, a, b in table]
+    markdown = "\n".join(lines)
+    print(markdown)
+    write_text(run / "results.md", f"# Results: {run}\n\n{markdown}\n")
+    result = {"steps": int(rows[-1].get("step", 0)),
+              "metrics": {key: {"first": first, "last": last} for key, first, last, _, _ in table}}
+    write_json(run / "results.json", _json_safe(result))
+    curves = {}
+    if any("reward/mean" in r for r in rows):  # the RL panels (r1lab.plots)
+        from r1lab.stages.plot import plot_run
+
+        curves["run"] = plot_run(run, run / "curves.png")
+    body = "".join(f"<tr><td>{html.escape(k)}</td><td>{first:.4g}</td><td>{last:.4g}</td><td>{a}-{b}</td></tr>"
+                   for k, first, last, a, b in table)
+    images = "".join(f"<img alt='curves' src='data:image/png;base64,{base64.b64encode(Path(p).read_bytes()).decode()}'>"
+                     for p in curves.values())
+    write_text(run / "report.html", f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>r1lab run</title></head>"
+               f"<body><h1>r1lab run: {html.escape(str(run))}</h1><table><tr><th>metric</th><th>first</th>"
+               f"<th>last</th><th>steps</th></tr>{body}</table>{images}</body></html>\n")
     print(f"report: {run / 'results.md'}, {run / 'results.json'}, {run / 'report.html'}")
     return result
 

@@ -31,22 +31,27 @@ from pathlib import Path
 import torch
 
 from r1lab.errors import R1labError
-from r1lab.files import read_rows
 from r1lab.models.loading import DTYPES, load_model_and_tokenizer
 from r1lab.models.lora import TARGET_MODULES, apply_lora, check_lora_settings, is_lora, save_merged
+from r1lab.problem_formats import read_problem_rows
 from r1lab.recipe import check_choices, save_config
 from r1lab.templates import TEMPLATES
 from r1lab.training import distributed
 from r1lab.training.loop import TrainSettings, check_output_dir, enable_gradient_checkpointing, train
 from r1lab.training.sft_data import split_examples, tokenize_rows
+from r1lab.training.tracking import check_trackers
 
 
 @dataclass(frozen=True)
 class SFTConfig(TrainSettings):
     """``r1lab sft`` settings: the data and model below, plus every `TrainSettings` field."""
 
-    model: str = ""  # model folder (or hub name) with its tokenizer
-    train_data: str = ""  # .jsonl, .parquet or a datasets folder
+    model: str = ""  # model folder (always tried first) or hub name, with its tokenizer
+    revision: str = ""  # hub models: branch, tag or commit
+    trust_remote_code: bool = False  # run a hub model's own modelling code
+    attn_implementation: str = ""  # eager | sdpa | flash_attention_2; empty: transformers' choice
+    train_data: str = ""  # .jsonl, .parquet, a datasets folder, or a hub dataset name (online)
+    data_subset: str = ""  # hub datasets only: the configuration name (Mixture-of-Thoughts: math)
     eval_data: str = ""  # empty: hold out eval_fraction of train_data (0: no eval)
     eval_fraction: float = 0.0
     template: str = "raw"  # prompt template for prompt/completion rows (r1lab.templates)
@@ -94,9 +99,13 @@ def main(config: SFTConfig) -> dict:
         torch.set_num_threads(config.threads)
     output_dir = Path(config.output_dir)
     check_output_dir(output_dir, config.resume)  # before config.yaml is overwritten
-    train_rows = read_rows(config.train_data)  # before the model: a wrong path fails fast
-    eval_rows = read_rows(config.eval_data) if config.eval_data else None
-    model, tokenizer = load_model_and_tokenizer(config.model, config.dtype, distributed.device(config.device))
+    # before the model: a wrong path fails fast; a local file or folder, else a hub dataset (online)
+    train_rows = read_problem_rows(config.train_data, "train", config.data_subset)
+    eval_rows = read_problem_rows(config.eval_data, "test", config.data_subset) if config.eval_data else None
+    check_trackers(config.report_to)
+    model, tokenizer = load_model_and_tokenizer(config.model, config.dtype, distributed.device(config.device),
+                                                revision=config.revision, trust_remote_code=config.trust_remote_code,
+                                                attn_implementation=config.attn_implementation)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     if config.lora_r > 0:

@@ -13,6 +13,7 @@ prompt/completion and chat rows; ``r1lab pretrain`` passes its own corpus).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -31,6 +32,7 @@ from r1lab.training import distributed, fsdp
 from r1lab.training.checkpoint import (checkpoint_dir, latest_checkpoint, load_checkpoint, prune_checkpoints,
                                        save_checkpoint, save_final)
 from r1lab.training.sft_data import IGNORE_INDEX, Example, batches, collate
+from r1lab.training.tracking import TRACKERS, Tracker
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class TrainSettings:
     # CPU memory (GPU runs)
     sharding: str = "ddp"
     fsdp_cpu_offload: bool = False
+    report_to: tuple[str, ...] = ()  # tensorboard | wandb | trackio, beside metrics.jsonl (r1lab.training.tracking)
 
     def __post_init__(self):
         if self.learning_rate <= 0:
@@ -77,6 +80,7 @@ class TrainSettings:
         check_choices("sharding", self.sharding, fsdp.SHARDINGS)
         if self.fsdp_cpu_offload and self.sharding != "fsdp":
             raise ValueError("fsdp_cpu_offload=true needs sharding=fsdp")
+        check_choices("report_to", self.report_to, TRACKERS)
 
 
 def lr_multiplier(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
@@ -203,7 +207,8 @@ def train(model, tokenizer, train_examples: Sequence[Example], eval_examples: Se
     trainee = model if fsdp.is_sharded(model) else distributed.data_parallel(model)  # DDP under torchrun
     stream = _batch_stream(train_examples, settings, state["epoch"], state["position"])
     main = distributed.is_main()
-    log = _MetricsLog(output_dir / "metrics.jsonl") if main else None
+    log = _MetricsLog(output_dir / "metrics.jsonl", Tracker(settings.report_to, output_dir,
+                                                            dataclasses.asdict(settings))) if main else None
     bar = tqdm(total=total_steps, initial=state["step"], desc=desc, dynamic_ncols=True, disable=not main)
     trainee.train()
     while state["step"] < total_steps:
@@ -226,6 +231,8 @@ def train(model, tokenizer, train_examples: Sequence[Example], eval_examples: Se
         if last or _every(step, settings.save_every):
             _save_checkpoint(output_dir, step, (model, tokenizer, optimizer, scheduler), state, settings)
     bar.close()
+    if main:
+        log.tracker.close()
     if fsdp.is_sharded(model):  # gathered on rank 0
         fsdp.save_model(output_dir / "final", model, tokenizer)
     elif main:
@@ -251,8 +258,8 @@ def _save_checkpoint(output_dir: Path, step: int, trainer: tuple, state: dict, s
 class _MetricsLog:
     """Appends rows to metrics.jsonl, adding the tokens/s since the previous row."""
 
-    def __init__(self, path: Path):
-        self.path, self.clock, self.tokens = path, time.perf_counter(), 0
+    def __init__(self, path: Path, tracker: Tracker):
+        self.path, self.clock, self.tokens, self.tracker = path, time.perf_counter(), 0, tracker
 
     def add(self, tokens: int) -> None:
         self.tokens += tokens
@@ -262,6 +269,7 @@ class _MetricsLog:
         row["tokens_per_s"] = round(self.tokens / max(now - self.clock, 1e-9), 1)
         row["peak_memory_mb"] = distributed.peak_memory_mb()
         append_jsonl(self.path, row)
+        self.tracker.log(row)
         self.clock, self.tokens = now, 0
 
 
