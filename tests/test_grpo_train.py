@@ -50,7 +50,7 @@ def test_grpo_bad_input_is_one_line_error(tiny_model_dir, prompts_jsonl, tmp_pat
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "hi", "answer": "1"}\n{"prompt": "", "answer": "2"}\n')
     assert cli_main(["grpo", *_args(tiny_model_dir, bad, tmp_path / "r", "max_steps=1")]) == 2
-    assert "bad.jsonl: row 1 has no 'prompt'" in capsys.readouterr().err
+    assert "bad.jsonl: row 2 has no 'prompt'" in capsys.readouterr().err
     assert cli_main(["grpo", *_args(tiny_model_dir, prompts_jsonl, tmp_path / "r", "rewards=[nosuch]")]) == 2
     assert "nosuch" in capsys.readouterr().err.splitlines()[-1]
     assert cli_main(["grpo", *_args(tmp_path / "nomodel", prompts_jsonl, tmp_path / "r")]) == 2

@@ -82,7 +82,7 @@ def load_problems(config: EvalConfig) -> list[dict]:
     if config.data:
         rows = read_rows(config.data)
         out = []
-        for i, row in enumerate(rows):
+        for i, row in enumerate(rows, 1):
             prompt = row.get("problem", row.get("prompt"))
             if not isinstance(prompt, str) or not prompt.strip():
                 raise R1labError(f"{config.data}: row {i} has no 'problem' (or 'prompt') text")

@@ -37,8 +37,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from r1lab import distributed
-from r1lab.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint, save_final
-from r1lab.config import check_choices, save_config
+from r1lab.distributed import DEFAULT_TIMEOUT_S
+from r1lab.checkpoint import CheckpointError, checkpoint_dir, prune_checkpoints, resume_latest, save_checkpoint, save_final, start_run
+from r1lab.config import check_choices, check_range, save_config
 from r1lab.data import IGNORE_INDEX, Example, batches, collate, split_examples, tokenize_rows
 from r1lab.errors import R1labError
 from r1lab.io import append_jsonl, read_jsonl, read_rows, write_jsonl
@@ -69,18 +70,11 @@ class TrainSettings:
     seed: int = 0
 
     def __post_init__(self):
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
-            raise ValueError("adam_beta1 and adam_beta2 must be in [0, 1)")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        for name in ("warmup_steps", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("grad_accum", "log_every", "max_tokens_per_batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_range(self, 0, None, "learning_rate", open_low=True)
+        check_range(self, 0, 1, "adam_beta1", "adam_beta2", open_high=True)
+        check_range(self, 0, 1, "min_lr_ratio")
+        check_range(self, 0, None, "warmup_steps", "weight_decay", "epochs")
+        check_range(self, 1, None, "grad_accum", "log_every", "max_tokens_per_batch")
         if self.max_steps <= 0 and self.epochs < 1:
             raise ValueError("set max_steps > 0 or epochs >= 1")
 
@@ -178,7 +172,8 @@ def train_step(model, optimizer, scheduler, micro_batches: list[list[Example]], 
 
 
 def train(model, tokenizer, train_examples: Sequence[Example], eval_examples: Sequence[Example],
-          settings: TrainSettings, output_dir: str | Path, resume: bool = False, desc: str = "sft") -> dict:
+          settings: TrainSettings, output_dir: str | Path, resume: bool = False, desc: str = "sft",
+          overwrite: bool = False) -> dict:
     """Train `model` on `train_examples`; checkpoints, metrics and ``final/`` go to `output_dir`.
 
     Returns {"train_loss", "eval_loss", "steps", "seconds"} (eval_loss None without eval data).
@@ -195,7 +190,7 @@ def train(model, tokenizer, train_examples: Sequence[Example], eval_examples: Se
     optimizer = build_optimizer(model, settings)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(
         s, settings.warmup_steps, total_steps, settings.min_lr_ratio))
-    state = _start_state(output_dir, model, optimizer, scheduler, resume, len(train_examples))
+    state = _start_state(output_dir, model, optimizer, scheduler, (resume, overwrite), len(train_examples))
     trainee = distributed.data_parallel(model)  # `model` itself in a single process
     stream = _batch_stream(train_examples, settings, state["epoch"], state["position"])
     main = distributed.is_main()
@@ -221,7 +216,7 @@ def train(model, tokenizer, train_examples: Sequence[Example], eval_examples: Se
         bar.set_postfix(loss=f"{result['loss']:.4f}")
         if main and (last or _every(step, settings.save_every)):
             save_checkpoint(checkpoint_dir(output_dir, step), model, tokenizer, optimizer, scheduler, state)
-            prune_checkpoints(output_dir, settings.keep_checkpoints)
+            prune_checkpoints(output_dir, settings.keep_checkpoints, step)
     bar.close()
     if main:
         save_final(output_dir / "final", model, tokenizer)
@@ -278,38 +273,37 @@ def _total_steps(examples: Sequence[Example], settings: TrainSettings) -> int:
     return math.ceil(settings.epochs * per_epoch / settings.grad_accum)
 
 
-def check_output_dir(output_dir: str | Path, resume: bool) -> None:
-    """Refuse to start a fresh run on top of another run's checkpoints (it would mix the two)."""
-    found = latest_checkpoint(output_dir)
-    if found is not None and not resume:
-        raise R1labError(f"{output_dir} already has checkpoints (newest: {found.name}); "
-                         "pass resume=true to continue, or choose another output_dir")
+def _start_state(output_dir: Path, model, optimizer, scheduler, mode: tuple[bool, bool], num_examples: int) -> dict:
+    """Fresh state, or the newest loadable checkpoint's (weights, optimizer, scheduler, RNG restored).
 
-
-def _start_state(output_dir: Path, model, optimizer, scheduler, resume: bool, num_examples: int) -> dict:
-    """Fresh state, or the newest checkpoint's (weights, optimizer, scheduler, RNG restored).
-
-    Every process loads the checkpoint; only rank 0 touches metrics.jsonl. The data position is
-    global, so the world size may differ from the run that wrote the checkpoint.
+    `mode` is (resume, overwrite), see `checkpoint.start_run`. Every process loads the checkpoint;
+    only rank 0 touches files. The data position is global, so the world size may differ from the
+    run that wrote the checkpoint.
     """
-    check_output_dir(output_dir, resume)
-    metrics = output_dir / "metrics.jsonl"
-    found = latest_checkpoint(output_dir)
+    resume, overwrite = mode
     main = distributed.is_main()
+    if main:
+        start_run(output_dir, resume, overwrite)
+    distributed.barrier()
+    metrics = output_dir / "metrics.jsonl"
+    found = resume_latest(output_dir, model, optimizer, scheduler) if resume else None
     if found is None:
         if resume and main:
             print(f"{output_dir}: no checkpoint to resume from, starting fresh")
         if main:
             metrics.unlink(missing_ok=True)  # left by a run that died before its first checkpoint
         return {"step": 0, "epoch": 0, "position": 0, "num_examples": num_examples}
-    state = load_checkpoint(found, model, optimizer, scheduler)
-    if state.get("num_examples") != num_examples:
-        raise R1labError(f"{found}: was trained on {state.get('num_examples')} examples, now given {num_examples};"
+    path, state = found
+    missing = [key for key in ("step", "epoch", "position", "num_examples") if key not in state]
+    if missing:
+        raise CheckpointError(f"{path / 'trainer_state.json'}: lacks {missing}")
+    if state["num_examples"] != num_examples:
+        raise R1labError(f"{path}: was trained on {state['num_examples']} examples, now given {num_examples};"
                          " resuming needs the same data")
     if main and metrics.exists():  # drop rows logged after the checkpoint: they will be logged again
         write_jsonl(metrics, [r for r in read_jsonl(metrics, tolerant=True) if r.get("step", 0) <= state["step"]])
     if main:
-        print(f"resuming from {found} (step {state['step']})")
+        print(f"resuming from {path} (step {state['step']})")
     return state
 
 
@@ -349,7 +343,9 @@ class SFTConfig(TrainSettings):
     loss_on_prompt: bool = False
     max_length: int = 1024  # tokens; longer examples are truncated
     output_dir: str = "runs/sft"
-    resume: bool = False
+    resume: bool = False  # continue from the newest checkpoint in output_dir
+    overwrite: bool = False  # start afresh in an output_dir that has checkpoints, deleting them
+    distributed_timeout_s: float = DEFAULT_TIMEOUT_S  # under torchrun: a collective waiting longer ends the run
     dtype: str = "float32"
     device: str = "auto"  # auto: cuda if available, else cpu
     threads: int = 0  # torch CPU threads; 0 leaves torch's choice
@@ -370,8 +366,10 @@ class SFTConfig(TrainSettings):
         if self.max_tokens_per_batch < self.max_length:
             raise ValueError(f"max_tokens_per_batch ({self.max_tokens_per_batch}) must be >= max_length ({self.max_length})")
         check_choices("dtype", self.dtype, DTYPES)
-        if self.threads < 0:
-            raise ValueError(f"threads must be >= 0, got {self.threads}")
+        check_range(self, 0, None, "threads")
+        check_range(self, 0, None, "distributed_timeout_s", open_low=True)
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite can't both be true: continue the run, or replace it")
         check_lora_settings(self.lora_r, self.lora_alpha, self.lora_dropout, self.lora_target_modules)
 
 
@@ -387,7 +385,8 @@ def main(config: SFTConfig) -> dict:
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     output_dir = Path(config.output_dir)
-    check_output_dir(output_dir, config.resume)  # before config.yaml is overwritten
+    if distributed.is_main():
+        start_run(output_dir, config.resume, config.overwrite)  # before config.yaml is replaced
     train_rows = read_rows(config.train_data)  # before the model: a wrong path fails fast
     eval_rows = read_rows(config.eval_data) if config.eval_data else None
     model, tokenizer = load_model_and_tokenizer(config.model, config.dtype, distributed.device(config.device))
@@ -409,7 +408,7 @@ def main(config: SFTConfig) -> dict:
     if distributed.is_main():
         save_config(config, output_dir / "config.yaml")
     summary = train(model, tokenizer, train_examples, eval_examples, train_settings(config), output_dir,
-                    resume=config.resume, desc="sft")
+                    resume=config.resume, desc="sft", overwrite=config.overwrite)
     final = output_dir / "final"
     if is_lora(model) and config.save_merged:
         final = output_dir / "final-merged"

@@ -21,18 +21,19 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import shutil
 import time
 from pathlib import Path
 
 import torch
 
 from r1lab import distributed
-from r1lab.checkpoint import (checkpoint_dir, latest_checkpoint, load_checkpoint, load_weights, prune_checkpoints,
-                              save_checkpoint, save_final, save_model)
+from r1lab.checkpoint import (CheckpointError, checkpoint_dir, list_checkpoints, load_weights, prune_checkpoints,
+                              read_state, resume_latest, save_checkpoint, save_final, start_run)
 from r1lab.config import save_config
 from r1lab.errors import R1labError
 from r1lab.grpo.config import GRPOConfig
-from r1lab.grpo.data import PromptStream, load_eval_rows, load_train_rows
+from r1lab.grpo.data import PromptStream, check_same_data, data_fingerprint, load_eval_rows, load_train_rows
 from r1lab.grpo.losses import ADVANTAGES
 from r1lab.grpo.metrics import MetricsLog, step_metrics, write_samples
 from r1lab.grpo.parallel import gather_lists, gather_scored, group_seed, share
@@ -57,22 +58,25 @@ def main(config: GRPOConfig) -> dict:
     _check_world_size(config)
     is_main = distributed.is_main()
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     if is_main:
+        start_run(out, config.resume, config.overwrite, extra=("reference",))  # before config.yaml is replaced
         save_config(config, out / "config.yaml")
+    distributed.barrier()  # the others read checkpoints only once recovered
 
     policy, tokenizer, reference = _load_policy(config)
     device = next(policy.parameters()).device
     check_supported(config.precision, device)
-    stream = PromptStream(load_train_rows(config.data, config.seed), config.seed)  # every process: the whole stream
+    train_rows = load_train_rows(config.data, config.seed)
+    stream = PromptStream(train_rows, config.seed)  # every process: the whole stream
+    fingerprint = data_fingerprint(config.data, config.seed, train_rows)
     eval_rows = load_eval_rows(config.data, config.seed)
     rollout_settings = _rollout_settings(config)
     optimizer, scheduler = _optimizer(policy, config)
 
-    start, ref_step = _resume(config, out, policy, reference, optimizer, scheduler, stream)
+    start, ref_step = _resume(config, out, policy, reference, optimizer, scheduler, stream, fingerprint)
     log = MetricsLog(out / "metrics.jsonl", keep_up_to=start) if is_main else None
     if start == 0 and eval_rows:
         evaluation = _evaluate(policy, tokenizer, eval_rows, config)  # every process: a share of the rows
@@ -99,13 +103,13 @@ def main(config: GRPOConfig) -> dict:
         if reference is not None and config.ref_update_every and step % config.ref_update_every == 0:
             reference.load_state_dict(policy.state_dict())
             ref_step = step
-            if is_main:
-                save_model(out / "reference" / f"step-{step:06d}", reference, tokenizer)
+            if is_main:  # atomic; pruned with the checkpoints that no longer need it (_write_step)
+                save_final(_reference_dir(out, step), reference, tokenizer)
         if eval_rows and ((config.eval_every and step % config.eval_every == 0) or step == config.max_steps):
             metrics.update(_evaluate(policy, tokenizer, eval_rows, config))
         if is_main:
             _write_step(out, config, step, metrics, scored, log, (policy, tokenizer, optimizer, scheduler),
-                        {"step": step, "ref_step": ref_step, "stream": stream.state()})
+                        {"step": step, "ref_step": ref_step, "stream": stream.state(), "data": fingerprint})
         _report(progress, metrics)
 
     if is_main:
@@ -181,9 +185,25 @@ def _write_step(out: Path, config: GRPOConfig, step: int, metrics: dict, scored:
     log.write(metrics)
     if config.sample_every and step % config.sample_every == 0:
         write_samples(out / "completions.jsonl", step, scored)
-    if step % config.save_every == 0 or step == config.max_steps:
+    if (config.save_every and step % config.save_every == 0) or step == config.max_steps:
         save_checkpoint(checkpoint_dir(out, step), *trainer, state)
-        prune_checkpoints(out, config.keep_checkpoints)
+        prune_checkpoints(out, config.keep_checkpoints, step)
+        _prune_references(out, state["ref_step"])
+
+
+def _reference_dir(out: Path, step: int) -> Path:
+    return out / "reference" / f"step-{step:06d}"
+
+
+def _prune_references(out: Path, current: int) -> None:
+    """Delete reference snapshots that neither a kept checkpoint nor the run (`current`) needs."""
+    needed = {current}
+    for ckpt in list_checkpoints(out):
+        needed.add(read_state(ckpt).get("ref_step", 0))
+    root = out / "reference"
+    for snapshot in sorted(root.glob("step-*")) if root.is_dir() else []:
+        if snapshot.name not in {f"step-{s:06d}" for s in needed}:
+            shutil.rmtree(snapshot)
 
 
 def _load_policy(config: GRPOConfig):
@@ -267,15 +287,23 @@ def _prompt_ids(rows: list[dict], tokenizer, template: str) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
-def _resume(config, out, policy, reference, optimizer, scheduler, stream) -> tuple[int, int]:
-    """(last finished step, step of the last reference refresh); both 0 for a fresh run."""
-    ckpt = latest_checkpoint(out) if config.resume else None
-    if ckpt is None:
+def _resume(config, out, policy, reference, optimizer, scheduler, stream, fingerprint: dict) -> tuple[int, int]:
+    """(last finished step, step of the last reference refresh); both 0 for a fresh run.
+
+    Resumes from the newest checkpoint that loads (`resume_latest`), on the same data only."""
+    found = resume_latest(out, policy, optimizer, scheduler) if config.resume else None
+    if found is None:
+        if config.resume and distributed.is_main():
+            print(f"grpo: {out} has no checkpoint to resume from, starting fresh")
         return 0, 0
-    state = load_checkpoint(ckpt, policy, optimizer, scheduler)
+    ckpt, state = found
+    missing = [key for key in ("step", "stream") if key not in state]
+    if missing:
+        raise CheckpointError(f"{ckpt / 'trainer_state.json'}: lacks {missing}")
+    check_same_data(str(ckpt), state.get("data"), fingerprint)
     stream.restore(state["stream"])
     if reference is not None and state.get("ref_step"):
-        load_weights(out / "reference" / f"step-{state['ref_step']:06d}", reference)
+        load_weights(_reference_dir(out, state["ref_step"]), reference)
     if distributed.is_main():
         print(f"grpo: resumed from {ckpt} (step {state['step']})")
     return state["step"], state.get("ref_step", 0)
