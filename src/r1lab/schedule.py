@@ -16,22 +16,25 @@ runs alone, in this process. With one worker the stages run in list order in thi
 print to the console; with more, each stage prints to ``log_dir/<name>.log`` and the console shows
 when it starts and ends. A failed stage stops the run: the other running stage is killed (stages
 write checkpoints atomically, so a rerun resumes it) and the error names the stage and its log.
+Each stage runs in a process of its own; the scheduler sleeps until one of them exits (it does not
+poll), so a worker that dies (killed, out of memory) is noticed at once and named in the error.
+Ctrl-C stops the workers too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import signal
 import time
 import traceback
+from multiprocessing.connection import wait
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from r1lab.errors import R1labError
-
-_POLL_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -90,8 +93,8 @@ def run(stages: Sequence[Stage], workers: int, threads: int, log_dir: Path,
 
     context = multiprocessing.get_context("spawn")  # fork after torch has threads can deadlock
     done: set[str] = set()
-    running: dict[str, Any] = {}  # name -> AsyncResult
-    with context.Pool(workers, initializer=_init_worker, initargs=(threads,)) as pool:
+    running: dict[str, _Worker] = {}
+    try:
         while len(done) < len(stages):
             while len(running) < workers and (stage := next_stage(stages, done, set(running))) is not None:
                 if stage.wide:
@@ -103,24 +106,63 @@ def run(stages: Sequence[Stage], workers: int, threads: int, log_dir: Path,
                     continue
                 log = log_dir / f"{stage.name.replace('/', '_')}.log"
                 say(f"{stage.name}: started (log {log})")
-                running[stage.name] = pool.apply_async(_run_logged, (stage.run, stage.args, str(log)))
+                running[stage.name] = _Worker(context, stage, threads, log)
             if not running:
                 raise R1labError(f"no stage can start; waiting on: {[s.name for s in stages if s.name not in done]}")
-            time.sleep(_POLL_SECONDS)
-            for name, result in list(running.items()):
-                if not result.ready():
-                    continue
-                del running[name]
-                try:
-                    seconds = result.get()
-                except Exception as exc:  # the stage's own error, re-raised here from the worker
-                    pool.terminate()
-                    log = log_dir / f"{name.replace('/', '_')}.log"
-                    killed = f"; stopped {sorted(running)}" if running else ""
-                    raise R1labError(f"stage {name} failed: {exc} (log {log}){killed}") from exc
+            for name in _exited(running):
+                worker = running.pop(name)
+                seconds = worker.seconds(others=sorted(running))
                 done.add(name)
                 on_done(name, seconds)
                 say(f"{name}: done in {seconds:.0f} s")
+    finally:
+        for worker in running.values():  # a failed stage, or Ctrl-C: stop the others
+            worker.stop()
+
+
+class _Worker:
+    """One stage in a spawned process, its result coming back through a pipe."""
+
+    def __init__(self, context, stage: Stage, threads: int, log: Path):
+        self.name, self.log = stage.name, log
+        self.receiver, sender = context.Pipe(duplex=False)
+        self.process = context.Process(target=_worker_main, args=(sender, stage.run, stage.args, threads, str(log)),
+                                       name=f"r1lab-stage-{stage.name}")  # not daemonic: a stage may start processes
+        self.process.start()
+        sender.close()  # the child holds the only writing end: its exit closes the pipe
+
+    def seconds(self, others: list[str]) -> float:
+        """The stage's wall seconds once it has answered or exited; an R1labError naming it if it failed."""
+        try:
+            result = self.receiver.recv()
+        except EOFError:  # the process exited without answering
+            result = None
+        self.process.join(30)
+        self.stop()  # one that answered but lingers on (a stray non-daemon thread) is not waited for
+        killed = f"; stopped {others}" if others else ""
+        if result is None:
+            code = self.process.exitcode
+            how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+            raise R1labError(f"stage {self.name} failed: its worker process died ({how}) (log {self.log}){killed}")
+        ok, value = result
+        if not ok:
+            raise R1labError(f"stage {self.name} failed: {value} (log {self.log}){killed}")
+        return value
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+
+
+def _exited(running: dict[str, _Worker]) -> list[str]:
+    """Block until at least one worker has answered or exited (its pipe is then readable, with the
+    answer or at end of file); their stage names."""
+    ready = set(wait([w.receiver for w in running.values()]))
+    return [name for name, w in running.items() if w.receiver in ready]
 
 
 def _timed(stage: Stage) -> float:
@@ -129,11 +171,18 @@ def _timed(stage: Stage) -> float:
     return time.perf_counter() - start
 
 
-def _init_worker(threads: int) -> None:
-    import torch
-
+def _worker_main(sender, fn: Callable[..., Any], args: tuple, threads: int, log: str) -> None:
+    """In a worker process: run the stage, send back (True, seconds) or (False, its error's text)."""
     if threads > 0:
+        import torch
+
         torch.set_num_threads(threads)
+    try:
+        result = (True, _run_logged(fn, args, log))
+    except Exception as exc:  # the stage's own error: its text goes back, its traceback is in the log
+        result = (False, str(exc) or type(exc).__name__)
+    sender.send(result)
+    sender.close()
 
 
 def _run_logged(fn: Callable[..., Any], args: tuple, log: str) -> float:
