@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +30,7 @@ import torch
 from safetensors.torch import load_file
 
 from r1lab.errors import R1labError
-from r1lab.io import atomic_dir, fsync_dir, recover, write_json
+from r1lab.io import atomic_dir, recover, remove_dir, write_json
 
 STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -107,10 +106,10 @@ def prune_checkpoints(output_dir: str | Path, keep: int, step: int | None = None
         later = [p for p in found if _step_of(p) > step]
         found = [p for p in found if _step_of(p) <= step]
         for path in later:
-            shutil.rmtree(path)
+            remove_dir(path)
     if keep > 0:
         for old in found[:-keep]:
-            shutil.rmtree(old)
+            remove_dir(old)
 
 
 def _step_of(path: Path) -> int:
@@ -175,8 +174,7 @@ def start_run(output_dir: str | Path, resume: bool, overwrite: bool, extra: tupl
                          "continue, overwrite=true to delete them and start afresh, or choose another output_dir")
     for name in ("checkpoints", *extra):
         if (output_dir / name).exists():
-            shutil.rmtree(output_dir / name)
-    fsync_dir(output_dir)
+            remove_dir(output_dir / name)
     print(f"{output_dir}: overwrite=true: deleted the previous run's checkpoints", file=sys.stderr)
 
 

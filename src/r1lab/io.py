@@ -104,6 +104,16 @@ def _swap_in(tmp: Path, path: Path) -> None:
         shutil.rmtree(old)
 
 
+def remove_dir(path: str | os.PathLike) -> None:
+    """Delete a folder so that a crash midway leaves no half-deleted copy under its name: it is
+    renamed to ``.NAME.del.tmp`` first (which `recover` removes)."""
+    path = Path(path)
+    doomed = path.with_name(f".{path.name}.del.tmp")
+    os.replace(path, doomed)
+    fsync_dir(path.parent)
+    shutil.rmtree(doomed)
+
+
 def fsync_file(path: str | os.PathLike) -> None:
     """Flush a file's contents to disk."""
     fd = os.open(path, os.O_RDONLY)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import shutil
 import time
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from r1lab.grpo.noise import noise_metrics
 from r1lab.grpo.rollout import (RolloutSettings, Scored, informative_groups, pack, rollout_sampler,
                                 sample_and_score)
 from r1lab.grpo.update import UpdateSettings, reference_logprobs, update_policy
+from r1lab.io import remove_dir
 from r1lab.lora import apply_lora, disabled_adapters, is_lora, save_merged
 from r1lab.modeling import load_model_and_tokenizer
 from r1lab.precision import check_supported
@@ -203,7 +203,7 @@ def _prune_references(out: Path, current: int) -> None:
     root = out / "reference"
     for snapshot in sorted(root.glob("step-*")) if root.is_dir() else []:
         if snapshot.name not in {f"step-{s:06d}" for s in needed}:
-            shutil.rmtree(snapshot)
+            remove_dir(snapshot)
 
 
 def _load_policy(config: GRPOConfig):
