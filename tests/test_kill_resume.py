@@ -116,3 +116,25 @@ def test_killed_at_random_moments_the_run_always_resumes_to_the_unbroken_result(
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     leftovers = [p for p in out.rglob("*") if p.name.endswith((".tmp", ".old"))]
     assert leftovers == [], leftovers
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_promptly_and_the_run_resumes(tiny_model_dir, prompts_jsonl, tmp_path):
+    out = tmp_path / "run"
+    proc = start(grpo_args(tiny_model_dir, prompts_jsonl, out))
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "step-000003" / "trainer_state.json").exists():
+        assert proc.is_alive() and time.time() < deadline
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGINT)
+    sent = time.time()
+    proc.join(30)
+    assert proc.exitcode == 130 and time.time() - sent < 10  # cli: "interrupted", status 130
+    assert not (out / "final").exists(), "the run finished before Ctrl-C"
+    assert [p for p in out.rglob("*") if p.name.endswith((".tmp", ".old"))] == []  # nothing half-written
+    newest = latest_checkpoint(out)
+    assert newest is not None and newest.name >= "step-000003"
+
+    assert cli_main(grpo_args(tiny_model_dir, prompts_jsonl, out, "resume=true")) == 0
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))

@@ -103,8 +103,9 @@ def main(config: GRPOConfig) -> dict:
         if reference is not None and config.ref_update_every and step % config.ref_update_every == 0:
             reference.load_state_dict(policy.state_dict())
             ref_step = step
-            if is_main:  # atomic; pruned with the checkpoints that no longer need it (_write_step)
+            if is_main:  # atomic; kept while the run or a kept checkpoint needs it
                 save_final(_reference_dir(out, step), reference, tokenizer)
+                _prune_references(out, step)
         if eval_rows and ((config.eval_every and step % config.eval_every == 0) or step == config.max_steps):
             metrics.update(_evaluate(policy, tokenizer, eval_rows, config))
         if is_main:
