@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from r1lab import tasks
-from r1lab.config import check_choices, save_config
+from r1lab.config import check_choices, check_range, save_config
 from r1lab.errors import R1labError
 from r1lab.io import read_rows, write_json, write_jsonl
 from r1lab.metrics import REFLECTION_PHRASES, cons_at_k, has_reflection, mean, pass_at_1, pass_at_k
@@ -51,6 +51,9 @@ class EvalConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        check_range(self, 1, None, "k", "max_new_tokens", "batch_size")
+        check_range(self, 0, None, "temperature", "top_k")
+        check_range(self, 0, 1, "top_p", open_low=True)
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
         check_choices("task", self.tasks, tasks.TASKS)
