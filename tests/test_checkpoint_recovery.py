@@ -256,3 +256,23 @@ def test_grpo_save_every_0_saves_at_the_end_and_reference_snapshots_are_pruned(t
     kept = [read_state(p)["ref_step"] for p in list_checkpoints(out)]
     assert kept == [4, 4]
     assert sorted(p.name for p in (out / "reference").iterdir()) == ["step-000004"]
+
+
+def test_sft_refuses_a_fresh_run_over_checkpoints_unless_overwrite(tokenizer, tmp_path):
+    from r1lab.data import Example
+    from r1lab.sft import TrainSettings, train
+
+    examples = [Example(tuple(range(5, 5 + n)), (0,) + (1,) * (n - 1)) for n in (4, 5, 6)]
+    settings = TrainSettings(max_steps=2, save_every=1, max_tokens_per_batch=16, warmup_steps=0)
+    out = tmp_path / "sft"
+    train(build_model("micro", tokenizer), tokenizer, examples, [], settings, out)
+    with pytest.raises(R1labError, match="already has checkpoints.*overwrite=true"):
+        train(build_model("micro", tokenizer), tokenizer, examples, [], settings, out)
+    (list_checkpoints(out)[-1] / "optimizer.pt").write_bytes(b"")  # damaged newest: resumes from step 1
+    assert train(build_model("micro", tokenizer), tokenizer, examples, [], settings, out, resume=True)["steps"] == 2
+    assert [p.name for p in list_checkpoints(out)] == ["step-000001", "step-000002"]
+    assert read_state(list_checkpoints(out)[-1])["step"] == 2 and (list_checkpoints(out)[-1] / "optimizer.pt").stat().st_size
+    (out / "checkpoints" / "step-000001" / "old-run-marker").write_text("")
+    train(build_model("micro", tokenizer), tokenizer, examples, [], settings, out, overwrite=True)
+    assert [p.name for p in list_checkpoints(out)] == ["step-000001", "step-000002"]
+    assert not (out / "checkpoints" / "step-000001" / "old-run-marker").exists()  # deleted, then written anew

@@ -43,7 +43,7 @@ FLOAT_KEYS = [(cls, *keys) for cls in config_classes() for keys in float_keys(cl
 
 
 @pytest.mark.parametrize("cls, key, named", FLOAT_KEYS, ids=[f"{c.__name__}.{k}" for c, k, _ in FLOAT_KEYS])
-@pytest.mark.parametrize("bad", [".nan", "nan", ".inf", "-.inf", "inf", "1e999"])
+@pytest.mark.parametrize("bad", ["nan", ".inf", "-1e999"])  # read as a string, a YAML float, an overflow
 def test_every_float_key_rejects_nan_and_infinity(cls, key, named, bad):
     with pytest.raises(R1labError) as e:
         load_config(cls, None, [f"{key}={bad}"])
