@@ -272,7 +272,7 @@ def test_sft_refuses_a_fresh_run_over_checkpoints_unless_overwrite(tokenizer, tm
     assert train(build_model("micro", tokenizer), tokenizer, examples, [], settings, out, resume=True)["steps"] == 2
     assert [p.name for p in list_checkpoints(out)] == ["step-000001", "step-000002"]
     assert read_state(list_checkpoints(out)[-1])["step"] == 2 and (list_checkpoints(out)[-1] / "optimizer.pt").stat().st_size
-    (out / "checkpoints" / "step-000001" / "old-run-marker").write_text("")
+    (out / "checkpoints" / "old-run.txt").write_text("")
     train(build_model("micro", tokenizer), tokenizer, examples, [], settings, out, overwrite=True)
     assert [p.name for p in list_checkpoints(out)] == ["step-000001", "step-000002"]
-    assert not (out / "checkpoints" / "step-000001" / "old-run-marker").exists()  # deleted, then written anew
+    assert not (out / "checkpoints" / "old-run.txt").exists()  # the old checkpoints folder went first
