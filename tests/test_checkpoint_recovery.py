@@ -13,7 +13,7 @@ from r1lab.checkpoint import (CheckpointError, checkpoint_dir, latest_checkpoint
                               prune_checkpoints, read_state, resume_latest, save_checkpoint, start_run)
 from r1lab.cli import main as cli_main
 from r1lab.errors import R1labError
-from r1lab.io import atomic_dir, recover, write_text
+from r1lab.io import atomic_dir, recover
 from r1lab.modeling import build_model
 
 

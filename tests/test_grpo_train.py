@@ -1,6 +1,5 @@
 """End-to-end GRPO runs on a tiny random HF model and a user's JSONL, including kill and resume."""
 
-import json
 import os
 import signal
 import subprocess
@@ -14,14 +13,6 @@ from r1lab.cli import main as cli_main
 from r1lab.io import read_jsonl
 
 TIMING_KEYS = {"step_time", "rollout_s", "train_s", "tokens_per_s", "peak_memory_mb"}
-
-
-@pytest.fixture
-def prompts_jsonl(tmp_path):
-    path = tmp_path / "prompts.jsonl"
-    rows = [{"prompt": f"Compute {a} + {b}.", "answer": str(a + b)} for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (9, 1)]]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def _args(model, data, out, *extra):

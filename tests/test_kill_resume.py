@@ -4,7 +4,6 @@ exactly where an unbroken run ends: the same metrics.jsonl and the same final we
 The runs are forked from this test process (torch already imported), so a restart costs no
 import time; a SIGKILL is the same for a forked process as for any other."""
 
-import json
 import multiprocessing
 import os
 import random
@@ -22,14 +21,6 @@ from r1lab.io import read_jsonl
 
 TIMING_KEYS = {"step_time", "rollout_s", "train_s", "tokens_per_s", "peak_memory_mb"}
 STEPS = 8
-
-
-@pytest.fixture
-def prompts_jsonl(tmp_path):
-    path = tmp_path / "prompts.jsonl"
-    rows = [{"prompt": f"Compute {a} + {b}.", "answer": str(a + b)} for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (9, 1)]]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def grpo_args(model, data, out, *extra):

@@ -69,10 +69,7 @@ def main(config: GRPOConfig) -> dict:
     policy, tokenizer, reference = _load_policy(config)
     device = next(policy.parameters()).device
     check_supported(config.precision, device)
-    train_rows = load_train_rows(config.data, config.seed)
-    stream = PromptStream(train_rows, config.seed)  # every process: the whole stream
-    fingerprint = data_fingerprint(config.data, config.seed, train_rows)
-    eval_rows = load_eval_rows(config.data, config.seed)
+    stream, fingerprint, eval_rows = _load_data(config)
     rollout_settings = _rollout_settings(config)
     optimizer, scheduler = _optimizer(policy, config)
 
@@ -117,6 +114,14 @@ def main(config: GRPOConfig) -> dict:
         _save_final(out, config, policy, tokenizer)
     distributed.barrier()  # every process returns once the files are there
     return log.last if log else {}
+
+
+def _load_data(config: GRPOConfig) -> tuple[PromptStream, dict, list[dict]]:
+    """(the training prompt stream, every process the whole of it; the data's fingerprint for
+    checkpoints; the held-out rows)."""
+    train_rows = load_train_rows(config.data, config.seed)
+    fingerprint = data_fingerprint(config.data, config.seed, train_rows)
+    return PromptStream(train_rows, config.seed), fingerprint, load_eval_rows(config.data, config.seed)
 
 
 def _rollout_settings(config: GRPOConfig) -> RolloutSettings:
