@@ -94,6 +94,7 @@ def run(stages: Sequence[Stage], workers: int, threads: int, log_dir: Path,
     context = multiprocessing.get_context("spawn")  # fork after torch has threads can deadlock
     done: set[str] = set()
     running: dict[str, _Worker] = {}
+    idle: list[_Worker] = []
     try:
         while len(done) < len(stages):
             while len(running) < workers and (stage := next_stage(stages, done, set(running))) is not None:
@@ -106,50 +107,60 @@ def run(stages: Sequence[Stage], workers: int, threads: int, log_dir: Path,
                     continue
                 log = log_dir / f"{stage.name.replace('/', '_')}.log"
                 say(f"{stage.name}: started (log {log})")
-                running[stage.name] = _Worker(context, stage, threads, log)
+                idle = [w for w in idle if w.process.is_alive()]  # one that died idle is not reused
+                running[stage.name] = idle.pop() if idle else _Worker(context, threads)
+                running[stage.name].start(stage, log)
             if not running:
                 raise R1labError(f"no stage can start; waiting on: {[s.name for s in stages if s.name not in done]}")
-            for name in _exited(running):
+            for name in _answered(running):
                 worker = running.pop(name)
+                idle.append(worker)  # stopped in `finally` if this stage failed
                 seconds = worker.seconds(others=sorted(running))
                 done.add(name)
                 on_done(name, seconds)
                 say(f"{name}: done in {seconds:.0f} s")
     finally:
-        for worker in running.values():  # a failed stage, or Ctrl-C: stop the others
+        for worker in [*running.values(), *idle]:  # busy ones only after a failure or Ctrl-C
             worker.stop()
 
 
 class _Worker:
-    """One stage in a spawned process, its result coming back through a pipe."""
+    """A spawned process that runs stages one after another (imports are paid once); each stage's
+    result comes back through a pipe, which is also readable (at end of file) if the process dies."""
 
-    def __init__(self, context, stage: Stage, threads: int, log: Path):
-        self.name, self.log = stage.name, log
-        self.receiver, sender = context.Pipe(duplex=False)
-        self.process = context.Process(target=_worker_main, args=(sender, stage.run, stage.args, threads, str(log)),
-                                       name=f"r1lab-stage-{stage.name}")  # not daemonic: a stage may start processes
+    def __init__(self, context, threads: int):
+        jobs, self.jobs = context.Pipe(duplex=False)
+        self.results, results = context.Pipe(duplex=False)
+        # not daemonic: a stage may start processes of its own
+        self.process = context.Process(target=_worker_loop, args=(jobs, results, threads), name="r1lab-stage-worker")
         self.process.start()
-        sender.close()  # the child holds the only writing end: its exit closes the pipe
+        jobs.close()  # the child holds these ends now: its exit closes the pipe
+        results.close()
+        self.name, self.log, self.busy = "", Path(), False
+
+    def start(self, stage: Stage, log: Path) -> None:
+        self.name, self.log, self.busy = stage.name, log, True
+        self.jobs.send((stage.run, stage.args, str(log)))
 
     def seconds(self, others: list[str]) -> float:
-        """The stage's wall seconds once it has answered or exited; an R1labError naming it if it failed."""
-        try:
-            result = self.receiver.recv()
-        except EOFError:  # the process exited without answering
-            result = None
-        self.process.join(30)
-        self.stop()  # one that answered but lingers on (a stray non-daemon thread) is not waited for
+        """The stage's wall seconds once it has answered; an R1labError naming it if it failed."""
         killed = f"; stopped {others}" if others else ""
-        if result is None:
+        self.busy = False
+        try:
+            ok, value = self.results.recv()
+        except EOFError:  # the process died without answering
+            self.process.join(30)
             code = self.process.exitcode
-            how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+            how = f"killed by {signal.Signals(-code).name}" if code and code < 0 else f"exited with status {code}"
             raise R1labError(f"stage {self.name} failed: its worker process died ({how}) (log {self.log}){killed}")
-        ok, value = result
         if not ok:
             raise R1labError(f"stage {self.name} failed: {value} (log {self.log}){killed}")
         return value
 
     def stop(self) -> None:
+        """Let an idle worker exit (its job pipe closes); terminate a busy one."""
+        self.jobs.close()
+        self.process.join(0 if self.busy else 5)
         if self.process.is_alive():
             self.process.terminate()
             self.process.join(5)
@@ -158,11 +169,10 @@ class _Worker:
             self.process.join()
 
 
-def _exited(running: dict[str, _Worker]) -> list[str]:
-    """Block until at least one worker has answered or exited (its pipe is then readable, with the
-    answer or at end of file); their stage names."""
-    ready = set(wait([w.receiver for w in running.values()]))
-    return [name for name, w in running.items() if w.receiver in ready]
+def _answered(running: dict[str, _Worker]) -> list[str]:
+    """Block until at least one busy worker has answered or died; their stage names."""
+    ready = set(wait([w.results for w in running.values()]))
+    return [name for name, w in running.items() if w.results in ready]
 
 
 def _timed(stage: Stage) -> float:
@@ -171,18 +181,23 @@ def _timed(stage: Stage) -> float:
     return time.perf_counter() - start
 
 
-def _worker_main(sender, fn: Callable[..., Any], args: tuple, threads: int, log: str) -> None:
-    """In a worker process: run the stage, send back (True, seconds) or (False, its error's text)."""
+def _worker_loop(jobs, results, threads: int) -> None:
+    """In a worker process: run stages until the job pipe closes; for each send back (True,
+    seconds) or (False, its error's text)."""
     if threads > 0:
         import torch
 
         torch.set_num_threads(threads)
-    try:
-        result = (True, _run_logged(fn, args, log))
-    except Exception as exc:  # the stage's own error: its text goes back, its traceback is in the log
-        result = (False, str(exc) or type(exc).__name__)
-    sender.send(result)
-    sender.close()
+    while True:
+        try:
+            fn, args, log = jobs.recv()
+        except EOFError:  # the scheduler is done with this worker
+            return
+        try:
+            result = (True, _run_logged(fn, args, log))
+        except Exception as exc:  # the stage's own error: its text goes back, its traceback is in the log
+            result = (False, str(exc) or type(exc).__name__)
+        results.send(result)
 
 
 def _run_logged(fn: Callable[..., Any], args: tuple, log: str) -> float:
