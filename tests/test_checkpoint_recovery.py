@@ -8,13 +8,13 @@ import os
 import pytest
 import torch
 
-import r1lab.io
-from r1lab.checkpoint import (CheckpointError, checkpoint_dir, latest_checkpoint, list_checkpoints, load_checkpoint,
+import r1lab.files
+from r1lab.training.checkpoint import (CheckpointError, checkpoint_dir, latest_checkpoint, list_checkpoints, load_checkpoint,
                               prune_checkpoints, read_state, resume_latest, save_checkpoint, start_run)
 from r1lab.cli import main as cli_main
 from r1lab.errors import R1labError
-from r1lab.io import atomic_dir, recover
-from r1lab.modeling import build_model
+from r1lab.files import atomic_dir, recover
+from r1lab.models.loading import build_model
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_a_kill_mid_prune_leaves_no_half_deleted_checkpoint(model, tmp_path, mon
     def killed(path, *args, **kwargs):
         raise SystemExit("killed")  # after the rename, during the deletion
 
-    monkeypatch.setattr(r1lab.io.shutil, "rmtree", killed)
+    monkeypatch.setattr(r1lab.files.shutil, "rmtree", killed)
     with pytest.raises(SystemExit):
         prune_checkpoints(tmp_path, keep=1)
     monkeypatch.undo()
@@ -259,8 +259,8 @@ def test_grpo_save_every_0_saves_at_the_end_and_reference_snapshots_are_pruned(t
 
 
 def test_sft_refuses_a_fresh_run_over_checkpoints_unless_overwrite(tokenizer, tmp_path):
-    from r1lab.data import Example
-    from r1lab.sft import TrainSettings, train
+    from r1lab.training.sft_data import Example
+    from r1lab.training.loop import TrainSettings, train
 
     examples = [Example(tuple(range(5, 5 + n)), (0,) + (1,) * (n - 1)) for n in (4, 5, 6)]
     settings = TrainSettings(max_steps=2, save_every=1, max_tokens_per_batch=16, warmup_steps=0)

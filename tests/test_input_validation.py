@@ -9,9 +9,9 @@ import pytest
 
 from r1lab.cli import COMMANDS
 from r1lab.cli import main as cli_main
-from r1lab.config import load_config
+from r1lab.recipe import load_config
 from r1lab.errors import R1labError
-from r1lab.io import read_jsonl, read_rows, require_columns
+from r1lab.files import read_jsonl, read_rows, require_columns
 
 
 def config_classes():
@@ -152,7 +152,7 @@ def test_row_numbers_are_1_based(tmp_path):
 
     pq.write_table(pa.Table.from_pylist([{"prompt": "a", "answer": "1"}, {"prompt": "", "answer": "2"}]), path)
     from r1lab.grpo.config import GRPOData
-    from r1lab.grpo.data import load_train_rows
+    from r1lab.problems import load_train_rows
 
     with pytest.raises(R1labError, match=r"data.parquet: row 2 has no 'prompt'"):
         load_train_rows(GRPOData(train=str(path)), seed=0)

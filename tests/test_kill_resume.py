@@ -15,9 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from r1lab.checkpoint import latest_checkpoint, list_checkpoints
+from r1lab.training.checkpoint import latest_checkpoint, list_checkpoints
 from r1lab.cli import main as cli_main
-from r1lab.io import read_jsonl
+from r1lab.files import read_jsonl
 
 TIMING_KEYS = {"step_time", "rollout_s", "train_s", "tokens_per_s", "peak_memory_mb"}
 STEPS = 8

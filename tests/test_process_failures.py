@@ -16,7 +16,7 @@ WORKER = textwrap.dedent("""
     import sys, time, types
     import torch
     import torch.distributed as dist
-    from r1lab import distributed
+    from r1lab.training import distributed
     from r1lab.errors import R1labError
 
     @distributed.launched
@@ -106,9 +106,9 @@ def test_every_torchrun_stage_passes_its_timeout_to_the_process_group(command, m
 
     import torch.distributed as dist
 
-    from r1lab import distributed
+    from r1lab.training import distributed
     from r1lab.cli import COMMANDS
-    from r1lab.config import load_config
+    from r1lab.recipe import load_config
 
     module, name, _ = COMMANDS[command]
     module = importlib.import_module(module)

@@ -192,7 +192,7 @@ def test_hostile_completions_score_zero_quickly(name):
 
 
 def test_micro_world_tasks_defer_to_their_verifier(monkeypatch):
-    tasks = pytest.importorskip("r1lab.tasks")
+    tasks = pytest.importorskip("r1lab.micro.tasks")
     problem = tasks.generate("addition", split="train", n=1, seed=0)[0]
     row = problem.to_row()
     right, wrong = f"<answer>{problem.answer}</answer>", f"<answer>{int(problem.answer) + 1}</answer>"
