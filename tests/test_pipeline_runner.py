@@ -108,7 +108,7 @@ def test_a_dead_worker_stops_the_run_naming_its_stage(tmp_path, sig):
     killer.start()
     started = time.time()
     with pytest.raises(R1labError, match=rf"stage sleeper failed: its worker process died \(killed by {sig.name}\)"):
-        schedule.run(plan, workers=2, threads=1, log_dir=tmp_path / "logs", on_done=lambda n, s: None)
+        runner.run(plan, workers=2, threads=1, log_dir=tmp_path / "logs", on_done=lambda n, s: None)
     killer.join()
     assert time.time() - started < 120 and not (tmp_path / "a.txt").exists() and _stage_workers() == []
 
@@ -118,5 +118,5 @@ def test_a_failure_stops_the_other_running_stage(tmp_path):
     plan = [Stage("sleeper", time.sleep, (600,)), Stage("broken", write_text, (tmp_path / "file" / "x", "x"))]
     started = time.time()
     with pytest.raises(R1labError, match=r"stage broken failed: .*stopped \['sleeper'\]"):
-        schedule.run(plan, workers=2, threads=1, log_dir=tmp_path / "logs", on_done=lambda n, s: None)
+        runner.run(plan, workers=2, threads=1, log_dir=tmp_path / "logs", on_done=lambda n, s: None)
     assert time.time() - started < 120 and _stage_workers() == []  # the sleeper was stopped, the others ended
