@@ -258,7 +258,7 @@ def test_grpo_save_every_0_saves_at_the_end_and_reference_snapshots_are_pruned(t
     assert sorted(p.name for p in (out / "reference").iterdir()) == ["step-000004"]
 
 
-def test_sft_refuses_a_fresh_run_over_checkpoints_unless_overwrite(tokenizer, tmp_path):
+def test_sft_refuses_a_fresh_run_over_checkpoints_or_other_data_and_falls_back(tokenizer, tmp_path):
     from r1lab.training.sft_data import Example
     from r1lab.training.loop import TrainSettings, train
 
@@ -268,6 +268,9 @@ def test_sft_refuses_a_fresh_run_over_checkpoints_unless_overwrite(tokenizer, tm
     train(build_model("micro", tokenizer), tokenizer, examples, [], settings, out)
     with pytest.raises(R1labError, match="already has checkpoints.*overwrite=true"):
         train(build_model("micro", tokenizer), tokenizer, examples, [], settings, out)
+    changed = examples[:2] + [Example(tuple(range(6, 12)), (0,) + (1,) * 5)]  # as many examples, one other
+    with pytest.raises(R1labError, match=r"was trained on 3 examples \(sha256 \w+\), now given 3 \(sha256"):
+        train(build_model("micro", tokenizer), tokenizer, changed, [], settings, out, resume=True)
     (list_checkpoints(out)[-1] / "optimizer.pt").write_bytes(b"")  # damaged newest: resumes from step 1
     assert train(build_model("micro", tokenizer), tokenizer, examples, [], settings, out, resume=True)["steps"] == 2
     assert [p.name for p in list_checkpoints(out)] == ["step-000001", "step-000002"]

@@ -12,8 +12,10 @@ prompt/completion and chat rows; ``r1lab pretrain`` passes its own corpus).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import time
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,7 +176,8 @@ def train(model, tokenizer, train_examples: Sequence[Example], eval_examples: Se
     optimizer = build_optimizer(model, settings)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(
         s, settings.warmup_steps, total_steps, settings.min_lr_ratio))
-    state = _start_state(output_dir, model, optimizer, scheduler, (resume, overwrite), len(train_examples))
+    data = _examples_digest(train_examples)
+    state = _start_state(output_dir, model, optimizer, scheduler, (resume, overwrite), data)
     trainee = distributed.data_parallel(model)  # `model` itself in a single process
     stream = _batch_stream(train_examples, settings, state["epoch"], state["position"])
     main = distributed.is_main()
@@ -257,7 +260,16 @@ def _total_steps(examples: Sequence[Example], settings: TrainSettings) -> int:
     return math.ceil(settings.epochs * per_epoch / settings.grad_accum)
 
 
-def _start_state(output_dir: Path, model, optimizer, scheduler, mode: tuple[bool, bool], num_examples: int) -> dict:
+def _examples_digest(examples: Sequence[Example]) -> dict:
+    """What a resumed run must share with the run it continues: the number of examples and the
+    SHA-256 of their tokens and loss masks, in order."""
+    digest = hashlib.sha256()
+    for e in examples:
+        digest.update(array("i", e.input_ids).tobytes() + b"|" + bytes(e.labels_mask) + b";")
+    return {"num_examples": len(examples), "data_sha256": digest.hexdigest()}
+
+
+def _start_state(output_dir: Path, model, optimizer, scheduler, mode: tuple[bool, bool], data: dict) -> dict:
     """Fresh state, or the newest loadable checkpoint's (weights, optimizer, scheduler, RNG restored).
 
     `mode` is (resume, overwrite), see `checkpoint.start_run`. Every process loads the checkpoint;
@@ -276,14 +288,15 @@ def _start_state(output_dir: Path, model, optimizer, scheduler, mode: tuple[bool
             print(f"{output_dir}: no checkpoint to resume from, starting fresh")
         if main:
             metrics.unlink(missing_ok=True)  # left by a run that died before its first checkpoint
-        return {"step": 0, "epoch": 0, "position": 0, "num_examples": num_examples}
+        return {"step": 0, "epoch": 0, "position": 0, **data}
     path, state = found
     missing = [key for key in ("step", "epoch", "position", "num_examples") if key not in state]
     if missing:
         raise CheckpointError(f"{path / 'trainer_state.json'}: lacks {missing}")
-    if state["num_examples"] != num_examples:
-        raise R1labError(f"{path}: was trained on {state['num_examples']} examples, now given {num_examples};"
-                         " resuming needs the same data")
+    if state["num_examples"] != data["num_examples"] or state.get("data_sha256", data["data_sha256"]) != data["data_sha256"]:
+        raise R1labError(f"{path}: was trained on {state['num_examples']} examples (sha256 "
+                         f"{str(state.get('data_sha256'))[:12]}), now given {data['num_examples']} (sha256 "
+                         f"{data['data_sha256'][:12]}); resuming needs the same data, or pass overwrite=true")
     if main and metrics.exists():  # drop rows logged after the checkpoint: they will be logged again
         write_jsonl(metrics, [r for r in read_jsonl(metrics, tolerant=True) if r.get("step", 0) <= state["step"]])
     if main:
