@@ -17,7 +17,7 @@ import pytest
 
 from r1lab import grpo
 from r1lab.evaluation import evaluate
-from r1lab.pipeline import graph
+from r1lab.pipeline import graph, stage4
 from r1lab.stages import cold_start, distill, pretrain, rejection_sample, report, reward_model, sft
 from r1lab.recipe import load_config
 from r1lab.grpo.config import GRPOData
@@ -128,7 +128,7 @@ def test_pipeline_end_to_end_and_resume(tiny_model_dir, tmp_path, monkeypatch):
 
 def test_stage4_rewards_module(tmp_path):
     """The written module: rule rewards skip general rows; reward models load lazily, by path."""
-    source = graph.stage4_rewards_source("/nowhere/helpful", "/nowhere/harmless", "micro", "micro")
+    source = stage4.stage4_rewards_source("/nowhere/helpful", "/nowhere/harmless", "micro", "micro")
     path = tmp_path / "stage4_rewards.py"
     path.write_text(source)
     accuracy = load_reward(f"{path}:accuracy")

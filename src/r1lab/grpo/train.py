@@ -116,6 +116,14 @@ def main(config: GRPOConfig) -> dict:
     return log.last if log else {}
 
 
+def train_from(config: GRPOConfig, model: str, output_dir: str | Path) -> dict:
+    """`main` with `config` on `model`, writing to `output_dir` and resuming from its newest
+    checkpoint if a killed run left one (the pipeline's and distillation's GRPO runs). Always
+    `resume`: with no checkpoint it starts fresh, and one that start-of-run recovery puts back
+    (a kill between the two renames of a save) is resumed rather than refused."""
+    return main(dataclasses.replace(config, model=model, output_dir=str(output_dir), resume=True))
+
+
 def _load_data(config: GRPOConfig) -> tuple[PromptStream, dict, list[dict]]:
     """(the training prompt stream, every process the whole of it; the data's fingerprint for
     checkpoints; the held-out rows)."""

@@ -44,8 +44,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from r1lab.models.conventions import LOGIT_POSTPROCESSING, position_ids
+from r1lab.models.kv_cache import GrowingCache, KVCache, SharedPrefix
 from r1lab.models.lora import is_lora
-from r1lab.models.precision import autocast_dtype, float32_head
+from r1lab.models.precision import float32_head
 
 # model_type -> whether attention has per-head RMSNorms on queries and keys (Qwen3)
 _ARCHITECTURES = {"qwen2": False, "llama": False, "qwen3": True}
@@ -128,102 +129,6 @@ class _Layer:
     k_norm: Tensor | None
 
 
-@dataclass(frozen=True)
-class _Prefix:
-    """Keys and values that several batch rows continue, stored once (see KVCache.share_prefix)."""
-
-    keys: list[Tensor]  # per layer [P, K, D, Tp]: transposed for the matmul with the queries
-    values: list[Tensor]  # per layer [P, K, Tp, D]
-    owner: Tensor  # [B] the prefix row each batch row continues
-    slot: Tensor  # [B] its place among that prefix's rows, < per_prompt
-    per_prompt: int
-    dense: bool  # every prefix has per_prompt rows, in order: owner = 0,0,..,1,1,..; slot = 0,1,..,0,1,..
-
-
-class KVCache:
-    """Pre-allocated keys and values, [B, kv_heads, capacity, head_dim] per layer, written in
-    place (inference only); the first `length` positions are filled. After `share_prefix`, the
-    first `prefix_len` of them are held once per prompt, not once per row."""
-
-    def __init__(self, num_layers: int, batch: int, kv_heads: int, capacity: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device):
-        shape = (batch, kv_heads, capacity, head_dim)
-        self.keys = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.capacity, self.length, self.prefix_len = capacity, 0, 0
-        self.prefix: _Prefix | None = None
-
-    def update(self, layer: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
-        """Write keys/values [B, K, S, D] after the filled positions; return the rows' own filled
-        ones [B, K, T, D] (all of them, or those after the shared prefix)."""
-        end = self.length + keys.shape[2]
-        if end > self.capacity:
-            raise RuntimeError(f"KV cache overflow: {end} > {self.capacity} positions")
-        lo, hi = self.length - self.prefix_len, end - self.prefix_len
-        self.keys[layer][:, :, lo:hi] = keys
-        self.values[layer][:, :, lo:hi] = values
-        return self.keys[layer][:, :, :hi], self.values[layer][:, :, :hi]
-
-    def select(self, rows: Tensor) -> None:
-        """Keep (or repeat) batch rows `rows`, copying only the filled positions."""
-        filled = self.length - self.prefix_len
-        for buffers in (self.keys, self.values):
-            for i, buffer in enumerate(buffers):
-                out = buffer.new_empty(len(rows), *buffer.shape[1:])
-                out[:, :, :filled] = buffer[:, :, :filled].index_select(0, rows)
-                buffers[i] = out
-        if self.prefix is not None:
-            self.prefix = _Prefix(self.prefix.keys, self.prefix.values, self.prefix.owner[rows],
-                                  self.prefix.slot[rows], self.prefix.per_prompt, dense=False)
-
-    def share_prefix(self, owner: Tensor, per_prompt: int) -> None:
-        """Continue each of the P filled rows in the rows `owner` [B] (sorted: prompt-major, at most
-        `per_prompt` rows each) without copying the filled positions: they stay once per prompt.
-
-        What it saves (2-core EPYC, bf16, 32 rows = 4 prompts x 8, 64 new tokens): the G copies
-        of each prompt's keys that every decode step read, and the copy itself; the prompt's
-        part of attention becomes a matmul over the G rows of each prompt.
-        """
-        slot, dense = _slots(owner, self.keys[0].shape[0], per_prompt)
-        # Stored as the prompt part of attention reads them: in the dtype of the caller's autocast
-        # (which would otherwise cast them again at every decode step), keys transposed.
-        dtype = autocast_dtype(owner.device)
-        keys = [k[:, :, :self.length].transpose(-1, -2).to(dtype).contiguous() for k in self.keys]
-        values = [v[:, :, :self.length].to(dtype).contiguous() for v in self.values]
-        self.prefix = _Prefix(keys, values, owner, slot, per_prompt, dense)
-        self.prefix_len = self.length
-        shape = (len(owner), self.keys[0].shape[1], self.capacity - self.length, self.keys[0].shape[3])
-        self.keys = [k.new_empty(shape) for k in self.keys]
-        self.values = [v.new_empty(shape) for v in self.values]
-
-
-class _GrowingCache:
-    """Keys and values concatenated as they come: no in-place writes, so autograd can flow."""
-
-    def __init__(self, num_layers: int):
-        self.keys: list[Tensor | None] = [None] * num_layers
-        self.values: list[Tensor | None] = [None] * num_layers
-        self.length = 0
-        self.prefix: _Prefix | None = None
-
-    def share_prefix(self, owner: Tensor) -> None:
-        """Continue each of the P rows so far in the rows `owner` [B], its keys and values kept once
-        (the prompt part of attention is then a matmul per prompt, as in KVCache.share_prefix)."""
-        P = self.keys[0].shape[0]
-        per_prompt = int(torch.bincount(owner, minlength=P).max())
-        slot, dense = _slots(owner, P, per_prompt)
-        dtype = autocast_dtype(owner.device)
-        self.prefix = _Prefix([k.transpose(-1, -2).to(dtype) for k in self.keys], [v.to(dtype) for v in self.values],
-                              owner, slot, per_prompt, dense)
-        self.keys, self.values = [None] * len(self.keys), [None] * len(self.values)
-
-    def update(self, layer: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
-        if self.keys[layer] is not None:
-            keys, values = torch.cat([self.keys[layer], keys], dim=2), torch.cat([self.values[layer], values], dim=2)
-        self.keys[layer], self.values[layer] = keys, values
-        return keys, values
-
-
 class LeanModel:
     """The decoder stack of a Qwen2/Qwen3/Llama causal LM as plain tensor ops (see module doc)."""
 
@@ -276,7 +181,7 @@ class LeanModel:
         P, Tp = prompt_ids.shape
         N, Tc = completion_ids.shape
         self._rope_tables(Tp + Tc)
-        cache = _GrowingCache(len(self.layers))
+        cache = GrowingCache(len(self.layers))
         prompt_pos = position_ids(prompt_mask)
         prompt_hidden = self._decoder(prompt_ids, prompt_pos, prompt_mask, cache)
         cache.share_prefix(owner)  # each completion row reads its prompt's keys and values
@@ -372,7 +277,6 @@ class _Weights:
     out_features: int
 
 
-
 def _read_layer(layer, packed: bool, dtype: torch.dtype | None = None) -> _Layer:
     attn, mlp = layer.self_attn, layer.mlp
 
@@ -394,7 +298,6 @@ def _read_layer(layer, packed: bool, dtype: torch.dtype | None = None) -> _Layer
 
 def _onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
 
 
 class _SwiGLU(torch.autograd.Function):
@@ -450,7 +353,7 @@ def _attention_bias(key_mask: Tensor, start: int, dtype: torch.dtype) -> Tensor:
     return torch.where(allowed, zero, torch.tensor(float("-inf"), dtype=dtype, device=key_mask.device))
 
 
-def _attend(q: Tensor, keys: Tensor, values: Tensor, bias: Tensor, prefix: tuple[_Prefix, int] | None = None) -> Tensor:
+def _attend(q: Tensor, keys: Tensor, values: Tensor, bias: Tensor, prefix: tuple[SharedPrefix, int] | None = None) -> Tensor:
     """Softmax attention with grouped-query heads. q [B, H, S, D], keys/values [B, K, T, D],
     bias [B, 1, S, Tp + T] -> [B, H, S, D]. Query head h reads key head h // (H/K), as in
     transformers. `prefix` (a KVCache's shared prefix and the layer): Tp keys before the rows' own.
@@ -486,19 +389,7 @@ def _attend(q: Tensor, keys: Tensor, values: Tensor, bias: Tensor, prefix: tuple
     return out.view(B, H, S, D)
 
 
-def _slots(owner: Tensor, prompts: int, per_prompt: int) -> tuple[Tensor, bool]:
-    """Each row's place among its prompt's rows [B], and whether the rows are dense: every prompt
-    has per_prompt rows, in order (owner = 0,..,0,1,..,1,...)."""
-    counts = torch.bincount(owner, minlength=prompts)
-    order = owner.argsort(stable=True)
-    rank = torch.arange(len(owner), device=owner.device) - (counts.cumsum(0) - counts)[owner[order]]
-    slot = torch.empty_like(owner).scatter_(0, order, rank)
-    dense = (len(owner) == prompts * per_prompt and bool((owner[1:] >= owner[:-1]).all())
-             and bool((counts == per_prompt).all()))
-    return slot, dense
-
-
-def _per_prompt(x: Tensor, prefix: tuple[_Prefix, int], other: Tensor) -> Tensor:
+def _per_prompt(x: Tensor, prefix: tuple[SharedPrefix, int], other: Tensor) -> Tensor:
     """x [B, K, M, N] @ other[owner] [P, K, N, O] without gathering `other` per row: each prompt's
     rows are stacked (zero-padded to per_prompt) and multiplied once, in other's dtype.
 

@@ -66,8 +66,9 @@ from typing import Any, Callable
 import torch
 
 from r1lab.evaluation import evaluate
-from r1lab.micro import general as micro_general, general_eval, tasks
+from r1lab.micro import general_eval, tasks
 from r1lab.pipeline import runner
+from r1lab.pipeline.stage4 import stage4_config
 from r1lab.stages import cold_start, distill, pretrain, rejection_sample, report, reward_model, sft
 from r1lab.training.checkpoint import latest_checkpoint
 from r1lab.recipe import check_choices, save_config
@@ -75,13 +76,8 @@ from r1lab.errors import R1labError
 from r1lab.stages.sample_filters import format_readable
 from r1lab.grpo import train as grpo_train
 from r1lab.grpo.config import GRPOConfig, GRPOData
-from r1lab.files import read_jsonl, write_json, write_jsonl, write_text
+from r1lab.files import read_jsonl, write_json, write_jsonl
 from r1lab.models.loading import MODEL_SIZES
-
-# stage-4 reward names that `stage4_rewards.py` defines (reasoning-only rules, reward models)
-STAGE4_FUNCTIONS = {"accuracy": "accuracy", "format": "reasoning_format", "format_lenient": "reasoning_format_lenient",
-                    "format_readable": "reasoning_format_readable", "helpfulness": "helpfulness",
-                    "harmlessness": "harmlessness"}
 
 
 def micro_grpo(**changes: Any) -> GRPOConfig:
@@ -317,8 +313,7 @@ def torchrun(processes: int, command: str, stage_config: Any, config_path: Path)
 
 def run_grpo(config: GRPOConfig, model: str, out: Path) -> str:
     if not _done(out / "final" / "config.json", f"{out.name}: GRPO from {model}"):
-        grpo_train.main(dataclasses.replace(config, model=model, output_dir=str(out),
-                                            resume=latest_checkpoint(out) is not None))
+        grpo_train.train_from(config, model, out)
     return str(out / "final")
 
 
@@ -430,92 +425,3 @@ def written_solutions(task: str, n: int, seed: int, levels: tuple[int, ...] | No
         completion = format_readable(steps, f"The answer is {answer}.", answer)
         rows.append({**problem.to_row(), "completion": completion, "source": "written"})
     return rows
-
-
-# --- stage 4: prompts and rewards -------------------------------------------------------------
-
-def stage4_config(config: PipelineConfig, root: Path, helpful: str, harmless: str) -> GRPOConfig:
-    """`config.stage4_rl` on the written prompts, its reward-model names pointed at `stage4_rewards.py`."""
-    data = config.stage4_rl.data
-    train_path, eval_path = root / "stage4_data.jsonl", root / "stage4_eval.jsonl"
-    write_jsonl(train_path, stage4_rows(data, config.stage4_general, config.stage4_unsafe, config.stage4_rl.seed))
-    seed = config.stage4_rl.seed
-    eval_rows = [p.to_row() for name in data.tasks
-                 for p in tasks.generate(name, "test", data.num_eval, seed, data.levels.get(name) or None)]
-    write_jsonl(eval_path, eval_rows)
-    rewards_file = root / "stage4_rewards.py"
-    write_text(rewards_file, stage4_rewards_source(helpful, harmless, config.rm_helpful.template,
-                                                   config.rm_harmless.template))
-    rewards = tuple(f"{rewards_file}:{STAGE4_FUNCTIONS[name]}" if name in STAGE4_FUNCTIONS else name
-                    for name in config.stage4_rl.rewards)
-    # num_eval rows per task were written; 0 keeps them all
-    return dataclasses.replace(config.stage4_rl, rewards=rewards,
-                               data=dataclasses.replace(data, train=str(train_path), eval=str(eval_path), num_eval=0))
-
-
-def stage4_rows(data: GRPOData, general: int, unsafe: int, seed: int) -> list[dict]:
-    """Reasoning problems (micro tasks) + general requests + unsafe requests, shuffled.
-
-    Every row has an ``answer`` (GRPO requires one): for general rows, the reference reply, read
-    by no reward (they are scored by the reward models); for unsafe ones, the refusal.
-    """
-    rows = [p.to_row() for name in data.tasks
-            for p in tasks.generate(name, "train", data.num_train, seed, data.levels.get(name) or None)]
-    rows += [{"task": r["task"], "prompt": r["prompt"], "answer": r["completion"]}
-             for r in micro_general.general_requests(general, seed)]
-    unsafe_prompts = dict.fromkeys(r["prompt"] for r in micro_general.harmlessness_rows(8 * unsafe, seed)
-                                   if r["kind"] != "safe")
-    rows += [{"task": micro_general.GENERAL_TASK, "prompt": p, "answer": micro_general.REFUSAL}
-             for p in list(unsafe_prompts)[:unsafe]]
-    random.Random(f"stage4/{seed}").shuffle(rows)
-    return rows
-
-
-def stage4_rewards_source(helpful: str, harmless: str, helpful_template: str, harmless_template: str) -> str:
-    return f'''"""Stage-4 rewards of an r1lab pipeline (written by r1lab.pipeline.graph; see its docstring).
-
-R1 stage 4: reasoning prompts get rule rewards, general prompts (task "general") reward models.
-"""
-from r1lab.pipeline.graph import lazy_reward, reasoning_only
-from r1lab.stages.reward_model import make_reward_model_reward
-from r1lab.rewards import accuracy_reward, format_reward, lenient_format_reward, readable_format_reward
-
-HELPFULNESS_MODEL = {str(Path(helpful).resolve())!r}
-HARMLESSNESS_MODEL = {str(Path(harmless).resolve())!r}
-
-accuracy = reasoning_only(accuracy_reward)
-reasoning_format = reasoning_only(format_reward)
-reasoning_format_lenient = reasoning_only(lenient_format_reward)
-reasoning_format_readable = reasoning_only(readable_format_reward)
-helpfulness = lazy_reward(make_reward_model_reward, HELPFULNESS_MODEL, template={helpful_template!r})
-harmlessness = lazy_reward(make_reward_model_reward, HARMLESSNESS_MODEL, template={harmless_template!r})
-'''
-
-
-def reasoning_only(fn: Callable[..., list]) -> Callable[..., list]:
-    """`fn` with general rows (task "general") scored None: they are left to the reward models.
-
-    >>> from r1lab.rewards import format_reward
-    >>> reasoning_only(format_reward)(["<think> a </think> <answer>1</answer>"] * 2, task=["addition", "general"])
-    [1.0, None]
-    """
-    def reward(completions: list, task: list | None = None, **columns: Any) -> list:
-        scores = fn(completions, task=task, **columns)
-        n = len(completions)
-        tasks_of = task if isinstance(task, (list, tuple)) and len(task) == n else [None] * n
-        return [None if t == micro_general.GENERAL_TASK else s for t, s in zip(tasks_of, scores)]
-
-    reward.__name__ = getattr(fn, "__name__", "reward")
-    return reward
-
-
-def lazy_reward(factory: Callable[..., Callable], *args: Any, **kwargs: Any) -> Callable[..., list]:
-    """A reward built by ``factory(*args, **kwargs)`` on its first call (a reward model loads once, when used)."""
-    built: list[Callable] = []
-
-    def reward(completions: list, **columns: Any) -> list:
-        if not built:
-            built.append(factory(*args, **kwargs))
-        return built[0](completions, **columns)
-
-    return reward

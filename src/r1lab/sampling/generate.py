@@ -46,7 +46,7 @@ from r1lab.models.precision import autocast_dtype
 # noise, never dropping 3x slower on ragged lengths).
 DROP_FRACTION = 0.25
 # Prompts at least this long keep one copy of their keys and values for their n samples instead
-# of n (fast_decoder.KVCache.share_prefix). Measured per generate call (32 rows = 4 prompts x 8, 64 new
+# of n (kv_cache.KVCache.share_prefix). Measured per generate call (32 rows = 4 prompts x 8, 64 new
 # tokens, 1 thread): 95-token prompts 15-18% faster, 16-token prompts 4% slower (the per-step
 # stacking costs more than the short prefix saves); the crossover, interpolated, is ~28 tokens.
 SHARE_PREFIX_MIN = 32

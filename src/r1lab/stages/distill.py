@@ -122,5 +122,4 @@ def rl_only_student(config: GRPOConfig, student_base: str, output_dir: str) -> d
     `config` is the R1-Zero setting (``recipes/micro/r1_zero.yaml``); `student_base` must be a
     *pretrained* base of the student's size (RL from random weights finds no reward to follow).
     """
-    resume = latest_checkpoint(output_dir) is not None
-    return grpo_train.main(dataclasses.replace(config, model=student_base, output_dir=output_dir, resume=resume))
+    return grpo_train.train_from(config, student_base, output_dir)
