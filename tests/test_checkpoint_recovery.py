@@ -14,7 +14,7 @@ from r1lab.training.checkpoint import (CheckpointError, checkpoint_dir, latest_c
 from r1lab.cli import main as cli_main
 from r1lab.errors import R1labError
 from r1lab.files import atomic_dir, recover
-from r1lab.models.loading import build_model
+from r1lab.micro.sizes import build_model
 
 
 @pytest.fixture(scope="module")
