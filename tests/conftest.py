@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny tokenizer and random micro model, built locally (no hub, no network)."""
 
+import json
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -51,3 +52,12 @@ def policy(tokenizer):
         model.model.embed_tokens.weight.mul_(2.0)
     model.generation_config.eos_token_id = [tokenizer.eos_token_id, *range(60, 200)]
     return model
+
+
+@pytest.fixture
+def prompts_jsonl(tmp_path):
+    """Five addition prompts with answers: a user's GRPO training file."""
+    path = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": f"Compute {a} + {b}.", "answer": str(a + b)} for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (9, 1)]]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

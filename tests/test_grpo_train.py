@@ -1,6 +1,5 @@
 """End-to-end GRPO runs on a tiny random HF model and a user's JSONL, including kill and resume."""
 
-import json
 import os
 import signal
 import subprocess
@@ -14,14 +13,6 @@ from r1lab.cli import main as cli_main
 from r1lab.files import read_jsonl
 
 TIMING_KEYS = {"step_time", "rollout_s", "train_s", "tokens_per_s", "peak_memory_mb"}
-
-
-@pytest.fixture
-def prompts_jsonl(tmp_path):
-    path = tmp_path / "prompts.jsonl"
-    rows = [{"prompt": f"Compute {a} + {b}.", "answer": str(a + b)} for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (9, 1)]]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def _args(model, data, out, *extra):
@@ -50,7 +41,7 @@ def test_grpo_bad_input_is_one_line_error(tiny_model_dir, prompts_jsonl, tmp_pat
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "hi", "answer": "1"}\n{"prompt": "", "answer": "2"}\n')
     assert cli_main(["grpo", *_args(tiny_model_dir, bad, tmp_path / "r", "max_steps=1")]) == 2
-    assert "bad.jsonl: row 1 column 'prompt': empty prompt" in capsys.readouterr().err
+    assert "bad.jsonl: row 2 column 'prompt': empty prompt" in capsys.readouterr().err
     assert cli_main(["grpo", *_args(tiny_model_dir, prompts_jsonl, tmp_path / "r", "rewards=[nosuch]")]) == 2
     assert "nosuch" in capsys.readouterr().err.splitlines()[-1]
     assert cli_main(["grpo", *_args(tmp_path / "nomodel", prompts_jsonl, tmp_path / "r")]) == 2

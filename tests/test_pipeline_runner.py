@@ -1,6 +1,9 @@
 """r1lab.pipeline.runner: which stage starts when, and the worker processes (logs, times, failures)."""
 
 import os
+import signal
+import threading
+import time
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -69,3 +72,51 @@ def test_one_worker_runs_in_list_order_here(tmp_path):
     plan = [Stage("a", order.append, ("a",)), Stage("b", order.append, ("b",)), Stage("c", order.append, ("c",))]
     runner.run(plan, workers=1, threads=1, log_dir=tmp_path, on_done=lambda n, s: None)
     assert order == ["a", "b", "c"]  # in this process: a lambda or bound method is fine
+
+
+def _stage_workers() -> list[int]:
+    """Pids of this process's spawned stage workers (not multiprocessing's resource tracker)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+            cmdline = open(f"/proc/{entry}/cmdline", "rb").read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == os.getpid() and b"spawn_main" in cmdline:
+            pids.append(int(entry))
+    return pids
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_dead_worker_stops_the_run_naming_its_stage(tmp_path, sig):
+    # "sleeper" would run for 10 minutes: the run must notice its worker died, not wait for it
+    plan = [Stage("sleeper", time.sleep, (600,)), Stage("after", write_text, (tmp_path / "a.txt", "a"),
+                                                     needs=("sleeper",))]
+
+    def kill_the_worker():
+        deadline = time.time() + 60
+        while not (pids := _stage_workers()) and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        os.kill(pids[0], sig)
+
+    killer = threading.Thread(target=kill_the_worker)
+    killer.start()
+    started = time.time()
+    with pytest.raises(R1labError, match=rf"stage sleeper failed: its worker process died \(killed by {sig.name}\)"):
+        runner.run(plan, workers=2, threads=1, log_dir=tmp_path / "logs", on_done=lambda n, s: None)
+    killer.join()
+    assert time.time() - started < 120 and not (tmp_path / "a.txt").exists() and _stage_workers() == []
+
+
+def test_a_failure_stops_the_other_running_stage(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    plan = [Stage("sleeper", time.sleep, (600,)), Stage("broken", write_text, (tmp_path / "file" / "x", "x"))]
+    started = time.time()
+    with pytest.raises(R1labError, match=r"stage broken failed: .*stopped \['sleeper'\]"):
+        runner.run(plan, workers=2, threads=1, log_dir=tmp_path / "logs", on_done=lambda n, s: None)
+    assert time.time() - started < 120 and _stage_workers() == []  # the sleeper was stopped, the others ended

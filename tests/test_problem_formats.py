@@ -34,7 +34,7 @@ def test_prepare_rows_maps_columns_and_keeps_the_rest(caplog):
     assert "1 of 2 rows left out" in caplog.text
     with pytest.raises(R1labError, match=r"f.jsonl: no column 'answer' for the answer .*set data.answer_column"):
         prepare_rows(rows, ProblemFormat("plain", "q"), "f.jsonl")
-    with pytest.raises(R1labError, match="f.jsonl: row 0 column 'q': a conversation must be"):
+    with pytest.raises(R1labError, match="f.jsonl: row 1 column 'q': a conversation must be"):
         prepare_rows([{"q": [{"role": "user"}], "gold": 1}], ProblemFormat("plain", "q", "gold"), "f.jsonl")
     with pytest.raises(R1labError, match="no row has an answer that data.format=gsm8k"):
         prepare_rows([{"question": "x", "answer": "no marker"}], ProblemFormat("gsm8k"), "g.jsonl")

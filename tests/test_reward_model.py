@@ -74,9 +74,9 @@ def test_synthetic_data_is_deterministic_and_balanced():
 
 def test_bad_rows_name_file_and_row(tokenizer):
     rows = [{"prompt": "p", "response": "r", "label": 1}, {"prompt": "p", "response": "r", "label": 7}]
-    with pytest.raises(R1labError, match=r"data.jsonl: row 1.*label"):
+    with pytest.raises(R1labError, match=r"data.jsonl: row 2.*label"):
         build_examples(rows, "pointwise", tokenizer, "micro", 64, "data.jsonl")
-    with pytest.raises(R1labError, match=r"data.jsonl: row 0 has no column 'rejected'"):
+    with pytest.raises(R1labError, match=r"data.jsonl: row 1 has no column 'rejected'"):
         build_examples([{"prompt": "p", "chosen": "c"}], "pairwise", tokenizer, "micro", 64, "data.jsonl")
 
 

@@ -116,7 +116,7 @@ def test_bad_rows_name_file_and_row(tok, bad, needs):
     with pytest.raises(R1labError) as e:
         tokenize_rows([GOOD, GOOD, GOOD, bad], tokenizer, "data.jsonl", 64)
     message = str(e.value)
-    assert message.startswith("data.jsonl: row 3") and needs in message and "\n" not in message
+    assert message.startswith("data.jsonl: row 4") and needs in message and "\n" not in message
 
 
 def test_truncation_keeps_a_target_or_skips(tok, capsys):

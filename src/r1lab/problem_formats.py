@@ -115,7 +115,7 @@ def prepare_rows(rows: list[dict], fmt: ProblemFormat, source: str) -> list[dict
             raise R1labError(f"{source}: no column '{key}' for the {what} (columns: {', '.join(rows[0])}); "
                              f"set data.{what}_column")
     out, dropped = [], 0
-    for i, row in enumerate(rows):
+    for i, row in enumerate(rows, 1):
         prompt = check_prompt(row.get(prompt_key), f"{source}: row {i} column '{prompt_key}'")
         answer = extract(row.get(answer_key))
         if answer is None:

@@ -6,12 +6,17 @@ checkpoint, so a resumed run sees exactly the prompts an uninterrupted run would
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
+import sys
 from dataclasses import dataclass
 
 from r1lab import task_registry
 from r1lab.grpo.config import GRPOData
 from r1lab.problem_formats import REASONING_GYM, ProblemFormat, prepare_rows, read_problem_rows
+from r1lab.errors import R1labError
+from r1lab.files import file_digest
 
 
 def load_train_rows(data: GRPOData, seed: int) -> list[dict]:
@@ -38,6 +43,28 @@ def load_eval_rows(data: GRPOData, seed: int) -> list[dict]:
         levels = tuple(data.levels.get(name) or ()) or None
         rows += [p.to_row() for p in task_registry.generate(name, "test", data.num_eval, seed, levels)]
     return rows
+
+
+def data_fingerprint(data: GRPOData, seed: int, rows: list[dict]) -> dict:
+    """What a resumed run must share with the run it continues (saved in each checkpoint): the
+    training data (the file's SHA-256, or for micro tasks that of the generated `rows`) and the
+    seed that orders it."""
+    if data.train:
+        return {"source": data.train, "sha256": file_digest(data.train), "seed": seed}
+    text = json.dumps(rows, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return {"source": f"micro tasks {', '.join(data.tasks)}", "sha256": hashlib.sha256(text).hexdigest(), "seed": seed}
+
+
+def check_same_data(checkpoint: str, saved: dict | None, now: dict) -> None:
+    """Error naming both data sources when a checkpoint was trained on other data (or seed) than now."""
+    if saved is None:
+        print(f"warning: {checkpoint} has no data fingerprint (written by an older r1lab): the data is not checked",
+              file=sys.stderr)
+        return
+    if (saved.get("sha256"), saved.get("seed")) != (now["sha256"], now["seed"]):
+        raise R1labError(f"{checkpoint}: trained on {saved.get('source')} (sha256 {str(saved.get('sha256'))[:12]}, "
+                         f"seed {saved.get('seed')}), now given {now['source']} (sha256 {now['sha256'][:12]}, "
+                         f"seed {now['seed']}); resuming needs the same data and seed, or pass overwrite=true")
 
 
 # --- a user's problems: r1lab.problem_formats (data.format, column mapping, hub names) ---
@@ -79,5 +106,8 @@ class PromptStream:
         return {"epoch": self.epoch, "position": self.position}
 
     def restore(self, state: dict) -> None:
+        if not 0 <= state["position"] <= len(self.rows):
+            raise R1labError(f"the checkpoint's prompt position {state['position']} is beyond the data "
+                             f"({len(self.rows)} rows): resuming needs the same data")
         self.epoch, self.position = state["epoch"], state["position"]
         self._order = self._permutation(self.epoch)

@@ -10,6 +10,7 @@ run's outputs with `save_config`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 import yaml
 
 from r1lab.errors import R1labError
-from r1lab.files import write_text
+from r1lab.files import read_text, write_text
 
 T = TypeVar("T")
 
@@ -71,6 +72,35 @@ def check_choices(kind: str, values, options) -> None:
             raise ValueError(f"unknown {kind} '{value}' ({kind}s: {', '.join(options)})")
 
 
+def check_range(config: Any, low: float | None = None, high: float | None = None, *names: str,
+                open_low: bool = False, open_high: bool = False) -> None:
+    """ValueError ``<name> must be in <interval>, got <value>`` for the first field of `config`
+    (by name) outside the interval; None leaves that side unbounded. NaN is never in range. A
+    tuple or dict field is checked item by item.
+
+    >>> check_range(type("C", (), {"top_p": 0.0})(), 0, 1, "top_p", open_low=True)
+    Traceback (most recent call last):
+    ...
+    ValueError: top_p must be in (0, 1], got 0.0
+    """
+    for name in names:
+        value = getattr(config, name)
+        values = value.values() if isinstance(value, dict) else value if isinstance(value, (tuple, list)) else (value,)
+        for v in values:
+            above = low is None or (v > low if open_low else v >= low)
+            below = high is None or (v < high if open_high else v <= high)
+            if not (above and below) or (isinstance(v, float) and not math.isfinite(v)):
+                raise ValueError(f"{name} must be {_interval(low, high, open_low, open_high)}, got {value!r}")
+
+
+def _interval(low, high, open_low: bool, open_high: bool) -> str:
+    if high is None:
+        return f"{'>' if open_low else '>='} {low}"
+    if low is None:
+        return f"{'<' if open_high else '<='} {high}"
+    return f"in {'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+
+
 def _default(f: dataclasses.Field) -> Any:
     if f.default is not dataclasses.MISSING:
         return f.default
@@ -101,7 +131,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise R1labError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(read_text(path))
     except yaml.YAMLError as e:
         raise R1labError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
     if data is None:
@@ -171,9 +201,11 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         return float(value)
     if hint is float and isinstance(value, str):
         try:  # YAML 1.1 reads "1e-3" (no dot) as a string
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise R1labError(f"{source}: '{key}' must be a finite number, got {value!r}")
     if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):

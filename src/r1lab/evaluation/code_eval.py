@@ -39,7 +39,7 @@ def evaluate_code_rows(rows: Sequence[dict], completions_per_row: Sequence[Seque
         raise R1labError(f"{len(rows)} rows but completions for {len(completions_per_row)}")
     jobs, owners = [], []
     for r, (row, completions) in enumerate(zip(rows, completions_per_row)):
-        tests = code_tests(row, r)
+        tests = code_tests(row, r + 1)  # rows are numbered from 1 in errors
         for completion in completions:
             jobs.append((program_for(row, completion), tests))
             owners.append(r)
@@ -65,7 +65,7 @@ def evaluate_code_rows(rows: Sequence[dict], completions_per_row: Sequence[Seque
     }
 
 
-def code_tests(row: dict, index: int = 0) -> tuple[CodeTest, ...]:
+def code_tests(row: dict, index: int = 1) -> tuple[CodeTest, ...]:
     """The row's tests, in whichever layout it uses; R1labError naming the row otherwise."""
     try:
         if row.get("test") and row.get("entry_point"):

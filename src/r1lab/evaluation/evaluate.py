@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from r1lab.recipe import check_choices, save_config
+from r1lab.recipe import check_choices, check_range, save_config
 from r1lab import task_registry
 from r1lab.errors import R1labError
 from r1lab.files import read_rows, write_json, write_jsonl
@@ -52,6 +52,9 @@ class EvalConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        check_range(self, 1, None, "k", "max_new_tokens", "batch_size")
+        check_range(self, 0, None, "temperature", "top_k")
+        check_range(self, 0, 1, "top_p", open_low=True)
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
         check_choices("task", self.tasks, task_registry.names())
@@ -83,7 +86,7 @@ def load_problems(config: EvalConfig) -> list[dict]:
     if config.data:
         rows = read_rows(config.data)
         out = []
-        for i, row in enumerate(rows):
+        for i, row in enumerate(rows, 1):
             prompt = row.get("problem", row.get("prompt"))
             if not isinstance(prompt, str) or not prompt.strip():
                 raise R1labError(f"{config.data}: row {i} has no 'problem' (or 'prompt') text")

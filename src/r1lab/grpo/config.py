@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from r1lab.recipe import check_choices
+from r1lab.recipe import check_choices, check_range
 from r1lab.training.fsdp import SHARDINGS
 from r1lab.grpo.advantages import ADVANTAGES
 from r1lab.grpo.losses import AGGREGATIONS, KL_ESTIMATORS, LOSS_TYPES
@@ -165,7 +165,7 @@ class GRPOConfig:
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.99
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # 0 = no clipping
     max_steps: int = 200
 
     # watching
@@ -178,13 +178,15 @@ class GRPOConfig:
     reflection_phrases: tuple[str, ...] = REFLECTION_PHRASES
     report_to: tuple[str, ...] = ()  # tensorboard | wandb | trackio, beside metrics.jsonl (r1lab.training.tracking)
 
-    # checkpoints
-    save_every: int = 50
-    keep_checkpoints: int = 2
-    resume: bool = False
+    # checkpoints (docs/checkpoints.md)
+    save_every: int = 50  # steps; 0 = only at the end
+    keep_checkpoints: int = 2  # 0 = keep all
+    resume: bool = False  # continue from the newest checkpoint in output_dir
+    overwrite: bool = False  # start afresh in an output_dir that has checkpoints, deleting them
     threads: int = 0  # torch threads; 0 = torch's default
     device: str = "auto"  # auto: cuda:LOCAL_RANK when there is a GPU, else cpu
     progress: bool = True
+    distributed_timeout_s: float = 600.0  # under torchrun: a collective waiting longer ends the run
 
     def __post_init__(self) -> None:
         check_choices("loss_type", self.loss_type, LOSS_TYPES)
@@ -212,14 +214,11 @@ class GRPOConfig:
             raise ValueError(f"reward_weights has {len(self.reward_weights)} entries for {len(self.rewards)} rewards")
         if self.reward_from_step and len(self.reward_from_step) != len(self.rewards):
             raise ValueError(f"reward_from_step has {len(self.reward_from_step)} entries for {len(self.rewards)} rewards")
-        for name in ("num_generations", "prompts_per_step", "max_new_tokens", "num_iterations", "minibatches",
-                     "micro_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self._check_numbers()
         if self.num_generations < 2:
             raise ValueError("num_generations must be >= 2: GRPO's advantage compares completions of a group")
-        if self.beta < 0 or self.temperature <= 0:
-            raise ValueError("beta must be >= 0 and temperature > 0")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite can't both be true: continue the run, or replace it")
         check_lora_settings(self.lora_r, self.lora_alpha, self.lora_dropout, self.lora_target_modules)
         if self.lora_r > 0 and self.beta > 0 and 0 < self.ref_update_every <= self.max_steps:
             raise ValueError(f"ref_update_every={self.ref_update_every} with LoRA: the reference is the base model "
@@ -251,6 +250,23 @@ class GRPOConfig:
     def loss_aggregation(self) -> str:
         """The aggregation in force: `aggregation`, or the loss type's own when it is empty."""
         return self.aggregation or LOSS_TYPES[self.loss_type].aggregation
+
+    def _check_numbers(self) -> None:
+        """Every number in its range (NaN never is): one line naming the key."""
+        check_range(self, 1, None, "num_generations", "prompts_per_step", "max_new_tokens", "num_iterations",
+                    "minibatches", "micro_batch_size", "rollout_batch_size", "max_steps", "log_every", "eval_k",
+                    "reward_from_step")
+        check_range(self, 0, None, "top_k", "eps_low", "eps_high", "beta", "ref_update_every", "max_refills",
+                    "overlong_cache", "warmup_steps", "weight_decay", "sample_every", "eval_every", "save_every",
+                    "keep_checkpoints", "threads", "reward_weights", "max_grad_norm", "eval_temperature")
+        check_range(self, 0, None, "temperature", "learning_rate", "distributed_timeout_s", open_low=True)
+        check_range(self, 0, 1, "top_p", "eval_top_p", open_low=True)
+        check_range(self, 0, 1, "min_lr_ratio")
+        check_range(self, 0, 1, "adam_beta1", "adam_beta2", open_high=True)
+        check_range(self.data, 1, None, "num_train")
+        check_range(self.data, 0, None, "num_eval")
+        if self.overlong_cache >= self.max_new_tokens:
+            raise ValueError(f"overlong_cache ({self.overlong_cache}) must be < max_new_tokens ({self.max_new_tokens})")
 
     @property
     def weights(self) -> tuple[float, ...]:

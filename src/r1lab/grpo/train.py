@@ -28,18 +28,20 @@ from pathlib import Path
 import torch
 
 from r1lab.training import distributed, fsdp
-from r1lab.training.checkpoint import (checkpoint_dir, latest_checkpoint, load_checkpoint, load_weights,
-                                       prune_checkpoints, save_checkpoint, save_final, save_model)
+from r1lab.training.checkpoint import (CheckpointError, checkpoint_dir, list_checkpoints, load_weights,
+                                       prune_checkpoints, read_state, resume_latest, save_checkpoint, save_final,
+                                       start_run)
 from r1lab.recipe import save_config, to_dict
 from r1lab.errors import R1labError
 from r1lab.grpo.config import GRPOConfig
-from r1lab.problems import PromptStream, load_eval_rows, load_train_rows
+from r1lab.problems import PromptStream, check_same_data, data_fingerprint, load_eval_rows, load_train_rows
 from r1lab.grpo.advantages import ADVANTAGES
 from r1lab.grpo.step_metrics import MetricsLog, step_metrics, write_samples
 from r1lab.grpo.parallel import gather_lists, gather_scored, group_seed, share
 from r1lab.grpo.rollout import (RolloutSettings, Scored, informative_groups, pack, rollout_hook, rollout_sampler,
                                 sample_and_score)
 from r1lab.grpo.update import UpdateSettings, reference_logprobs, update_policy
+from r1lab.files import remove_dir
 from r1lab.models.loading import load_model, load_tokenizer
 from r1lab.models.lora import apply_lora, disabled_adapters, is_lora, save_merged
 from r1lab.models.precision import check_supported
@@ -58,13 +60,13 @@ def main(config: GRPOConfig) -> dict:
     out = _start(config)
     is_main = distributed.is_main()
     tokenizer = load_tokenizer(config.model, config.revision, config.trust_remote_code)
-    stream, eval_rows, rollout_settings = _prepare(config, tokenizer)  # before the model: a typo costs seconds
+    stream, fingerprint, eval_rows, rollout_settings = _prepare(config, tokenizer)  # before the model
     policy, reference, sampler = _load_policy(config)
     device = next(policy.parameters()).device
     check_supported(config.precision, device)
     optimizer, scheduler = _optimizer(policy, config)
 
-    start, ref_step = _resume(config, out, policy, reference, optimizer, scheduler, stream)
+    start, ref_step = _resume(config, out, policy, reference, optimizer, scheduler, stream, fingerprint)
     log = MetricsLog(out / "metrics.jsonl", start, Tracker(config.report_to, out, to_dict(config))) if is_main else None
     if start == 0 and eval_rows:
         evaluation = _evaluate(_sampling(sampler, policy), tokenizer, eval_rows, config)  # every process: a share of the rows
@@ -93,13 +95,15 @@ def main(config: GRPOConfig) -> dict:
         if reference is not None and config.ref_update_every and step % config.ref_update_every == 0:
             reference.load_state_dict(policy.state_dict())  # sharded: each process copies its shards
             ref_step = step
-            _save_model(out / "reference" / f"step-{step:06d}", reference, tokenizer)
+            _save_model(_reference_dir(out, step), reference, tokenizer)  # atomic
+            if is_main:  # kept while the run or a kept checkpoint needs it
+                _prune_references(out, step)
         if eval_rows and ((config.eval_every and step % config.eval_every == 0) or step == config.max_steps):
             metrics.update(_evaluate(_sampling(sampler, policy), tokenizer, eval_rows, config))
         trainer = _trainer(out, config, step, (policy, tokenizer, optimizer, scheduler))
         if is_main:
             _write_step(out, config, step, metrics, scored, log, trainer,
-                        {"step": step, "ref_step": ref_step, "stream": stream.state()})
+                        {"step": step, "ref_step": ref_step, "stream": stream.state(), "data": fingerprint})
         _report(progress, metrics)
 
     if log:
@@ -118,20 +122,24 @@ def _start(config: GRPOConfig) -> Path:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     if distributed.is_main():
+        start_run(out, config.resume, config.overwrite, extra=("reference",))  # before config.yaml is replaced
         save_config(config, out / "config.yaml")
+    distributed.barrier()  # the others read checkpoints only once recovered
     return out
 
 
 def train_from(config: GRPOConfig, model: str, output_dir: str | Path) -> dict:
     """`main` with `config` on `model`, writing to `output_dir` and resuming from its newest
-    checkpoint if a killed run left one (the pipeline's and distillation's GRPO runs)."""
-    return main(dataclasses.replace(config, model=model, output_dir=str(output_dir),
-                                    resume=latest_checkpoint(output_dir) is not None))
+    checkpoint if a killed run left one (the pipeline's and distillation's GRPO runs). Always
+    `resume`: with no checkpoint it starts fresh, and one that start-of-run recovery puts back
+    (a kill between the two renames of a save) is resumed rather than refused."""
+    return main(dataclasses.replace(config, model=model, output_dir=str(output_dir), resume=True))
 
 
-def _prepare(config: GRPOConfig, tokenizer) -> tuple[PromptStream, list[dict], RolloutSettings]:
-    """The prompt stream, the eval rows and the rollout settings (rewards loaded and set up), each
-    checked before the model loads; the first prompts are rendered with the template."""
+def _prepare(config: GRPOConfig, tokenizer) -> tuple[PromptStream, dict, list[dict], RolloutSettings]:
+    """The prompt stream (every process: the whole stream), the data's fingerprint for checkpoints,
+    the eval rows and the rollout settings (rewards loaded and set up), each checked before the model
+    loads; the first prompts are rendered with the template."""
     if not config.data.train and not _speaks_micro(tokenizer):
         raise R1labError(f"{config.model} is not a micro model, and data.train is not set: give data.train "
                          "(a JSONL/Parquet file, a datasets folder or a hub dataset); the micro tasks are for "
@@ -140,7 +148,8 @@ def _prepare(config: GRPOConfig, tokenizer) -> tuple[PromptStream, list[dict], R
     rows = load_train_rows(config.data, config.seed)
     eval_rows = load_eval_rows(config.data, config.seed)
     _prompt_ids(rows[:1] + eval_rows[:1], tokenizer, config)
-    return PromptStream(rows, config.seed), eval_rows, _rollout_settings(config)  # every process: the whole stream
+    fingerprint = data_fingerprint(config.data, config.seed, rows)
+    return PromptStream(rows, config.seed), fingerprint, eval_rows, _rollout_settings(config)
 
 
 def _speaks_micro(tokenizer) -> bool:
@@ -236,11 +245,27 @@ def _write_step(out: Path, config: GRPOConfig, step: int, metrics: dict, scored:
         model, tokenizer, optimizer, scheduler, *shards = trainer
         save_checkpoint(checkpoint_dir(out, step), model, tokenizer, optimizer, scheduler, state,
                         shards=shards[0] if shards else None)
-        prune_checkpoints(out, config.keep_checkpoints)
+        prune_checkpoints(out, config.keep_checkpoints, step)
+        _prune_references(out, state["ref_step"])
+
+
+def _reference_dir(out: Path, step: int) -> Path:
+    return out / "reference" / f"step-{step:06d}"
+
+
+def _prune_references(out: Path, current: int) -> None:
+    """Delete reference snapshots that neither a kept checkpoint nor the run (`current`) needs."""
+    needed = {current}
+    for ckpt in list_checkpoints(out):
+        needed.add(read_state(ckpt).get("ref_step", 0))
+    root = out / "reference"
+    for snapshot in sorted(root.glob("step-*")) if root.is_dir() else []:
+        if snapshot.name not in {f"step-{s:06d}" for s in needed}:
+            remove_dir(snapshot)
 
 
 def _saves(config: GRPOConfig, step: int) -> bool:
-    return step % config.save_every == 0 or step == config.max_steps
+    return bool(config.save_every and step % config.save_every == 0) or step == config.max_steps
 
 
 def _trainer(out: Path, config: GRPOConfig, step: int, trainer: tuple) -> tuple:
@@ -261,7 +286,7 @@ def _save_model(path: Path, model, tokenizer) -> None:
     if fsdp.is_sharded(model):
         fsdp.save_model(path, model, tokenizer)
     elif distributed.is_main():
-        save_model(path, model, tokenizer)
+        save_final(path, model, tokenizer)
 
 
 def _load_policy(config: GRPOConfig):
@@ -364,19 +389,28 @@ def _prompt_ids(rows: list[dict], tokenizer, config: GRPOConfig) -> list[list[in
     return tokenize_prompts(tokenizer, texts)
 
 
-def _resume(config, out, policy, reference, optimizer, scheduler, stream) -> tuple[int, int]:
-    """(last finished step, step of the last reference refresh); both 0 for a fresh run."""
-    ckpt = latest_checkpoint(out) if config.resume else None
-    if ckpt is None:
+def _resume(config, out, policy, reference, optimizer, scheduler, stream, fingerprint: dict) -> tuple[int, int]:
+    """(last finished step, step of the last reference refresh); both 0 for a fresh run.
+
+    Resumes from the newest checkpoint that loads (`resume_latest`), on the same data only."""
+    sharded = fsdp.is_sharded(policy)  # its weights and optimizer: fsdp.load_sharded below
+    found = resume_latest(out, None if sharded else policy, None if sharded else optimizer,
+                          scheduler) if config.resume else None
+    if found is None:
+        if config.resume and distributed.is_main():
+            print(f"grpo: {out} has no checkpoint to resume from, starting fresh")
         return 0, 0
-    sharded = fsdp.is_sharded(policy)
-    state = load_checkpoint(ckpt, None if sharded else policy, None if sharded else optimizer, scheduler)
-    if sharded:
+    ckpt, state = found
+    missing = [key for key in ("step", "stream") if key not in state]
+    if missing:
+        raise CheckpointError(f"{ckpt / 'trainer_state.json'}: lacks {missing}")
+    check_same_data(str(ckpt), state.get("data"), fingerprint)
+    if fsdp.is_sharded(policy):
         fsdp.load_sharded(ckpt, policy, optimizer)
     stream.restore(state["stream"])
     if reference is not None and state.get("ref_step"):
-        folder = out / "reference" / f"step-{state['ref_step']:06d}"
-        if sharded:
+        folder = _reference_dir(out, state["ref_step"])
+        if fsdp.is_sharded(reference):
             fsdp.load_model(folder, reference)
         else:
             load_weights(folder, reference)

@@ -16,22 +16,25 @@ runs alone, in this process. With one worker the stages run in list order in thi
 print to the console; with more, each stage prints to ``log_dir/<name>.log`` and the console shows
 when it starts and ends. A failed stage stops the run: the other running stage is killed (stages
 write checkpoints atomically, so a rerun resumes it) and the error names the stage and its log.
+Each stage runs in a process of its own; the scheduler sleeps until one of them exits (it does not
+poll), so a worker that dies (killed, out of memory) is noticed at once and named in the error.
+Ctrl-C stops the workers too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import signal
 import time
 import traceback
+from multiprocessing.connection import wait
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from r1lab.errors import R1labError
-
-_POLL_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -90,8 +93,9 @@ def run(stages: Sequence[Stage], workers: int, threads: int, log_dir: Path,
 
     context = multiprocessing.get_context("spawn")  # fork after torch has threads can deadlock
     done: set[str] = set()
-    running: dict[str, Any] = {}  # name -> AsyncResult
-    with context.Pool(workers, initializer=_init_worker, initargs=(threads,)) as pool:
+    running: dict[str, _Worker] = {}
+    idle: list[_Worker] = []
+    try:
         while len(done) < len(stages):
             while len(running) < workers and (stage := next_stage(stages, done, set(running))) is not None:
                 if stage.wide:
@@ -103,24 +107,72 @@ def run(stages: Sequence[Stage], workers: int, threads: int, log_dir: Path,
                     continue
                 log = log_dir / f"{stage.name.replace('/', '_')}.log"
                 say(f"{stage.name}: started (log {log})")
-                running[stage.name] = pool.apply_async(_run_logged, (stage.run, stage.args, str(log)))
+                idle = [w for w in idle if w.process.is_alive()]  # one that died idle is not reused
+                running[stage.name] = idle.pop() if idle else _Worker(context, threads)
+                running[stage.name].start(stage, log)
             if not running:
                 raise R1labError(f"no stage can start; waiting on: {[s.name for s in stages if s.name not in done]}")
-            time.sleep(_POLL_SECONDS)
-            for name, result in list(running.items()):
-                if not result.ready():
-                    continue
-                del running[name]
-                try:
-                    seconds = result.get()
-                except Exception as exc:  # the stage's own error, re-raised here from the worker
-                    pool.terminate()
-                    log = log_dir / f"{name.replace('/', '_')}.log"
-                    killed = f"; stopped {sorted(running)}" if running else ""
-                    raise R1labError(f"stage {name} failed: {exc} (log {log}){killed}") from exc
+            for name in _answered(running):
+                worker = running.pop(name)
+                idle.append(worker)  # stopped in `finally` if this stage failed
+                seconds = worker.seconds(others=sorted(running))
                 done.add(name)
                 on_done(name, seconds)
                 say(f"{name}: done in {seconds:.0f} s")
+    finally:
+        for worker in [*running.values(), *idle]:  # busy ones only after a failure or Ctrl-C
+            worker.stop()
+
+
+class _Worker:
+    """A spawned process that runs stages one after another (imports are paid once); each stage's
+    result comes back through a pipe, which is also readable (at end of file) if the process dies."""
+
+    def __init__(self, context, threads: int):
+        jobs, self.jobs = context.Pipe(duplex=False)
+        self.results, results = context.Pipe(duplex=False)
+        # not daemonic: a stage may start processes of its own
+        self.process = context.Process(target=_worker_loop, args=(jobs, results, threads), name="r1lab-stage-worker")
+        self.process.start()
+        jobs.close()  # the child holds these ends now: its exit closes the pipe
+        results.close()
+        self.name, self.log, self.busy = "", Path(), False
+
+    def start(self, stage: Stage, log: Path) -> None:
+        self.name, self.log, self.busy = stage.name, log, True
+        self.jobs.send((stage.run, stage.args, str(log)))
+
+    def seconds(self, others: list[str]) -> float:
+        """The stage's wall seconds once it has answered; an R1labError naming it if it failed."""
+        killed = f"; stopped {others}" if others else ""
+        self.busy = False
+        try:
+            ok, value = self.results.recv()
+        except EOFError:  # the process died without answering
+            self.process.join(30)
+            code = self.process.exitcode
+            how = f"killed by {signal.Signals(-code).name}" if code and code < 0 else f"exited with status {code}"
+            raise R1labError(f"stage {self.name} failed: its worker process died ({how}) (log {self.log}){killed}")
+        if not ok:
+            raise R1labError(f"stage {self.name} failed: {value} (log {self.log}){killed}")
+        return value
+
+    def stop(self) -> None:
+        """Let an idle worker exit (its job pipe closes); terminate a busy one."""
+        self.jobs.close()
+        self.process.join(0 if self.busy else 5)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+
+
+def _answered(running: dict[str, _Worker]) -> list[str]:
+    """Block until at least one busy worker has answered or died; their stage names."""
+    ready = set(wait([w.results for w in running.values()]))
+    return [name for name, w in running.items() if w.results in ready]
 
 
 def _timed(stage: Stage) -> float:
@@ -129,11 +181,23 @@ def _timed(stage: Stage) -> float:
     return time.perf_counter() - start
 
 
-def _init_worker(threads: int) -> None:
-    import torch
-
+def _worker_loop(jobs, results, threads: int) -> None:
+    """In a worker process: run stages until the job pipe closes; for each send back (True,
+    seconds) or (False, its error's text)."""
     if threads > 0:
+        import torch
+
         torch.set_num_threads(threads)
+    while True:
+        try:
+            fn, args, log = jobs.recv()
+        except EOFError:  # the scheduler is done with this worker
+            return
+        try:
+            result = (True, _run_logged(fn, args, log))
+        except Exception as exc:  # the stage's own error: its text goes back, its traceback is in the log
+            result = (False, str(exc) or type(exc).__name__)
+        results.send(result)
 
 
 def _run_logged(fn: Callable[..., Any], args: tuple, log: str) -> float:

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from r1lab.micro import tasks
-from r1lab.recipe import check_choices, save_config
+from r1lab.recipe import check_choices, check_range, save_config
 from r1lab.errors import R1labError
 from r1lab.stages.sample_filters import (DEFAULT_FILTERS, FILTERS, FilterSettings, Sample, filter_report, format_readable,
                            reasoning_part, rules_judge)
@@ -76,6 +76,9 @@ class ColdStartConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        check_range(self, 1, None, "n", "max_new_tokens", "batch_size")
+        check_range(self, 0, None, "temperature", "threads")
+        check_range(self, 0, 1, "top_p", open_low=True)
         check_choices("task", self.tasks, tasks.TASKS)
         check_choices("filter", self.filters, FILTERS)
         check_choices("template", self.template, TEMPLATES)

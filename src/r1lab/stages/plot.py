@@ -31,6 +31,10 @@ class PlotConfig:
     output: str = ""  # default: <run>/curves.png
     smooth: int = 10  # moving-average window (steps) for per-step curves
 
+    def __post_init__(self) -> None:
+        if self.smooth < 1:
+            raise ValueError(f"smooth must be >= 1, got {self.smooth}")
+
 
 def main(config: PlotConfig) -> Path:
     out = plot_run(Path(config.run), Path(config.output) if config.output else None, config.smooth)

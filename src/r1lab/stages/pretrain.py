@@ -22,7 +22,8 @@ import torch
 
 from r1lab.micro import tasks
 from r1lab.training import distributed
-from r1lab.recipe import save_config
+from r1lab.training.distributed import DEFAULT_TIMEOUT_S
+from r1lab.recipe import check_range, save_config
 from r1lab.micro.corpus import build_corpus, corpus_stats
 from r1lab.training.sft_data import tokenize_rows
 from r1lab.files import write_json, write_jsonl
@@ -58,13 +59,20 @@ class PretrainConfig:
     seed: int = 0
     threads: int = 0  # torch threads; 0 = torch's default
     resume: bool = False  # continue a killed run from its last checkpoint
+    overwrite: bool = False  # start afresh in an output_dir that has checkpoints, deleting them
+    distributed_timeout_s: float = DEFAULT_TIMEOUT_S  # under torchrun: a collective waiting longer ends the run
     train: TrainSettings = field(default_factory=lambda: TrainSettings(
         learning_rate=2e-3, warmup_steps=50, min_lr_ratio=0.1, max_steps=0, epochs=1,
         max_tokens_per_batch=4096, weight_decay=0.01, eval_every=200, save_every=500, log_every=20))
 
     def __post_init__(self) -> None:
-        if not 0 <= self.request_share < 1:
-            raise ValueError(f"request_share must be in [0, 1), got {self.request_share}")
+        check_range(self, 0, 1, "request_share", open_high=True)
+        check_range(self, 1, None, "num_examples", "vocab_size")
+        check_range(self, 2, None, "max_length")
+        check_range(self, 0, None, "eval_examples", "threads", "task_weights")
+        check_range(self, 0, None, "distributed_timeout_s", open_low=True)
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite can't both be true: continue the run, or replace it")
 
 
 @distributed.launched  # under torchrun: one process of N (a no-op otherwise)
@@ -98,7 +106,7 @@ def main(config: PretrainConfig) -> dict:
     examples = tokenize_rows(rows, tokenizer, source="corpus", max_length=config.max_length)
     eval_set, train_set = examples[: config.eval_examples], examples[config.eval_examples:]
     summary = train(model, tokenizer, train_set, eval_set, config.train, out, resume=config.resume,
-                    desc="pretrain")
+                    overwrite=config.overwrite, desc="pretrain")
     summary["pretrain_seconds"] = round(time.perf_counter() - start, 1)
     if main_process:
         print(f"pretrain: done in {summary['pretrain_seconds']} s -> {out / 'final'}")

@@ -44,8 +44,9 @@ from torch import Tensor
 
 from r1lab.micro import general as micro_general
 from r1lab.training import distributed
+from r1lab.training.distributed import DEFAULT_TIMEOUT_S
 from r1lab.training.checkpoint import save_final
-from r1lab.recipe import check_choices, save_config
+from r1lab.recipe import check_choices, check_range, save_config
 from r1lab.training.sft_data import bos_to_add, split_examples  # bos_to_add: Llama-style tokenizers get their BOS
 from r1lab.errors import R1labError
 from r1lab.files import append_jsonl, read_rows, require_columns, write_jsonl
@@ -138,7 +139,7 @@ def build_examples(rows: Sequence[dict], kind: str, tokenizer, template: str, ma
     """Rows -> examples, checking columns; a bad label is an R1labError naming `source` and the row."""
     require_columns(rows, COLUMNS[kind], source)
     view, examples, cut, bos = VIEWS[kind], [], 0, bos_to_add(tokenizer)
-    for i, row in enumerate(rows):
+    for i, row in enumerate(rows, 1):
         label = 1.0 if kind == "pairwise" else _label(row["label"], f"{source}: row {i}")
         responses = (row["chosen"], row["rejected"]) if kind == "pairwise" else (row["response"],)
         encoded = [encode(tokenizer, template, str(row["prompt"]), view(str(r)), max_length, bos) for r in responses]
@@ -296,8 +297,12 @@ class RewardModelConfig:
     dtype: str = "float32"
     device: str = "auto"
     threads: int = 0
+    distributed_timeout_s: float = DEFAULT_TIMEOUT_S  # under torchrun: a collective waiting longer ends the run
 
     def __post_init__(self) -> None:
+        check_range(self, 0, None, "learning_rate", "distributed_timeout_s", open_low=True)
+        check_range(self, 0, None, "weight_decay", "warmup_steps", "max_grad_norm", "threads")
+        check_range(self, 0, 1, "min_lr_ratio")
         check_choices("template", self.template, TEMPLATES)
         check_choices("dtype", self.dtype, DTYPES)
         if not 0 <= self.eval_fraction < 1:

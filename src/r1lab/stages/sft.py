@@ -34,10 +34,12 @@ from r1lab.errors import R1labError
 from r1lab.models.loading import DTYPES, load_model_and_tokenizer
 from r1lab.models.lora import TARGET_MODULES, apply_lora, check_lora_settings, is_lora, save_merged
 from r1lab.problem_formats import read_problem_rows
-from r1lab.recipe import check_choices, save_config
+from r1lab.recipe import check_choices, check_range, save_config
 from r1lab.templates import TEMPLATES
 from r1lab.training import distributed
-from r1lab.training.loop import TrainSettings, check_output_dir, enable_gradient_checkpointing, train
+from r1lab.training.checkpoint import start_run
+from r1lab.training.distributed import DEFAULT_TIMEOUT_S
+from r1lab.training.loop import TrainSettings, enable_gradient_checkpointing, train
 from r1lab.training.sft_data import split_examples, tokenize_rows
 from r1lab.training.tracking import check_trackers
 
@@ -58,7 +60,9 @@ class SFTConfig(TrainSettings):
     loss_on_prompt: bool = False
     max_length: int = 1024  # tokens; longer examples are truncated
     output_dir: str = "runs/sft"
-    resume: bool = False
+    resume: bool = False  # continue from the newest checkpoint in output_dir
+    overwrite: bool = False  # start afresh in an output_dir that has checkpoints, deleting them
+    distributed_timeout_s: float = DEFAULT_TIMEOUT_S  # under torchrun: a collective waiting longer ends the run
     dtype: str = "float32"
     device: str = "auto"  # auto: cuda if available, else cpu
     threads: int = 0  # torch CPU threads; 0 leaves torch's choice
@@ -79,8 +83,10 @@ class SFTConfig(TrainSettings):
         if self.max_tokens_per_batch < self.max_length:
             raise ValueError(f"max_tokens_per_batch ({self.max_tokens_per_batch}) must be >= max_length ({self.max_length})")
         check_choices("dtype", self.dtype, DTYPES)
-        if self.threads < 0:
-            raise ValueError(f"threads must be >= 0, got {self.threads}")
+        check_range(self, 0, None, "threads")
+        check_range(self, 0, None, "distributed_timeout_s", open_low=True)
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite can't both be true: continue the run, or replace it")
         check_lora_settings(self.lora_r, self.lora_alpha, self.lora_dropout, self.lora_target_modules)
         if self.lora_r > 0 and self.sharding == "fsdp":
             raise ValueError("sharding=fsdp works with full fine-tuning only (LoRA: use sharding=ddp)")
@@ -98,7 +104,8 @@ def main(config: SFTConfig) -> dict:
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     output_dir = Path(config.output_dir)
-    check_output_dir(output_dir, config.resume)  # before config.yaml is overwritten
+    if distributed.is_main():
+        start_run(output_dir, config.resume, config.overwrite)  # before config.yaml is replaced
     # before the model: a wrong path fails fast; a local file or folder, else a hub dataset (online)
     train_rows = read_problem_rows(config.train_data, "train", config.data_subset)
     eval_rows = read_problem_rows(config.eval_data, "test", config.data_subset) if config.eval_data else None
@@ -124,7 +131,7 @@ def main(config: SFTConfig) -> dict:
     if distributed.is_main():
         save_config(config, output_dir / "config.yaml")
     summary = train(model, tokenizer, train_examples, eval_examples, train_settings(config), output_dir,
-                    resume=config.resume, desc="sft")
+                    resume=config.resume, desc="sft", overwrite=config.overwrite)
     final = output_dir / "final"
     if is_lora(model) and config.save_merged:
         final = output_dir / "final-merged"

@@ -6,12 +6,19 @@ torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; `init_f
 them and joins the process group (nccl on CUDA, gloo on CPU). Without them (a plain ``r1lab``
 run) it does nothing, and every helper below answers as a single process would: rank 0 of 1,
 `barrier` and `all_reduce_sum` are no-ops. So stage code calls them unconditionally.
+
+Every collective waits at most the stage's ``distributed_timeout_s`` (default 600 s): a process
+that died or hangs then ends the others with an error, instead of leaving them waiting forever.
+With gloo (CPU) a process that dies is usually noticed at once (its connections close); one that
+hangs, or a dead one under NCCL, after the timeout. torchrun's own summary names the rank that
+failed first.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from datetime import timedelta
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -19,23 +26,29 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from r1lab.errors import R1labError
+
 T = TypeVar("T")
 
+DEFAULT_TIMEOUT_S = 600.0  # a stage config's `distributed_timeout_s` default
 
-def init_from_env() -> bool:
+
+def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S) -> bool:
     """Join the process group torchrun describes; return True if this is a multi-process run.
 
+    Every collective of the group (and joining it) fails after `timeout_s` seconds of waiting.
     On CUDA each process uses the device LOCAL_RANK (see `device`). Calling it twice is harmless.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     if dist.is_available() and dist.is_initialized():
         return True
+    timeout = timedelta(seconds=timeout_s)
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank())
-        dist.init_process_group("nccl")
+        dist.init_process_group("nccl", timeout=timeout)
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=timeout)
     return True
 
 
@@ -121,13 +134,39 @@ def peak_memory_mb() -> float:
 
 def launched(stage: Callable[[Any], dict]) -> Callable[[Any], dict]:
     """A stage's ``main(config)`` run with torch.distributed set up from torchrun's environment (a
-    no-op in a plain process) and torn down afterwards, also when it fails."""
+    no-op in a plain process) and torn down afterwards, also when it fails.
+
+    The config's ``distributed_timeout_s`` bounds every collective; a collective that fails (another
+    process died, or hung past the timeout) becomes an `R1labError` naming this rank."""
     @functools.wraps(stage)
     def main(config: Any) -> dict:
-        init_from_env()
+        timeout_s = config.distributed_timeout_s
+        if not init_from_env(timeout_s):
+            return stage(config)
         try:
             return stage(config)
+        except RuntimeError as e:
+            if not is_collective_failure(e):
+                raise
+            raise R1labError(lost_contact(rank(), world_size(), timeout_s, e)) from e
         finally:
             cleanup()
 
     return main
+
+
+# gloo raises a plain RuntimeError whose text names its transport; NCCL and the store raise DistError
+_COLLECTIVE_MARKERS = ("gloo/transport", "Connection reset by peer", "Connection closed by peer", "Timed out waiting",
+                       "NCCL communicator was aborted", "Watchdog caught collective operation timeout")
+
+
+def is_collective_failure(error: BaseException) -> bool:
+    """True for the error of a collective whose peer died or hung (not a bug in the stage)."""
+    return isinstance(error, dist.DistError) or any(m in str(error) for m in _COLLECTIVE_MARKERS)
+
+
+def lost_contact(rank: int, world: int, timeout_s: float, error: BaseException) -> str:
+    """The one-line error of a process whose collective failed."""
+    detail = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    return (f"rank {rank} of {world}: lost contact with the other processes: one died or waited over "
+            f"distributed_timeout_s={timeout_s:g} s ({detail}); torchrun's summary names the rank that failed first")

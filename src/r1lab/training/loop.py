@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import math
 import time
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +29,10 @@ from tqdm import tqdm
 
 from r1lab.errors import R1labError
 from r1lab.files import append_jsonl, read_jsonl, write_jsonl
-from r1lab.recipe import check_choices
+from r1lab.recipe import check_choices, check_range
 from r1lab.training import distributed, fsdp
-from r1lab.training.checkpoint import (checkpoint_dir, latest_checkpoint, load_checkpoint, prune_checkpoints,
-                                       save_checkpoint, save_final)
+from r1lab.training.checkpoint import (CheckpointError, checkpoint_dir, prune_checkpoints, resume_latest,
+                                       save_checkpoint, save_final, start_run)
 from r1lab.training.sft_data import IGNORE_INDEX, Example, batches, collate
 from r1lab.training.tracking import TRACKERS, Tracker
 
@@ -63,18 +65,11 @@ class TrainSettings:
     report_to: tuple[str, ...] = ()  # tensorboard | wandb | trackio, beside metrics.jsonl (r1lab.training.tracking)
 
     def __post_init__(self):
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1):
-            raise ValueError("adam_beta1 and adam_beta2 must be in [0, 1)")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        for name in ("warmup_steps", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("grad_accum", "log_every", "max_tokens_per_batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_range(self, 0, None, "learning_rate", open_low=True)
+        check_range(self, 0, 1, "adam_beta1", "adam_beta2", open_high=True)
+        check_range(self, 0, 1, "min_lr_ratio")
+        check_range(self, 0, None, "warmup_steps", "weight_decay", "epochs")
+        check_range(self, 1, None, "grad_accum", "log_every", "max_tokens_per_batch")
         if self.max_steps <= 0 and self.epochs < 1:
             raise ValueError("set max_steps > 0 or epochs >= 1")
         check_choices("sharding", self.sharding, fsdp.SHARDINGS)
@@ -184,7 +179,8 @@ def train_step(model, optimizer, scheduler, micro_batches: list[list[Example]], 
 
 
 def train(model, tokenizer, train_examples: Sequence[Example], eval_examples: Sequence[Example],
-          settings: TrainSettings, output_dir: str | Path, resume: bool = False, desc: str = "sft") -> dict:
+          settings: TrainSettings, output_dir: str | Path, resume: bool = False, desc: str = "sft",
+          overwrite: bool = False) -> dict:
     """Train `model` on `train_examples`; checkpoints, metrics and ``final/`` go to `output_dir`.
 
     Returns {"train_loss", "eval_loss", "steps", "seconds"} (eval_loss None without eval data).
@@ -203,7 +199,8 @@ def train(model, tokenizer, train_examples: Sequence[Example], eval_examples: Se
     optimizer = build_optimizer(model, settings)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(
         s, settings.warmup_steps, total_steps, settings.min_lr_ratio))
-    state = _start_state(output_dir, model, optimizer, scheduler, resume, len(train_examples))
+    data = _examples_digest(train_examples)
+    state = _start_state(output_dir, model, optimizer, scheduler, (resume, overwrite), data)
     trainee = model if fsdp.is_sharded(model) else distributed.data_parallel(model)  # DDP under torchrun
     stream = _batch_stream(train_examples, settings, state["epoch"], state["position"])
     main = distributed.is_main()
@@ -252,7 +249,7 @@ def _save_checkpoint(output_dir: Path, step: int, trainer: tuple, state: dict, s
         model, optimizer = None, None  # in the shards
     if distributed.is_main():
         save_checkpoint(checkpoint_dir(output_dir, step), model, tokenizer, optimizer, scheduler, state, shards=shards)
-        prune_checkpoints(output_dir, settings.keep_checkpoints)
+        prune_checkpoints(output_dir, settings.keep_checkpoints, step)
 
 
 class _MetricsLog:
@@ -304,41 +301,51 @@ def _total_steps(examples: Sequence[Example], settings: TrainSettings) -> int:
     return math.ceil(settings.epochs * per_epoch / settings.grad_accum)
 
 
-def check_output_dir(output_dir: str | Path, resume: bool) -> None:
-    """Refuse to start a fresh run on top of another run's checkpoints (it would mix the two)."""
-    found = latest_checkpoint(output_dir)
-    if found is not None and not resume:
-        raise R1labError(f"{output_dir} already has checkpoints (newest: {found.name}); "
-                         "pass resume=true to continue, or choose another output_dir")
+def _examples_digest(examples: Sequence[Example]) -> dict:
+    """What a resumed run must share with the run it continues: the number of examples and the
+    SHA-256 of their tokens and loss masks, in order."""
+    digest = hashlib.sha256()
+    for e in examples:
+        digest.update(array("i", e.input_ids).tobytes() + b"|" + bytes(e.labels_mask) + b";")
+    return {"num_examples": len(examples), "data_sha256": digest.hexdigest()}
 
 
-def _start_state(output_dir: Path, model, optimizer, scheduler, resume: bool, num_examples: int) -> dict:
-    """Fresh state, or the newest checkpoint's (weights, optimizer, scheduler, RNG restored).
+def _start_state(output_dir: Path, model, optimizer, scheduler, mode: tuple[bool, bool], data: dict) -> dict:
+    """Fresh state, or the newest loadable checkpoint's (weights, optimizer, scheduler, RNG restored).
 
-    Every process loads the checkpoint; only rank 0 touches metrics.jsonl. The data position is
-    global, so the world size may differ from the run that wrote the checkpoint.
+    `mode` is (resume, overwrite), see `checkpoint.start_run`. Every process loads the checkpoint;
+    only rank 0 touches files. The data position is global, so the world size may differ from the
+    run that wrote the checkpoint.
     """
-    check_output_dir(output_dir, resume)
-    metrics = output_dir / "metrics.jsonl"
-    found = latest_checkpoint(output_dir)
+    resume, overwrite = mode
     main = distributed.is_main()
+    if main:
+        start_run(output_dir, resume, overwrite)
+    distributed.barrier()
+    metrics = output_dir / "metrics.jsonl"
+    sharded = fsdp.is_sharded(model)  # its weights and optimizer: fsdp.load_sharded below
+    found = resume_latest(output_dir, None if sharded else model, None if sharded else optimizer,
+                          scheduler) if resume else None
     if found is None:
         if resume and main:
             print(f"{output_dir}: no checkpoint to resume from, starting fresh")
         if main:
             metrics.unlink(missing_ok=True)  # left by a run that died before its first checkpoint
-        return {"step": 0, "epoch": 0, "position": 0, "num_examples": num_examples}
-    sharded = fsdp.is_sharded(model)
-    state = load_checkpoint(found, None if sharded else model, None if sharded else optimizer, scheduler)
-    if sharded:
-        fsdp.load_sharded(found, model, optimizer)
-    if state.get("num_examples") != num_examples:
-        raise R1labError(f"{found}: was trained on {state.get('num_examples')} examples, now given {num_examples};"
-                         " resuming needs the same data")
+        return {"step": 0, "epoch": 0, "position": 0, **data}
+    path, state = found
+    if fsdp.is_sharded(model):
+        fsdp.load_sharded(path, model, optimizer)
+    missing = [key for key in ("step", "epoch", "position", "num_examples") if key not in state]
+    if missing:
+        raise CheckpointError(f"{path / 'trainer_state.json'}: lacks {missing}")
+    if state["num_examples"] != data["num_examples"] or state.get("data_sha256", data["data_sha256"]) != data["data_sha256"]:
+        raise R1labError(f"{path}: was trained on {state['num_examples']} examples (sha256 "
+                         f"{str(state.get('data_sha256'))[:12]}), now given {data['num_examples']} (sha256 "
+                         f"{data['data_sha256'][:12]}); resuming needs the same data, or pass overwrite=true")
     if main and metrics.exists():  # drop rows logged after the checkpoint: they will be logged again
         write_jsonl(metrics, [r for r in read_jsonl(metrics, tolerant=True) if r.get("step", 0) <= state["step"]])
     if main:
-        print(f"resuming from {found} (step {state['step']})")
+        print(f"resuming from {path} (step {state['step']})")
     return state
 
 

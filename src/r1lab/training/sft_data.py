@@ -38,7 +38,7 @@ class Example:
 
 def tokenize_rows(rows: Sequence[dict], tokenizer, source: str, max_length: int, template: str = "raw",
                   loss_on_prompt: bool = False) -> list[Example]:
-    """Examples for `rows`; a bad row is an `R1labError` naming `source` and the row index.
+    """Examples for `rows`; a bad row is an `R1labError` naming `source` and the row (1-based).
 
     Examples longer than `max_length` are cut to it; one left with no loss token is skipped.
     Both counts are printed as one line.
@@ -46,7 +46,7 @@ def tokenize_rows(rows: Sequence[dict], tokenizer, source: str, max_length: int,
     if not rows:
         raise R1labError(f"{source}: no rows")
     examples, truncated, skipped = [], 0, 0
-    for i, row in enumerate(rows):
+    for i, row in enumerate(rows, 1):
         pieces = _row_pieces(row, tokenizer, template, f"{source}: row {i}")
         ids, mask = _encode_pieces(pieces, tokenizer)
         if loss_on_prompt:
