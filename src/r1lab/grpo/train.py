@@ -26,27 +26,26 @@ from pathlib import Path
 
 import torch
 
-from r1lab import distributed
-from r1lab.checkpoint import (checkpoint_dir, latest_checkpoint, load_checkpoint, load_weights, prune_checkpoints,
+from r1lab.training import distributed
+from r1lab.training.checkpoint import (checkpoint_dir, latest_checkpoint, load_checkpoint, load_weights, prune_checkpoints,
                               save_checkpoint, save_final, save_model)
-from r1lab.config import save_config
+from r1lab.recipe import save_config
 from r1lab.errors import R1labError
 from r1lab.grpo.config import GRPOConfig
-from r1lab.grpo.data import PromptStream, load_eval_rows, load_train_rows
+from r1lab.problems import PromptStream, load_eval_rows, load_train_rows
 from r1lab.grpo.losses import ADVANTAGES
-from r1lab.grpo.metrics import MetricsLog, step_metrics, write_samples
+from r1lab.grpo.step_metrics import MetricsLog, step_metrics, write_samples
 from r1lab.grpo.parallel import gather_lists, gather_scored, group_seed, share
-from r1lab.grpo.noise import noise_metrics
-from r1lab.grpo.rollout import (RolloutSettings, Scored, informative_groups, pack, rollout_sampler,
+from r1lab.grpo.rollout import (RolloutSettings, Scored, informative_groups, pack, rollout_hook, rollout_sampler,
                                 sample_and_score)
 from r1lab.grpo.update import UpdateSettings, reference_logprobs, update_policy
-from r1lab.lora import apply_lora, disabled_adapters, is_lora, save_merged
-from r1lab.modeling import load_model_and_tokenizer
-from r1lab.precision import check_supported
-from r1lab.plots import plot_run
+from r1lab.models.lora import apply_lora, disabled_adapters, is_lora, save_merged
+from r1lab.models.loading import load_model_and_tokenizer
+from r1lab.models.precision import check_supported
+from r1lab.stages.plot import plot_run
 from r1lab.rewards import load_reward
-from r1lab.sampling import SamplingParams, generate
-from r1lab.sft import lr_multiplier
+from r1lab.sampling.generate import SamplingParams, generate
+from r1lab.training.loop import lr_multiplier
 from r1lab.templates import render_prompt
 
 __all__ = ["GRPOConfig", "main"]
@@ -94,8 +93,8 @@ def main(config: GRPOConfig) -> dict:
 
         metrics = step_metrics(step, scored, sampled, stats, rollout_s=t1 - t0, train_s=t2 - t1,
                                lr=scheduler.get_last_lr()[0], phrases=config.reflection_phrases)
-        if config.step_noise:
-            metrics.update(noise_metrics(scored, tokenizer))
+        if rollout_settings.hook is not None:
+            metrics.update(rollout_settings.hook.metrics(scored, tokenizer))
         if reference is not None and config.ref_update_every and step % config.ref_update_every == 0:
             reference.load_state_dict(policy.state_dict())
             ref_step = step
@@ -114,6 +113,13 @@ def main(config: GRPOConfig) -> dict:
     return log.last if log else {}
 
 
+def train_from(config: GRPOConfig, model: str, output_dir: str | Path) -> dict:
+    """`main` with `config` on `model`, writing to `output_dir` and resuming from its newest
+    checkpoint if a killed run left one (the pipeline's and distillation's GRPO runs)."""
+    return main(dataclasses.replace(config, model=model, output_dir=str(output_dir),
+                                    resume=latest_checkpoint(output_dir) is not None))
+
+
 def _rollout_settings(config: GRPOConfig) -> RolloutSettings:
     return RolloutSettings(
         params=SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
@@ -122,7 +128,7 @@ def _rollout_settings(config: GRPOConfig) -> RolloutSettings:
         reward_fns=[(spec, load_reward(spec)) for spec in config.rewards],
         reward_weights=config.weights, overlong_cache=config.overlong_cache,
         batch_size=config.rollout_batch_size,
-        sampler=rollout_sampler(config.rollout_backend, config.model, config.seed), step_noise=config.step_noise,
+        sampler=rollout_sampler(config.rollout_backend, config.model, config.seed), hook=rollout_hook(config),
         precision=config.precision)
 
 
@@ -149,8 +155,8 @@ def _rollout(policy, reference, tokenizer, stream: PromptStream, config: GRPOCon
     scored, prompt_ids, sampled = _collect(policy, tokenizer, stream, config, settings, step)
     mine = share(len(scored.rows))
     advantages = ADVANTAGES[config.advantage](scored.rewards)  # on the whole batch ("batch" needs all of it)
-    rollout = pack(scored.keep(mine), prompt_ids[mine.start:mine.stop], config.advantage, tokenizer.pad_token_id,
-                   config.mask_truncated, advantages=advantages[mine.start:mine.stop]).to(device)
+    rollout = pack(scored.keep(mine), prompt_ids[mine.start:mine.stop], advantages[mine.start:mine.stop],
+                   tokenizer.pad_token_id, config.mask_truncated).to(device)
     if config.beta > 0:
         rollout = rollout.with_ref(_reference_logprobs(policy, reference, rollout, config))
     return scored, sampled, rollout, mine
@@ -227,29 +233,33 @@ def _collect(policy, tokenizer, stream: PromptStream, config: GRPOConfig, settin
     groups sampled this step: the zero-variance share is measured on these). Under torchrun every
     process returns all of them, so every process makes the same refill decisions."""
     kept: list[Scored] = []
+    kept_ids: list[list[int]] = []
     sampled: list[Scored] = []
     need = config.prompts_per_step
     rounds = 1 + (config.max_refills if config.dynamic_sampling else 0)
     for r in range(rounds):
         rows = stream.take(need)  # the same rows on every process
-        scored = _sample_shared(policy, tokenizer, rows, config, settings, [step, r])
+        prompt_ids = _prompt_ids(rows, tokenizer, config.template)  # once: for sampling and for packing
+        scored = _sample_shared(policy, tokenizer, rows, prompt_ids, config, settings, [step, r])
         sampled.append(scored)
         if config.dynamic_sampling:
-            scored = scored.keep(informative_groups(scored))
+            informative = informative_groups(scored)
+            scored, prompt_ids = scored.keep(informative), [prompt_ids[i] for i in informative]
         if scored.rows:
             kept.append(scored)
+            kept_ids += prompt_ids
         need = config.prompts_per_step - sum(len(s.rows) for s in kept)
         if need <= 0:
             break
     # every group was uninformative: train on the last draw anyway (zero advantage, no-op loss)
-    result = Scored.concat(kept) if kept else sampled[-1]
+    result, result_ids = (Scored.concat(kept), kept_ids) if kept else (sampled[-1], prompt_ids)
     if len(result.rows) > config.prompts_per_step:
-        result = result.keep(range(config.prompts_per_step))
-    return result, _prompt_ids(result.rows, tokenizer, config.template), Scored.concat(sampled)
+        result, result_ids = result.keep(range(config.prompts_per_step)), result_ids[:config.prompts_per_step]
+    return result, result_ids, Scored.concat(sampled)
 
 
-def _sample_shared(policy, tokenizer, rows: list[dict], config: GRPOConfig, settings: RolloutSettings,
-                   draw: list[int]) -> Scored:
+def _sample_shared(policy, tokenizer, rows: list[dict], prompt_ids: list[list[int]], config: GRPOConfig,
+                   settings: RolloutSettings, draw: list[int]) -> Scored:
     """All `rows` sampled and scored: each process samples its share, then all shares are gathered.
     Prompt i samples from its own stream, seeded by (seed, step, round, i), wherever it runs."""
     mine = share(len(rows))
@@ -257,8 +267,7 @@ def _sample_shared(policy, tokenizer, rows: list[dict], config: GRPOConfig, sett
     if mine:
         local = rows[mine.start:mine.stop]
         seeds = [group_seed(config.seed, *draw, i) for i in mine]
-        part = sample_and_score(policy, tokenizer, local, _prompt_ids(local, tokenizer, config.template), settings,
-                                seeds)
+        part = sample_and_score(policy, tokenizer, local, prompt_ids[mine.start:mine.stop], settings, seeds)
     return gather_scored(part)
 
 
@@ -288,7 +297,7 @@ def _evaluate(policy, tokenizer, rows: list[dict], config: GRPOConfig) -> dict:
     Each process samples a share of the rows, each row from its own seeded stream (the same for
     every evaluation of the run, and whatever the number of processes); every process gets the
     result."""
-    from r1lab.evaluate import EvalConfig, judge, summarize
+    from r1lab.evaluation.evaluate import EvalConfig, judge, summarize
 
     eval_config = EvalConfig(k=config.eval_k, temperature=config.eval_temperature, top_p=config.eval_top_p,
                              max_new_tokens=config.max_new_tokens, template=config.template, stop=config.stop,
