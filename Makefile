@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.r1lab-installed
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: install sandbox-deps demo test bench bench-memory clean
+.PHONY: install sandbox-deps demo test test-fast lint bench bench-memory clean
 
 install: $(STAMP)
 
@@ -31,6 +31,16 @@ sandbox-deps:
 
 test: install sandbox-deps
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests
+
+# The fast tier: everything but the end-to-end runs marked slow (under a minute on 2 cores).
+test-fast: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest tests -m "not slow"
+
+# Style (ruff) and structure (file and function size, private imports, the micro world's one-way
+# dependency: scripts/check_structure.py).
+lint: install
+	$(PY) -m ruff check src tests benchmarks scripts
+	$(PY) scripts/check_structure.py src/r1lab
 
 bench: install
 	@$(PY) -m pip install -q -e ".[bench]"
