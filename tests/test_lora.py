@@ -43,7 +43,7 @@ def test_gradient_checkpointing_gives_the_same_losses(setup, tmp_path):
     for a, b in zip(plain, checkpointed):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
     model = build_model("micro", build_tokenizer(micro_corpus_sample(50)))
-    r1lab.sft._enable_gradient_checkpointing(model)  # what gradient_checkpointing=true calls
+    r1lab.sft.enable_gradient_checkpointing(model)  # what gradient_checkpointing=true calls
     assert getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing
 
 

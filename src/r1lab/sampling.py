@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
@@ -54,6 +55,10 @@ DEFAULT_BATCH_SIZE = 256  # sequences decoded together; more rows per step amort
 # Config fields of models that change logits after the output projection: those models take the
 # slower path in `sequence_logprobs` (full logits from their own forward).
 _LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+# Log-prob chunks: at most this many float32 logits at once (128 MB: 220 rows of a 151,936-token
+# vocabulary), and recomputed in the backward from this many logits per forward (64 MB).
+LOGIT_CHUNK_ELEMENTS = 1 << 25
+LOGIT_RECOMPUTE_MIN = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -438,16 +443,31 @@ def _shared_prompt_logprobs(model, input_ids: Tensor, attention_mask: Tensor, pr
 
 def _chunked_logprobs(features: Tensor, targets: Tensor, head: nn.Module | None, scale: float,
                       chunk_size: int) -> Tensor:
-    """log_softmax(head(features) / scale)[target], `chunk_size` rows of logits at a time.
-    features [B, T, H] (or logits [B, T, V] when head is None), targets [B, T] -> [B, T] float32."""
+    """log_softmax(head(features) / scale)[target], up to `chunk_size` rows of logits at a time.
+    features [B, T, H] (or logits [B, T, V] when head is None), targets [B, T] -> [B, T] float32.
+
+    With a large vocabulary a chunk has fewer rows (its float32 logits stay under
+    LOGIT_CHUNK_ELEMENTS), and under autograd each chunk's logits are recomputed in the backward
+    instead of kept (torch.utils.checkpoint): the backward then holds one chunk's [rows, V] at a
+    time, not every chunk's. Small heads (the micro models) keep theirs: recomputing costs time
+    and saves nothing that matters."""
     B, T = targets.shape
     flat, targets = features.reshape(B * T, -1), targets.reshape(-1)
+    rows = flat.shape[0]
+    vocab = head.weight.shape[0] if head is not None else flat.shape[-1]
+    chunk_size = max(1, min(chunk_size, LOGIT_CHUNK_ELEMENTS // vocab))
+    recompute = head is not None and torch.is_grad_enabled() and rows * vocab >= LOGIT_RECOMPUTE_MIN
     pieces = []
-    for s in range(0, flat.shape[0], chunk_size):
-        logits = flat[s:s + chunk_size]
-        logits = (lean.float32_head(head, logits) if head is not None else logits).float()
-        pieces.append(_gather_logprobs(logits / scale if scale != 1.0 else logits, targets[s:s + chunk_size]))
+    for s in range(0, rows, chunk_size):
+        args = (flat[s:s + chunk_size], targets[s:s + chunk_size], head, scale)
+        pieces.append(checkpoint(_token_logprobs, *args, use_reentrant=False) if recompute else _token_logprobs(*args))
     return torch.cat(pieces).reshape(B, T) if pieces else flat.new_zeros(B, T, dtype=torch.float32)
+
+
+def _token_logprobs(features: Tensor, targets: Tensor, head: nn.Module | None, scale: float) -> Tensor:
+    """log_softmax(head(features) / scale)[target] of one chunk: [n, H] (or logits [n, V]), [n] -> [n]."""
+    logits = (lean.float32_head(head, features) if head is not None else features).float()
+    return _gather_logprobs(logits / scale if scale != 1.0 else logits, targets)
 
 
 def _hidden_and_head(model, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, nn.Module | None]:

@@ -313,7 +313,7 @@ def _start_state(output_dir: Path, model, optimizer, scheduler, resume: bool, nu
     return state
 
 
-def _enable_gradient_checkpointing(model) -> None:
+def enable_gradient_checkpointing(model) -> None:
     """Recompute each layer's activations in the backward (non-reentrant: works with DDP and LoRA)."""
     kwargs = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name; the old one warns
@@ -392,7 +392,7 @@ def main(config: SFTConfig) -> dict:
     eval_rows = read_rows(config.eval_data) if config.eval_data else None
     model, tokenizer = load_model_and_tokenizer(config.model, config.dtype, distributed.device(config.device))
     if config.gradient_checkpointing:
-        _enable_gradient_checkpointing(model)
+        enable_gradient_checkpointing(model)
     if config.lora_r > 0:
         model = apply_lora(model, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules,
                            seed=config.seed)

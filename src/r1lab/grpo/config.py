@@ -76,9 +76,15 @@ class GRPOConfig:
     num_iterations: int = 1  # mu: passes over each rollout
     minibatches: int = 1  # optimiser steps per pass (the rollout split into this many parts)
     micro_batch_size: int = 64  # sequences per forward/backward (memory only: same gradient)
-    # fp32 | bf16: bf16 autocast for sampling, the reference pass and the training forward/backward;
-    # weights, AdamW and log-probs stay float32, old log-probs come from the training forward
-    # (r1lab.precision). Needs native bf16 (CPU avx512_bf16/amx_bf16, or a bf16 GPU).
+    # > 0: micro-batches instead hold rows of similar length, up to this many tokens (rows x
+    # longest row) each; memory only, same gradient. 0: `micro_batch_size` rows each.
+    max_tokens_per_micro_batch: int = 0
+    gradient_checkpointing: bool = False  # recompute each layer in the backward: less memory, ~30% slower
+    # fp32 | bf16-mixed | bf16 (r1lab.precision). bf16-mixed: bf16 autocast for sampling, the
+    # reference pass and the training forward/backward, float32 weights and AdamW; bf16: bf16
+    # weights and AdamW state with stochastic rounding. Either way log-probs are float32, old
+    # log-probs come from the training forward and the reference is held in bf16. Needs native
+    # bf16 (CPU avx512_bf16/amx_bf16, or a bf16 GPU).
     precision: str = "fp32"
 
     # LoRA: same keys as `r1lab sft`; 0 = full fine-tuning
@@ -134,6 +140,8 @@ class GRPOConfig:
             raise ValueError(f"reward_weights has {len(self.reward_weights)} entries for {len(self.rewards)} rewards")
         if self.reward_from_step and len(self.reward_from_step) != len(self.rewards):
             raise ValueError(f"reward_from_step has {len(self.reward_from_step)} entries for {len(self.rewards)} rewards")
+        if self.max_tokens_per_micro_batch < 0:
+            raise ValueError(f"max_tokens_per_micro_batch must be >= 0, got {self.max_tokens_per_micro_batch}")
         for name in ("num_generations", "prompts_per_step", "max_new_tokens", "num_iterations", "minibatches",
                      "micro_batch_size"):
             if getattr(self, name) < 1:

@@ -41,12 +41,12 @@ from r1lab.grpo.rollout import (RolloutSettings, Scored, informative_groups, pac
                                 sample_and_score)
 from r1lab.grpo.update import UpdateSettings, reference_logprobs, update_policy
 from r1lab.lora import apply_lora, disabled_adapters, is_lora, save_merged
-from r1lab.modeling import load_model_and_tokenizer
-from r1lab.precision import check_supported
+from r1lab.modeling import load_model, load_model_and_tokenizer
+from r1lab.precision import build_adamw, check_supported, reference_dtype, weights_dtype
 from r1lab.plots import plot_run
 from r1lab.rewards import load_reward
 from r1lab.sampling import SamplingParams, generate
-from r1lab.sft import lr_multiplier
+from r1lab.sft import enable_gradient_checkpointing, lr_multiplier
 from r1lab.templates import render_prompt
 
 __all__ = ["GRPOConfig", "main"]
@@ -64,7 +64,7 @@ def main(config: GRPOConfig) -> dict:
     if is_main:
         save_config(config, out / "config.yaml")
 
-    policy, tokenizer, reference = _load_policy(config)
+    policy, tokenizer, reference = load_policy(config)
     device = next(policy.parameters()).device
     check_supported(config.precision, device)
     stream = PromptStream(load_train_rows(config.data, config.seed), config.seed)  # every process: the whole stream
@@ -129,11 +129,8 @@ def _rollout_settings(config: GRPOConfig) -> RolloutSettings:
 def _optimizer(policy, config: GRPOConfig):
     """AdamW over the trainable parameters (with LoRA: the adapters) and its warmup + schedule."""
     trainable = [p for p in policy.parameters() if p.requires_grad]
-    # One fused kernel per step where torch has it: clip + step took 4.7 ms against 9.9 ms for the
-    # default on the benchmark's 4.3M weights (one CPU thread; benchmarks/README.md).
-    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in trainable) or None
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay,
-                                  betas=(config.adam_beta1, config.adam_beta2), fused=fused)
+    optimizer = build_adamw(trainable, config.precision, lr=config.learning_rate, weight_decay=config.weight_decay,
+                            betas=(config.adam_beta1, config.adam_beta2))
     floor = config.min_lr_ratio if config.lr_schedule == "cosine" else 1.0  # 1.0: constant after warmup
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_multiplier(s, config.warmup_steps, config.max_steps, floor))
@@ -186,21 +183,27 @@ def _write_step(out: Path, config: GRPOConfig, step: int, metrics: dict, scored:
         prune_checkpoints(out, config.keep_checkpoints)
 
 
-def _load_policy(config: GRPOConfig):
-    """(policy, tokenizer, frozen reference copy or None). With LoRA the policy is a PEFT model and
-    there is no copy: the reference is the policy with its adapters off (`_reference_logprobs`)."""
-    policy, tokenizer = load_model_and_tokenizer(config.model, device=distributed.device(config.device))
+def load_policy(config: GRPOConfig):
+    """(policy, tokenizer, frozen reference or None). No reference at beta 0. With LoRA the policy
+    is a PEFT model and there is no copy: the reference is the policy with its adapters off
+    (`_reference_logprobs`). Otherwise the reference is held in `reference_dtype`: bf16 unless
+    the run is fp32 (it takes no gradient, so it needs no float32 master weights)."""
+    device = distributed.device(config.device)
+    policy, tokenizer = load_model_and_tokenizer(config.model, weights_dtype(config.precision), device)
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(policy)
     if config.lora_r > 0:
         policy = apply_lora(policy, config.lora_r, config.lora_alpha, config.lora_dropout,
                             config.lora_target_modules, seed=config.seed)
-    reference = _frozen_copy(policy) if config.beta > 0 and not is_lora(policy) else None
+    reference = None
+    if config.beta > 0 and not is_lora(policy):
+        dtype = reference_dtype(config.precision)
+        # the same weights as the policy's: a copy, or (other dtype) loaded again in that dtype,
+        # which never holds a float32 copy of the model on the way
+        reference = copy.deepcopy(policy) if dtype == weights_dtype(config.precision) else load_model(
+            config.model, dtype, device)
+        reference.eval().requires_grad_(False)
     return policy, tokenizer, reference
-
-
-def _frozen_copy(model):
-    ref = copy.deepcopy(model).eval()
-    ref.requires_grad_(False)
-    return ref
 
 
 def _reference_logprobs(policy, reference, rollout, config: GRPOConfig) -> torch.Tensor:
@@ -218,7 +221,7 @@ def _update_settings(config: GRPOConfig) -> UpdateSettings:
         micro_batch_size=config.micro_batch_size, temperature=config.temperature, eps_low=config.eps_low,
         eps_high=config.eps_high, beta=config.beta, kl_estimator=config.kl_estimator,
         aggregation=config.aggregation, max_len=config.max_new_tokens, max_grad_norm=config.max_grad_norm,
-        precision=config.precision)
+        precision=config.precision, max_tokens_per_micro_batch=config.max_tokens_per_micro_batch)
 
 
 def _collect(policy, tokenizer, stream: PromptStream, config: GRPOConfig, settings: RolloutSettings, step: int):
