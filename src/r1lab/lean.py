@@ -301,16 +301,18 @@ class LeanModel:
         bias = _attention_bias(key_mask[:, :end], start, self.embed.dtype)  # [B, 1, S, end]
         x = F.embedding(input_ids, self.embed)  # [B, S, hidden]
         recompute = self.checkpointing and torch.is_grad_enabled()
+        prefix = cache.prefix  # as it is now: a layer recomputed in the backward must see the same
         for i in range(len(self.layers)):
             if recompute:  # keep only each layer's input for the backward; run the layer again there
-                x = checkpoint(self._layer, i, x, cos, sin, bias, cache, use_reentrant=False)
+                x = checkpoint(self._layer, i, x, cos, sin, bias, cache, prefix, use_reentrant=False)
             else:
-                x = self._layer(i, x, cos, sin, bias, cache)
+                x = self._layer(i, x, cos, sin, bias, cache, prefix)
         cache.length = end
         return x
 
-    def _layer(self, i: int, x: Tensor, cos: Tensor, sin: Tensor, bias: Tensor, cache) -> Tensor:
-        """Decoder layer i on x [B, S, hidden] (see `_decoder`)."""
+    def _layer(self, i: int, x: Tensor, cos: Tensor, sin: Tensor, bias: Tensor, cache,
+               prefix: _Prefix | None) -> Tensor:
+        """Decoder layer i on x [B, S, hidden] (see `_decoder`); `prefix`: the cache's shared one."""
         B, S, hidden = x.shape
         H, K, D = self.heads, self.kv_heads, self.head_dim
         layer = self.layers[i]
@@ -322,8 +324,8 @@ class LeanModel:
                             F.rms_norm(qk[:, :, H:], (D,), layer.k_norm, self.eps)], dim=2)
         qk = qk * cos + _rotate_half(qk) * sin
         keys, values = cache.update(i, qk[:, :, H:].transpose(1, 2), qkv[:, :, H + K:].transpose(1, 2))
-        prefix = None if cache.prefix is None else (cache.prefix, i)
-        out = attention(qk[:, :, :H].transpose(1, 2), keys, values, bias, prefix)  # [B, H, S, D]
+        shared = None if prefix is None else (prefix, i)
+        out = attention(qk[:, :, :H].transpose(1, 2), keys, values, bias, shared)  # [B, H, S, D]
         x = x + layer.o(out.transpose(1, 2).reshape(B, S, H * D))
         h = F.rms_norm(x, (hidden,), layer.norm_post, self.eps)
         return x + layer.down(_swiglu(layer.gate_up(h)))
