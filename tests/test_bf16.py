@@ -94,3 +94,49 @@ def test_the_reference_model_by_precision(tiny_model_dir, precision, beta, lora,
     assert not any(p.requires_grad for p in reference.parameters()) and not reference.training
     for (name, p), q in zip(policy.named_parameters(), reference.parameters()):  # the same weights
         torch.testing.assert_close(q.float(), p.detach().to(reference_dtype).float(), msg=name)
+
+
+def test_sft_in_each_precision(tiny_model_dir, tmp_path, monkeypatch):
+    """`r1lab sft precision=...`: bf16-mixed tracks fp32's losses; bf16 trains bf16 weights (and
+    saves them) with its losses moving as fp32's do."""
+    import json
+
+    from r1lab import cli, precision
+    from r1lab.io import write_jsonl
+
+    monkeypatch.setattr(precision, "_cpu_has_bf16", lambda: True)  # emulated where missing: slower only
+    write_jsonl(tmp_path / "train.jsonl", [{"prompt": f"{a}+{b}=", "completion": str(a + b)}
+                                           for a in range(4) for b in range(3)])
+    losses = {}
+    for name in ("fp32", "bf16-mixed", "bf16"):
+        out = tmp_path / name
+        assert cli.main(["sft", f"model={tiny_model_dir}", f"train_data={tmp_path / 'train.jsonl'}",
+                         f"output_dir={out}", "max_tokens_per_batch=128", "max_length=32", "warmup_steps=0",
+                         "log_every=1", "eval_every=0", "save_every=0", "template=micro", "threads=1",
+                         "max_steps=4", "learning_rate=3e-3", f"precision={name}"]) == 0
+        losses[name] = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for name in ("bf16-mixed", "bf16"):
+        assert losses[name][0] == pytest.approx(losses["fp32"][0], rel=0.02)  # the same model and batch
+        assert losses[name][-1] < losses[name][0] - 0.1  # and it learns
+    from safetensors.torch import load_file  # the saved weights themselves are bf16
+
+    weights = load_file(next((tmp_path / "bf16" / "final").glob("*.safetensors")))
+    assert {t.dtype for t in weights.values()} == {torch.bfloat16}
+
+
+def test_eval_takes_device_and_precision(tiny_model_dir, tmp_path, monkeypatch):
+    from r1lab import precision
+    from r1lab.evaluate import EvalConfig, load_for_eval
+    from r1lab.evaluate import main as evaluate
+
+    monkeypatch.setattr(precision, "_cpu_has_bf16", lambda: True)
+    with pytest.raises(ValueError, match="unknown precision"):
+        EvalConfig(precision="fp8")
+    summaries = {}
+    for name in ("fp32", "bf16-mixed", "bf16"):
+        config = EvalConfig(model=str(tiny_model_dir), tasks=("addition",), num_problems=4, k=2, max_new_tokens=8,
+                            output_dir=str(tmp_path / name), progress=False, device="cpu", precision=name)
+        model, _ = load_for_eval(config)
+        assert {p.dtype for p in model.parameters()} == {torch.bfloat16 if name == "bf16" else torch.float32}
+        summaries[name] = evaluate(config)
+    assert all(s["addition"]["problems"] == 4 for s in summaries.values())

@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 
 from r1lab import micro_general
-from r1lab.evaluate import EvalConfig, sample_rows
+from r1lab.evaluate import EvalConfig, load_for_eval, sample_rows
 from r1lab.io import write_json, write_jsonl
 from r1lab.metrics import mean
 
@@ -72,9 +72,7 @@ def summarize(records: list[dict]) -> dict:
 
 
 def main(config: EvalConfig, num_general: int = 100) -> dict:
-    from r1lab.modeling import load_model_and_tokenizer
-
-    model, tokenizer = load_model_and_tokenizer(config.model)
+    model, tokenizer = load_for_eval(config)
     rows = requests(num_general, config.seed)
     # a general reply has no <answer> block: stop at the summary's end instead
     config = dataclasses.replace(config, stop=("</summary>", "</answer>"))

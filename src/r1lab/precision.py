@@ -99,7 +99,8 @@ def build_adamw(groups, precision: str, lr: float, betas: tuple[float, float] = 
     parameter groups, as torch.optim takes them."""
     groups = list(groups)
     params = [p for g in groups for p in (g["params"] if isinstance(g, dict) else [g])]
-    if precision == "bf16":
+    # bf16 weights; LoRA adapters that PEFT keeps in float32 over a bf16 base take torch's AdamW
+    if precision == "bf16" and all(p.dtype == torch.bfloat16 for p in params):
         return BF16AdamW(groups, lr=lr, betas=betas, weight_decay=weight_decay)
     # One fused kernel per step where torch has it: clip + step took 4.7 ms against 9.9 ms for the
     # default on 4.3M weights (one CPU thread; benchmarks/README.md).

@@ -44,6 +44,7 @@ from r1lab.errors import R1labError
 from r1lab.io import append_jsonl, read_jsonl, read_rows, write_jsonl
 from r1lab.lora import TARGET_MODULES, apply_lora, check_lora_settings, is_lora, save_merged
 from r1lab.modeling import DTYPES, load_model_and_tokenizer
+from r1lab.precision import PRECISIONS, autocast, build_adamw, check_supported, weights_dtype
 from r1lab.templates import TEMPLATES
 
 
@@ -67,6 +68,9 @@ class TrainSettings:
     keep_checkpoints: int = 2  # <= 0: keep all
     log_every: int = 10
     seed: int = 0
+    # fp32 | bf16-mixed (bf16 autocast, float32 weights and AdamW) | bf16 (the model cast to bf16,
+    # BF16AdamW: bf16 state with stochastic rounding); see r1lab.precision
+    precision: str = "fp32"
 
     def __post_init__(self):
         if self.learning_rate <= 0:
@@ -83,6 +87,7 @@ class TrainSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_steps <= 0 and self.epochs < 1:
             raise ValueError("set max_steps > 0 or epochs >= 1")
+        check_choices("precision", self.precision, PRECISIONS)
 
 
 def lr_multiplier(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
@@ -104,8 +109,10 @@ def build_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.op
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": settings.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.learning_rate,
-                             betas=(settings.adam_beta1, settings.adam_beta2))
+    groups = [g for g in groups if g["params"]]
+    if settings.precision == "bf16":
+        return build_adamw(groups, "bf16", lr=settings.learning_rate, betas=(settings.adam_beta1, settings.adam_beta2))
+    return torch.optim.AdamW(groups, lr=settings.learning_rate, betas=(settings.adam_beta1, settings.adam_beta2))
 
 
 def token_loss_sum(model, input_ids, attention_mask, labels) -> torch.Tensor:
@@ -122,7 +129,7 @@ def target_count(example: Example) -> int:
 
 
 @torch.no_grad()
-def eval_loss(model, examples: Sequence[Example], max_tokens: int, pad_id: int) -> float:
+def eval_loss(model, examples: Sequence[Example], max_tokens: int, pad_id: int, precision: str = "fp32") -> float:
     """Mean per-token loss over `examples` (every target token weighs the same).
 
     Under torchrun each process takes a share of the batches and the sums are added up.
@@ -133,7 +140,8 @@ def eval_loss(model, examples: Sequence[Example], max_tokens: int, pad_id: int) 
     plan = batches(examples, max_tokens, seed=0, epoch=0)
     for batch in distributed.shard(plan, distributed.rank(), distributed.world_size()):
         tensors = [t.to(device) for t in collate([examples[i] for i in batch], pad_id)]
-        total += token_loss_sum(model, *tensors).item()
+        with autocast(precision, device):
+            total += token_loss_sum(model, *tensors).item()
         count += sum(target_count(examples[i]) for i in batch)
     model.train(was_training)
     total, count = distributed.all_reduce_sum(torch.tensor([total, count], dtype=torch.float64)).tolist()
@@ -141,7 +149,7 @@ def eval_loss(model, examples: Sequence[Example], max_tokens: int, pad_id: int) 
 
 
 def train_step(model, optimizer, scheduler, micro_batches: list[list[Example]], pad_id: int,
-               max_grad_norm: float) -> dict[str, float]:
+               max_grad_norm: float, precision: str = "fp32") -> dict[str, float]:
     """One optimizer step over `micro_batches` (gradient accumulation).
 
     Each micro-batch's summed loss is divided by the target tokens of the whole step, so the
@@ -162,7 +170,7 @@ def train_step(model, optimizer, scheduler, micro_batches: list[list[Example]], 
         # An empty share still runs a (zero-loss) pass: DDP needs every process in every backward.
         mine = distributed.shard(batch, rank, world) or [Example((pad_id, pad_id), (0, 0))]
         tensors = [t.to(device) for t in collate(mine, pad_id)]
-        with _no_sync(model, last=i == len(micro_batches) - 1):
+        with _no_sync(model, last=i == len(micro_batches) - 1), autocast(precision, device):
             loss = token_loss_sum(model, *tensors) / max(n_targets, 1)
             (loss * world if world > 1 else loss).backward()
         total += loss.item()
@@ -192,6 +200,9 @@ def train(model, tokenizer, train_examples: Sequence[Example], eval_examples: Se
     started, pad_id = time.perf_counter(), _pad_id(tokenizer)
     total_steps = _total_steps(train_examples, settings)
     torch.manual_seed(settings.seed)
+    check_supported(settings.precision, _device_of(model))
+    if settings.precision == "bf16":
+        model.to(torch.bfloat16)  # weights, gradients and AdamW state in bf16 (r1lab.precision)
     optimizer = build_optimizer(model, settings)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(
         s, settings.warmup_steps, total_steps, settings.min_lr_ratio))
@@ -205,13 +216,14 @@ def train(model, tokenizer, train_examples: Sequence[Example], eval_examples: Se
     while state["step"] < total_steps:
         group = [next(stream) for _ in range(settings.grad_accum)]
         result = train_step(trainee, optimizer, scheduler, [[train_examples[i] for i in g.indices] for g in group],
-                            pad_id, settings.max_grad_norm)
+                            pad_id, settings.max_grad_norm, settings.precision)
         step = state["step"] + 1
         last = step == total_steps
         state.update(step=step, epoch=group[-1].epoch, position=group[-1].position, loss=result["loss"])
         evaluated = bool(eval_examples) and (last or _every(step, settings.eval_every))
         if evaluated:
-            state["eval_loss"] = eval_loss(model, eval_examples, settings.max_tokens_per_batch, pad_id)
+            state["eval_loss"] = eval_loss(model, eval_examples, settings.max_tokens_per_batch, pad_id,
+                                            settings.precision)
         if main:
             log.add(result["tokens"])
         if main and (evaluated or last or _every(step, settings.log_every)):
@@ -390,7 +402,8 @@ def main(config: SFTConfig) -> dict:
     check_output_dir(output_dir, config.resume)  # before config.yaml is overwritten
     train_rows = read_rows(config.train_data)  # before the model: a wrong path fails fast
     eval_rows = read_rows(config.eval_data) if config.eval_data else None
-    model, tokenizer = load_model_and_tokenizer(config.model, config.dtype, distributed.device(config.device))
+    dtype = weights_dtype(config.precision) if config.dtype == "float32" else config.dtype
+    model, tokenizer = load_model_and_tokenizer(config.model, dtype, distributed.device(config.device))
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     if config.lora_r > 0:
