@@ -95,3 +95,15 @@ def test_row_lengths_count_up_to_the_last_real_token(rollout):
     for row in range(rollout.num_rows):
         real = rollout.attention_mask[row].nonzero()
         assert lengths[row] == int(real[-1]) + 1
+
+
+@pytest.mark.parametrize("own_forward", [False, True])
+def test_the_decode_cache_grows_when_rows_run_past_its_first_room(policy, tokenizer, monkeypatch, own_forward):
+    params = SamplingParams(max_new_tokens=20, n=2, seed=5)
+    if own_forward:
+        monkeypatch.setattr(lean, "supports", lambda model: False)
+    roomy = sampling.generate(policy, tokenizer, PROMPTS, params)
+    monkeypatch.setattr(sampling, "INITIAL_NEW_TOKENS", 1)  # room for 1 new token at first
+    grown = sampling.generate(policy, tokenizer, PROMPTS, params)
+    assert [[c.token_ids for c in g] for g in grown] == [[c.token_ids for c in g] for g in roomy]
+    assert max(len(c.token_ids) for g in grown for c in g) > 3  # rows ran past the first room
