@@ -60,8 +60,8 @@ def build(workdir: Path, shape: str, quick: bool) -> tuple[Path, Path, int]:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from r1lab import tasks
-    from r1lab.tokenizer import build_tokenizer, micro_corpus_sample
+    from r1lab.micro import tasks
+    from r1lab.micro.tokenizer import build_tokenizer, micro_corpus_sample
 
     config = Qwen2Config(**{**QWEN25, **SHAPES[shape], **(QUICK if quick else {})})
     folder = workdir / (shape + ("-quick" if quick else ""))

@@ -5,10 +5,9 @@ beta 0, and the adapter-less base with LoRA."""
 import pytest
 import torch
 
-from r1lab.bf16_adamw import BF16AdamW, random_bits, round_stochastic
+from r1lab.training.optim import BF16AdamW, build_adamw, random_bits, round_stochastic
 from r1lab.grpo.config import GRPOConfig
 from r1lab.grpo.train import load_policy
-from r1lab.precision import build_adamw
 
 
 def _train(optimizer_cls, steps: int = 100, **kwargs) -> torch.Tensor:
@@ -101,8 +100,9 @@ def test_sft_in_each_precision(tiny_model_dir, tmp_path, monkeypatch):
     saves them) with its losses moving as fp32's do."""
     import json
 
-    from r1lab import cli, precision
-    from r1lab.io import write_jsonl
+    from r1lab import cli
+    from r1lab.files import write_jsonl
+    from r1lab.models import precision
 
     monkeypatch.setattr(precision, "_cpu_has_bf16", lambda: True)  # emulated where missing: slower only
     write_jsonl(tmp_path / "train.jsonl", [{"prompt": f"{a}+{b}=", "completion": str(a + b)}
@@ -125,9 +125,9 @@ def test_sft_in_each_precision(tiny_model_dir, tmp_path, monkeypatch):
 
 
 def test_eval_takes_device_and_precision(tiny_model_dir, tmp_path, monkeypatch):
-    from r1lab import precision
-    from r1lab.evaluate import EvalConfig, load_for_eval
-    from r1lab.evaluate import main as evaluate
+    from r1lab.evaluation.evaluate import EvalConfig, load_for_eval
+    from r1lab.evaluation.evaluate import main as evaluate
+    from r1lab.models import precision
 
     monkeypatch.setattr(precision, "_cpu_has_bf16", lambda: True)
     with pytest.raises(ValueError, match="unknown precision"):

@@ -7,11 +7,12 @@ import copy
 import pytest
 import torch
 
-from r1lab import lean, sampling
+from r1lab.models import fast_decoder, logprobs
+from r1lab.sampling import generate as sampling
 from r1lab.grpo.rollout import RolloutSettings, pack, sample_and_score
 from r1lab.grpo.update import UpdateSettings, pack_by_length, row_lengths, update_policy
-from r1lab.sampling import SamplingParams
-from r1lab.sft import enable_gradient_checkpointing
+from r1lab.sampling.generate import SamplingParams
+from r1lab.training.loop import enable_gradient_checkpointing
 
 PROMPTS = ["Compute 12 + 34.", "Hi", "Compute 7 * 8 and show each step"]
 
@@ -58,24 +59,24 @@ def _same(got, plain, policy):
 
 def test_gradient_checkpointing_gives_the_same_update(policy, rollout, plain, monkeypatch):
     calls = []
-    original = lean.checkpoint
-    monkeypatch.setattr(lean, "checkpoint", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = fast_decoder.checkpoint
+    monkeypatch.setattr(fast_decoder, "checkpoint", lambda *a, **k: calls.append(1) or original(*a, **k))
     _same(_step(policy, rollout, checkpointing=True), plain, policy)
     assert calls  # the layers really were checkpointed
 
 
 def test_sdpa_attention_gives_the_same_update(policy, rollout, plain, monkeypatch):
     calls = []
-    original = lean.F.scaled_dot_product_attention
-    monkeypatch.setattr(lean, "SDPA_MIN_SCORES", 0)  # every forward through SDPA, prefix included
-    monkeypatch.setattr(lean.F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = fast_decoder.F.scaled_dot_product_attention
+    monkeypatch.setattr(fast_decoder, "SDPA_MIN_SCORES", 0)  # every forward through SDPA, prefix included
+    monkeypatch.setattr(fast_decoder.F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or original(*a, **k))
     _same(_step(policy, rollout), plain, policy)
     assert calls
 
 
 def test_recomputed_logprob_chunks_give_the_same_update(policy, rollout, plain, monkeypatch):
-    monkeypatch.setattr(sampling, "LOGIT_RECOMPUTE_MIN", 0)
-    monkeypatch.setattr(sampling, "LOGIT_CHUNK_ELEMENTS", 7 * policy.config.vocab_size)  # 7-row chunks
+    monkeypatch.setattr(logprobs, "LOGIT_RECOMPUTE_MIN", 0)
+    monkeypatch.setattr(logprobs, "LOGIT_CHUNK_ELEMENTS", 7 * policy.config.vocab_size)  # 7-row chunks
     _same(_step(policy, rollout), plain, policy)
 
 
@@ -101,7 +102,7 @@ def test_row_lengths_count_up_to_the_last_real_token(rollout):
 def test_the_decode_cache_grows_when_rows_run_past_its_first_room(policy, tokenizer, monkeypatch, own_forward):
     params = SamplingParams(max_new_tokens=20, n=2, seed=5)
     if own_forward:
-        monkeypatch.setattr(lean, "supports", lambda model: False)
+        monkeypatch.setattr(fast_decoder, "supports", lambda model: False)
     roomy = sampling.generate(policy, tokenizer, PROMPTS, params)
     monkeypatch.setattr(sampling, "INITIAL_NEW_TOKENS", 1)  # room for 1 new token at first
     grown = sampling.generate(policy, tokenizer, PROMPTS, params)

@@ -9,10 +9,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest
 import torch
 
-from r1lab import micro_general
-from r1lab.config import load_config
+from r1lab.micro import general as micro_general
+from r1lab.recipe import load_config
 from r1lab.errors import R1labError
-from r1lab.reward_model import (RewardModelConfig, bradley_terry_loss, build_examples, helpfulness_text,
+from r1lab.stages.reward_model import (RewardModelConfig, bradley_terry_loss, build_examples, helpfulness_text,
                                 harmlessness_text, main, make_reward_model_reward, pairwise_accuracy,
                                 pointwise_accuracy, pointwise_loss)
 
@@ -136,7 +136,7 @@ def test_missing_model_folder_is_a_user_error(tmp_path):
 
 @pytest.mark.parametrize("precision_name", ["bf16-mixed", "bf16"])
 def test_pairwise_training_in_bf16(tiny_model_dir, tmp_path, monkeypatch, precision_name):
-    from r1lab import precision
+    from r1lab.models import precision
 
     monkeypatch.setattr(precision, "_cpu_has_bf16", lambda: True)  # emulated where missing: slower only
     summary = _train(tiny_model_dir, tmp_path, "pairwise", precision=precision_name)

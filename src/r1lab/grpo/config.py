@@ -20,11 +20,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from r1lab.config import check_choices
+from r1lab.recipe import check_choices
 from r1lab.grpo.losses import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS
-from r1lab.lora import TARGET_MODULES, check_lora_settings
-from r1lab.metrics import REFLECTION_PHRASES
-from r1lab.precision import PRECISIONS
+from r1lab.models.lora import TARGET_MODULES, check_lora_settings
+from r1lab.evaluation.scoring import REFLECTION_PHRASES
+from r1lab.models.precision import PRECISIONS
 from r1lab.templates import TEMPLATES
 
 
@@ -62,8 +62,10 @@ class GRPOConfig:
     top_k: int = 0
     stop: tuple[str, ...] = ("</answer>",)
     rollout_batch_size: int = 512  # sequences decoded together
-    rollout_backend: str = "native"  # native (r1lab.sampling, CPU or GPU) | vllm (GPU; pip install r1lab[vllm])
-    step_noise: float = 0.0  # micro tasks: chance a column step's units digit is corrupted in rollouts (grpo/noise.py)
+    rollout_backend: str = "native"  # native (r1lab.sampling.generate, CPU or GPU) | vllm (GPU; pip install r1lab[vllm])
+    # micro tasks: chance a column step's units digit is corrupted in rollouts; switches on the micro
+    # world's rollout hook (grpo.rollout.ROLLOUT_HOOKS, r1lab/micro/step_noise.py)
+    step_noise: float = 0.0
 
     # objective
     advantage: str = "group"
@@ -80,7 +82,7 @@ class GRPOConfig:
     # longest row) each; memory only, same gradient. 0: `micro_batch_size` rows each.
     max_tokens_per_micro_batch: int = 0
     gradient_checkpointing: bool = False  # recompute each layer in the backward: less memory, ~30% slower
-    # fp32 | bf16-mixed | bf16 (r1lab.precision). bf16-mixed: bf16 autocast for sampling, the
+    # fp32 | bf16-mixed | bf16 (r1lab.models.precision). bf16-mixed: bf16 autocast for sampling, the
     # reference pass and the training forward/backward, float32 weights and AdamW; bf16: bf16
     # weights and AdamW state with stochastic rounding. Either way log-probs are float32, old
     # log-probs come from the training forward and the reference is held in bf16. Needs native
@@ -90,7 +92,7 @@ class GRPOConfig:
     # LoRA: same keys as `r1lab sft`; 0 = full fine-tuning
     lora_r: int = 0
     lora_alpha: float = 16.0  # adapter output scaled by lora_alpha / lora_r
-    lora_dropout: float = 0.0  # > 0: the training forward can't use r1lab.lean (slower on CPU)
+    lora_dropout: float = 0.0  # > 0: the training forward can't use r1lab.models.fast_decoder (slower on CPU)
     lora_target_modules: tuple[str, ...] = TARGET_MODULES
     save_merged: bool = True  # with LoRA: final/ holds the adapters, final-merged/ the merged model
 
@@ -102,7 +104,9 @@ class GRPOConfig:
 
     # optimiser
     learning_rate: float = 1e-6
-    warmup_steps: int = 10  # Adam's first steps are sign-like: warm up (shared/MEASURED.md)
+    # Adam's first steps are sign-like: in a 1M-model prototype the first update without warmup
+    # gave KL 1.0, and 10 warmup steps fixed it
+    warmup_steps: int = 10
     lr_schedule: str = "constant"  # constant | cosine (to min_lr_ratio)
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
