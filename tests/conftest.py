@@ -21,7 +21,7 @@ def tokenizer():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tokenizer):
     """A saved random micro model with its tokenizer: an ordinary HF checkpoint folder."""
-    from r1lab.models.loading import build_model
+    from r1lab.micro.sizes import build_model
 
     path = tmp_path_factory.mktemp("tiny_model")
     model = build_model("micro", tokenizer, max_positions=512, seed=0)
@@ -34,7 +34,7 @@ def tiny_model_dir(tmp_path_factory, tokenizer):
 def policy(tokenizer):
     """A random micro model with peaked distributions (log-probs over a real range) and many EOS
     ids (ragged lengths): the sampler's and the GRPO passes' test subject."""
-    from r1lab.models.loading import build_model
+    from r1lab.micro.sizes import build_model
 
     model = build_model("micro", tokenizer, seed=0)
     with torch.no_grad():

@@ -153,8 +153,8 @@ def _rollout(policy, reference, tokenizer, stream: PromptStream, config: GRPOCon
     scored, prompt_ids, sampled = _collect(policy, tokenizer, stream, config, settings, step)
     mine = share(len(scored.rows))
     advantages = ADVANTAGES[config.advantage](scored.rewards)  # on the whole batch ("batch" needs all of it)
-    rollout = pack(scored.keep(mine), prompt_ids[mine.start:mine.stop], config.advantage, tokenizer.pad_token_id,
-                   config.mask_truncated, advantages=advantages[mine.start:mine.stop]).to(device)
+    rollout = pack(scored.keep(mine), prompt_ids[mine.start:mine.stop], advantages[mine.start:mine.stop],
+                   tokenizer.pad_token_id, config.mask_truncated).to(device)
     if config.beta > 0:
         rollout = rollout.with_ref(_reference_logprobs(policy, reference, rollout, config))
     return scored, sampled, rollout, mine
@@ -237,29 +237,33 @@ def _collect(policy, tokenizer, stream: PromptStream, config: GRPOConfig, settin
     groups sampled this step: the zero-variance share is measured on these). Under torchrun every
     process returns all of them, so every process makes the same refill decisions."""
     kept: list[Scored] = []
+    kept_ids: list[list[int]] = []
     sampled: list[Scored] = []
     need = config.prompts_per_step
     rounds = 1 + (config.max_refills if config.dynamic_sampling else 0)
     for r in range(rounds):
         rows = stream.take(need)  # the same rows on every process
-        scored = _sample_shared(policy, tokenizer, rows, config, settings, [step, r])
+        prompt_ids = _prompt_ids(rows, tokenizer, config.template)  # once: for sampling and for packing
+        scored = _sample_shared(policy, tokenizer, rows, prompt_ids, config, settings, [step, r])
         sampled.append(scored)
         if config.dynamic_sampling:
-            scored = scored.keep(informative_groups(scored))
+            informative = informative_groups(scored)
+            scored, prompt_ids = scored.keep(informative), [prompt_ids[i] for i in informative]
         if scored.rows:
             kept.append(scored)
+            kept_ids += prompt_ids
         need = config.prompts_per_step - sum(len(s.rows) for s in kept)
         if need <= 0:
             break
     # every group was uninformative: train on the last draw anyway (zero advantage, no-op loss)
-    result = Scored.concat(kept) if kept else sampled[-1]
+    result, result_ids = (Scored.concat(kept), kept_ids) if kept else (sampled[-1], prompt_ids)
     if len(result.rows) > config.prompts_per_step:
-        result = result.keep(range(config.prompts_per_step))
-    return result, _prompt_ids(result.rows, tokenizer, config.template), Scored.concat(sampled)
+        result, result_ids = result.keep(range(config.prompts_per_step)), result_ids[:config.prompts_per_step]
+    return result, result_ids, Scored.concat(sampled)
 
 
-def _sample_shared(policy, tokenizer, rows: list[dict], config: GRPOConfig, settings: RolloutSettings,
-                   draw: list[int]) -> Scored:
+def _sample_shared(policy, tokenizer, rows: list[dict], prompt_ids: list[list[int]], config: GRPOConfig,
+                   settings: RolloutSettings, draw: list[int]) -> Scored:
     """All `rows` sampled and scored: each process samples its share, then all shares are gathered.
     Prompt i samples from its own stream, seeded by (seed, step, round, i), wherever it runs."""
     mine = share(len(rows))
@@ -267,8 +271,7 @@ def _sample_shared(policy, tokenizer, rows: list[dict], config: GRPOConfig, sett
     if mine:
         local = rows[mine.start:mine.stop]
         seeds = [group_seed(config.seed, *draw, i) for i in mine]
-        part = sample_and_score(policy, tokenizer, local, _prompt_ids(local, tokenizer, config.template), settings,
-                                seeds)
+        part = sample_and_score(policy, tokenizer, local, prompt_ids[mine.start:mine.stop], settings, seeds)
     return gather_scored(part)
 
 
