@@ -9,6 +9,7 @@ import torch
 
 from r1lab.models import fast_decoder, logprobs
 from r1lab.sampling import generate as sampling
+from r1lab.grpo.losses import ADVANTAGES
 from r1lab.grpo.rollout import RolloutSettings, pack, sample_and_score
 from r1lab.grpo.update import UpdateSettings, pack_by_length, row_lengths, update_policy
 from r1lab.sampling.generate import SamplingParams
@@ -27,7 +28,7 @@ def rollout(policy, tokenizer):
     settings = RolloutSettings(params=SamplingParams(max_new_tokens=16, n=4, seed=3), reward_fns=[("len", length_reward)],
                                reward_weights=[1.0])
     scored = sample_and_score(policy, tokenizer, [{"prompt": p} for p in PROMPTS], prompt_ids, settings)
-    packed = pack(scored, prompt_ids, "group", tokenizer.pad_token_id)
+    packed = pack(scored, prompt_ids, ADVANTAGES["group"](scored.rewards), tokenizer.pad_token_id)
     return packed.with_ref(packed.old_logp - 0.01)
 
 
