@@ -298,6 +298,7 @@ def grpo_loss(
     max_len: int | None = None,
     num_sequences: Tensor | float | None = None,
     num_tokens: Tensor | float | None = None,
+    token_weights: Tensor | None = None,
 ) -> tuple[Tensor, LossStats]:
     """GRPO objective (negated, to minimise) for N completions. Returns (loss [], LossStats).
 
@@ -306,10 +307,14 @@ def grpo_loss(
     completion tokens that count. As in DeepSeekMath Eq. 3 the KL goes into the loss, per token
     (beta * kl added before aggregating), not into the reward.
     aggregation: a key of AGGREGATIONS; max_len, num_sequences, num_tokens are passed to it.
+    token_weights: [N, T] or None, multiplying each token's policy-gradient term (not the KL),
+    as TRL does: the truncated importance weights of grpo/importance.py.
     """
     aggregate = AGGREGATIONS[aggregation]
     norm_kwargs = dict(num_sequences=num_sequences, num_tokens=num_tokens, max_len=max_len)
     surrogate, ratio, _ = clipped_surrogate(logp, old_logp, advantages, eps_low, eps_high)
+    if token_weights is not None:
+        surrogate = surrogate * token_weights
     per_token = surrogate
     kl = torch.zeros_like(surrogate)
     if ref_logp is not None and beta != 0.0:

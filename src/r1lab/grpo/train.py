@@ -122,7 +122,8 @@ def _rollout_settings(config: GRPOConfig) -> RolloutSettings:
         reward_fns=[(spec, load_reward(spec)) for spec in config.rewards],
         reward_weights=config.weights, overlong_cache=config.overlong_cache,
         batch_size=config.rollout_batch_size,
-        sampler=rollout_sampler(config.rollout_backend, config.model, config.seed), step_noise=config.step_noise,
+        sampler=rollout_sampler(config.rollout_backend, config.model, config.vllm_engine),
+        step_noise=config.step_noise,
         precision=config.precision)
 
 
@@ -170,9 +171,9 @@ def _check_world_size(config: GRPOConfig) -> None:
     if config.prompts_per_step % world:
         raise R1labError(f"prompts_per_step ({config.prompts_per_step}) must be divisible by the number of "
                          f"processes ({world})")
-    if world > 1 and config.rollout_backend == "vllm":
-        raise R1labError("rollout_backend=vllm under torchrun is not supported yet (untested): use "
-                         "rollout_backend=native, or one process")
+    if world > 1 and config.rollout_backend == "vllm" and config.vllm_tensor_parallel_size > 1:
+        raise R1labError(f"vllm_tensor_parallel_size={config.vllm_tensor_parallel_size} under torchrun: every "
+                         "process has its own engine on its own device; use vllm_tensor_parallel_size=1")
 
 
 def _write_step(out: Path, config: GRPOConfig, step: int, metrics: dict, scored: Scored, log: MetricsLog,
@@ -218,7 +219,9 @@ def _update_settings(config: GRPOConfig) -> UpdateSettings:
         micro_batch_size=config.micro_batch_size, temperature=config.temperature, eps_low=config.eps_low,
         eps_high=config.eps_high, beta=config.beta, kl_estimator=config.kl_estimator,
         aggregation=config.aggregation, max_len=config.max_new_tokens, max_grad_norm=config.max_grad_norm,
-        precision=config.precision)
+        precision=config.precision,
+        importance_sampling=config.vllm_importance_sampling if config.rollout_backend == "vllm" else None,
+        importance_sampling_cap=config.vllm_importance_sampling_cap)
 
 
 def _collect(policy, tokenizer, stream: PromptStream, config: GRPOConfig, settings: RolloutSettings, step: int):

@@ -17,6 +17,11 @@ gradients before the first optimiser step. The ratio is then exactly 1 until the
 (tests/test_precision.py). Passes after the first (mu > 1) regroup the rows into other
 micro-batches, and a bf16 forward depends slightly on its batch's shape: with unchanged weights
 a log-prob moved by up to 3e-3 there (fp32: ~1e-6).
+
+With a sampler other than the trainer (``rollout_backend: vllm``) the old log-probs are the
+training forward's too, as with bf16, and the sampler's log-probs only enter through truncated
+importance weights on each token's policy-gradient term (grpo/importance.py); the mismatch
+between the two is reported as vllm/logp_diff_mean, vllm/logp_diff_max, vllm/is_capped_fraction.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from r1lab import distributed
+from r1lab.grpo.importance import importance_weights
 from r1lab.grpo.losses import Normalisers, count_normalisers, grpo_loss
 from r1lab.grpo.parallel import sum_gradients, sum_over_processes
 from r1lab.grpo.rollout import Rollout
@@ -35,6 +41,8 @@ from r1lab.sampling import sequence_logprobs
 
 
 STAT_KEYS = ("kl", "clip/low", "clip/high", "clip/fraction", "ratio")  # what `_backward` reports
+MISMATCH_KEYS = ("vllm/logp_diff_mean", "vllm/is_capped_fraction")  # and, with another sampler, these
+MISMATCH_MAX = "vllm/logp_diff_max"
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,10 @@ class UpdateSettings:
     max_len: int
     max_grad_norm: float
     precision: str = "fp32"  # fp32 | bf16 (r1lab.precision); bf16 takes old log-probs from the training forward
+    # None: the sampler is the policy itself (its log-probs are the old ones). tis | mask | none: another
+    # sampler (vLLM): old log-probs from the training forward, importance weights of grpo/importance.py
+    importance_sampling: str | None = None
+    importance_sampling_cap: float = 2.0
 
 
 def update_policy(policy, optimizer, rollout: Rollout, settings: UpdateSettings, seed: int,
@@ -70,10 +82,14 @@ def update_policy(policy, optimizer, rollout: Rollout, settings: UpdateSettings,
     # bf16: the sampler's log-probs differ from the training forward's by bf16 rounding (micro
     # base: mean 1e-3, max 0.09 per token), which would bias the ratio; the old log-probs are
     # those of the training forward itself.
-    fresh_old = settings.precision != "fp32"
+    fresh_old = settings.precision != "fp32" or settings.importance_sampling is not None
+    if settings.importance_sampling is not None:
+        rollout = dataclasses.replace(rollout, sampler_logp=rollout.old_logp.clone())
     if fresh_old:
         rollout = _training_old_logp(policy, rollout, _micro_batches(orders[0], settings, mine)[1:], settings)
-    totals = dict.fromkeys(STAT_KEYS, 0.0)  # every process sums the same keys, even with no rows
+    keys = STAT_KEYS + (MISMATCH_KEYS if settings.importance_sampling is not None else ())
+    totals = dict.fromkeys(keys, 0.0)  # every process sums the same keys, even with no rows
+    diff_max = 0.0
     weight = 0.0
     grad_norms, losses = [], []
     for iteration, order in enumerate(orders):
@@ -90,6 +106,7 @@ def update_policy(policy, optimizer, rollout: Rollout, settings: UpdateSettings,
                     lo, hi = rollout.span(idx)
                     rollout.old_logp[idx, lo:hi - 1] = logp  # for the passes after the first (mu > 1)
                 minibatch_loss += loss  # chunk losses carry the minibatch's normalisers: they add up
+                diff_max = max(diff_max, stats.pop(MISMATCH_MAX, 0.0))
                 w = float(part.completion_mask.sum())
                 weight += w
                 for key, value in stats.items():
@@ -108,6 +125,8 @@ def update_policy(policy, optimizer, rollout: Rollout, settings: UpdateSettings,
     out["loss"] = sum(losses) / len(losses)
     if grad_norms:
         out["grad_norm"] = sum(grad_norms) / len(grad_norms)
+    if settings.importance_sampling is not None:
+        out[MISMATCH_MAX] = distributed.all_reduce_max(torch.tensor(diff_max, device=device)).item()
     return out
 
 
@@ -166,15 +185,27 @@ def _backward(policy, part: Rollout, settings: UpdateSettings, norm,
     (detached) are the old ones and the ratio is exactly 1."""
     logp = _logprobs(policy, part, settings)
     old_logp = logp.detach() if current_is_old else part.old_logp
+    weights, mismatch = None, {}
+    if part.sampler_logp is not None:
+        weights, mismatch = _importance(old_logp, part, settings)
     loss, stats = grpo_loss(
         logp, old_logp, part.ref_logp, part.advantages, part.completion_mask,
         eps_low=settings.eps_low, eps_high=settings.eps_high, beta=settings.beta,
         aggregation=settings.aggregation, kl_estimator=settings.kl_estimator, max_len=settings.max_len,
-        num_sequences=norm.num_sequences, num_tokens=norm.num_tokens)
+        num_sequences=norm.num_sequences, num_tokens=norm.num_tokens, token_weights=weights)
     loss.backward()
     return float(loss.detach()), {"kl": float(stats.kl), "clip/low": float(stats.clip_low),
                                   "clip/high": float(stats.clip_high), "clip/fraction": float(stats.clip_fraction),
-                                  "ratio": float(stats.ratio_mean)}, logp.detach()
+                                  "ratio": float(stats.ratio_mean), **mismatch}, logp.detach()
+
+
+def _importance(old_logp: torch.Tensor, part: Rollout, settings: UpdateSettings) -> tuple[torch.Tensor, dict]:
+    """The micro-batch's importance weights [n, L-1] and its mismatch statistics (token means, and the max)."""
+    weights, m = importance_weights(old_logp, part.sampler_logp, part.completion_mask, settings.importance_sampling,
+                                    settings.importance_sampling_cap)
+    tokens = max(float(m.tokens), 1.0)
+    return weights, {"vllm/logp_diff_mean": float(m.abs_diff_sum) / tokens,
+                     "vllm/is_capped_fraction": float(m.over_cap) / tokens, MISMATCH_MAX: float(m.abs_diff_max)}
 
 
 @torch.inference_mode()
