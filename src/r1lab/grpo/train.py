@@ -19,6 +19,7 @@ adapters, ``final-merged/`` the base with the adapters merged in (a plain Huggin
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import time
@@ -54,6 +55,11 @@ __all__ = ["GRPOConfig", "main"]
 
 @distributed.launched  # under torchrun: one process of N (see grpo/parallel.py; a no-op otherwise)
 def main(config: GRPOConfig) -> dict:
+    with contextlib.ExitStack() as on_exit:  # a vLLM engine is shut down before the process group goes
+        return _grpo(config, on_exit)
+
+
+def _grpo(config: GRPOConfig, on_exit: contextlib.ExitStack) -> dict:
     _check_world_size(config)
     is_main = distributed.is_main()
     out = Path(config.output_dir)
@@ -70,6 +76,8 @@ def main(config: GRPOConfig) -> dict:
     stream = PromptStream(load_train_rows(config.data, config.seed), config.seed)  # every process: the whole stream
     eval_rows = load_eval_rows(config.data, config.seed)
     rollout_settings = _rollout_settings(config)
+    if hasattr(rollout_settings.sampler, "close"):
+        on_exit.callback(rollout_settings.sampler.close)
     optimizer, scheduler = _optimizer(policy, config)
 
     start, ref_step = _resume(config, out, policy, reference, optimizer, scheduler, stream)

@@ -192,6 +192,12 @@ class VLLMSampler:
         self._loaded_version = version
         return True
 
+    def close(self) -> None:
+        """Shut the engine down (its process group too); the sampler is unusable afterwards."""
+        engine = getattr(self.llm, "llm_engine", None)
+        if engine is not None and hasattr(engine, "engine_core"):
+            engine.engine_core.shutdown()
+
     def _engine_call(self, method: str, *args, **kwargs):
         """self.llm.<method>(...), any failure of the engine as an R1labError that ends the run."""
         try:
