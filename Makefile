@@ -51,9 +51,9 @@ sandbox-deps:
 test: install sandbox-deps
 	HF_HUB_OFFLINE=1 $(PY) -m pytest tests
 
-# The vLLM tests (tests/vllm/) in .venv-vllm; in the ordinary venv they skip and say why.
+# The vLLM tests (tests/with_vllm/) in .venv-vllm; in the ordinary venv they skip and say why.
 test-vllm: install-vllm
-	HF_HUB_OFFLINE=1 $(PY_VLLM) -m pytest tests/vllm
+	HF_HUB_OFFLINE=1 $(PY_VLLM) -m pytest tests/with_vllm
 
 bench: install
 	@$(PY) -m pip install -q -e ".[bench]"
