@@ -101,7 +101,7 @@ def run_trl(spec: dict) -> None:
 
 def run_sampler(spec: dict) -> None:
     """r1lab.sampling.generate against model.generate on the same 32 sequences, taking turns, each
-    in fp32 and in bf16: r1lab under its bf16 autocast (r1lab.precision, as `precision: bf16`
+    in fp32 and in bf16: r1lab under its bf16 autocast (r1lab.models.precision, as `precision: bf16`
     runs it), model.generate under torch.autocast and with a bf16 copy of the model."""
     import copy
     import statistics
@@ -109,8 +109,8 @@ def run_sampler(spec: dict) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from r1lab.precision import autocast
-    from r1lab.sampling import SamplingParams, generate
+    from r1lab.models.precision import autocast
+    from r1lab.sampling.generate import SamplingParams, generate
 
     torch.set_num_threads(spec["threads"])
     tokenizer = AutoTokenizer.from_pretrained(spec["model"])

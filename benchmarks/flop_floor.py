@@ -25,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from r1lab.modeling import build_model  # noqa: E402
-from r1lab.tokenizer import build_tokenizer, micro_corpus_sample  # noqa: E402
+from r1lab.models.loading import build_model  # noqa: E402
+from r1lab.micro.tokenizer import build_tokenizer, micro_corpus_sample  # noqa: E402
 
 
 def matmul_rate(rows: int, shapes: list[tuple[int, int]], dtype: torch.dtype, seconds: float = 1.0) -> float:

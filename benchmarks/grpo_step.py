@@ -103,10 +103,10 @@ def run_in_turns(workers: list[Worker], warmup: int, steps: int) -> None:
 
 def prepare(workdir: Path, template: str) -> tuple[Path, Path, int]:
     """The model folder and the JSONL, built once and reused; returns (model, data, params)."""
-    from r1lab import tasks
-    from r1lab.modeling import build_model, count_parameters
+    from r1lab.micro import tasks
+    from r1lab.models.loading import build_model, count_parameters
     from r1lab.templates import render_prompt
-    from r1lab.tokenizer import build_tokenizer, micro_corpus_sample
+    from r1lab.micro.tokenizer import build_tokenizer, micro_corpus_sample
 
     model_dir, data = workdir / "small", workdir / f"train_{template}.jsonl"
     if not (model_dir / "config.json").exists():
@@ -142,7 +142,7 @@ def main() -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     if not args.no_bf16:
         from r1lab.errors import R1labError
-        from r1lab.precision import check_supported
+        from r1lab.models.precision import check_supported
 
         try:
             check_supported("bf16", "cpu")

@@ -41,7 +41,7 @@ def naive_logprobs(model, input_ids, attention_mask):
 
 
 def chunked_logprobs(model, input_ids, attention_mask):
-    from r1lab.sampling import sequence_logprobs
+    from r1lab.models.logprobs import sequence_logprobs
 
     return sequence_logprobs(model, input_ids, attention_mask)
 

@@ -42,8 +42,8 @@ def build(name: str, root: Path) -> Path:
     if (path / "config.json").exists():
         return path
     if name == "micro":
-        from r1lab.modeling import build_model
-        from r1lab.tokenizer import build_tokenizer, micro_corpus_sample
+        from r1lab.models.loading import build_model
+        from r1lab.micro.tokenizer import build_tokenizer, micro_corpus_sample
 
         tokenizer = build_tokenizer(micro_corpus_sample(400))
         model = build_model("micro", tokenizer, max_positions=512, seed=0)
@@ -88,7 +88,7 @@ def timed(fn, repeats: int) -> tuple[float, int]:
 
 
 def run_native(model, tokenizer, prompts, work):
-    from r1lab.sampling import SamplingParams, generate
+    from r1lab.sampling.generate import SamplingParams, generate
 
     params = SamplingParams(max_new_tokens=work["new_tokens"], temperature=1.0, n=work["n"], stop=(), seed=0)
     return lambda: sum(len(c.token_ids) for group in generate(model, tokenizer, prompts, params) for c in group)

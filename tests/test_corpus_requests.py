@@ -4,8 +4,9 @@ import doctest
 
 import pytest
 
-from r1lab import corpus, micro_general, pretrain
-from r1lab.corpus import build_corpus, corpus_stats, request_documents
+from r1lab.micro import corpus, general as micro_general
+from r1lab.stages import pretrain
+from r1lab.micro.corpus import build_corpus, corpus_stats, request_documents
 from r1lab.rewards import format_reward
 
 

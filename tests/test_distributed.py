@@ -18,13 +18,15 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from r1lab import cli, distributed
+from r1lab import cli
+from r1lab.training import distributed
 from r1lab.grpo.parallel import group_seed, share
 from r1lab.grpo.rollout import Rollout
 from r1lab.grpo.update import UpdateSettings, update_policy
-from r1lab.sampling import SamplingParams, generate, sequence_logprobs
-from r1lab.checkpoint import checkpoint_dir
-from r1lab.io import write_jsonl
+from r1lab.models.logprobs import sequence_logprobs
+from r1lab.sampling.generate import SamplingParams, generate
+from r1lab.training.checkpoint import checkpoint_dir
+from r1lab.files import write_jsonl
 
 # 14 rows of 3 lengths: a 96-token budget packs micro-batches of 3-7 examples, some of odd size
 # (ranks get unequal shares); grad_accum=2 checks no_sync; eval_fraction checks the sharded eval.

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from r1lab.cli import main as cli_main
-from r1lab.evaluate import format_table, summarize
-from r1lab.io import read_jsonl
+from r1lab.evaluation.evaluate import format_table, summarize
+from r1lab.files import read_jsonl
 
 
 def _eval(model, out, *extra):
@@ -96,7 +96,7 @@ def test_missing_files_and_unknown_keys(tiny_model_dir, tmp_path, capsys):
 
 
 def test_plot_of_a_run(tmp_path):
-    from r1lab.plots import plot_run
+    from r1lab.stages.plot import plot_run
 
     (tmp_path / "metrics.jsonl").write_text("".join(
         json.dumps({"step": s, "reward/mean": s / 10, "accuracy": s / 20, "completion_length/mean": 30 + s,

@@ -1,4 +1,4 @@
-"""r1lab.general_eval: the rule judge of general and unsafe requests, and a run on a tiny model."""
+"""r1lab.micro.general_eval: the rule judge of general and unsafe requests, and a run on a tiny model."""
 
 import doctest
 import json
@@ -6,9 +6,10 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
-from r1lab import general_eval, micro_general, report
-from r1lab.evaluate import EvalConfig
-from r1lab.filters import format_readable
+from r1lab.micro import general as micro_general, general_eval
+from r1lab.stages import report
+from r1lab.evaluation.evaluate import EvalConfig
+from r1lab.stages.sample_filters import format_readable
 
 
 def test_judge_general_requests():

@@ -11,17 +11,18 @@ import torch
 import r1lab.grpo.train
 from r1lab.cli import main as cli_main
 from r1lab.grpo.config import GRPOConfig
-from r1lab.io import read_jsonl
+from r1lab.files import read_jsonl
 
 peft = pytest.importorskip("peft", reason="LoRA needs peft (pip install 'r1lab[peft]')")
 
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-from r1lab import lean  # noqa: E402
+from r1lab.models import fast_decoder  # noqa: E402
 from r1lab.grpo.rollout import Rollout, RolloutSettings, pack, sample_and_score  # noqa: E402
 from r1lab.grpo.update import reference_logprobs  # noqa: E402
-from r1lab.lora import apply_lora, disabled_adapters  # noqa: E402
-from r1lab.sampling import SamplingParams, generate, sequence_logprobs  # noqa: E402
+from r1lab.models.lora import apply_lora, disabled_adapters  # noqa: E402
+from r1lab.models.logprobs import sequence_logprobs
+from r1lab.sampling.generate import SamplingParams, generate  # noqa: E402
 
 SPACES_REWARD = '''
 def spaces(completions, **columns):
@@ -80,8 +81,8 @@ def _forward_logprobs(model, prompt, completion):
 
 def test_sampler_reads_the_adapted_weights(tiny_model_dir, tokenizer, monkeypatch):
     model = _adapted(tiny_model_dir, dropout=0.1)  # dropout: off in eval mode, as in sampling
-    assert lean.LeanModel.from_model(model, packed=True) is not None  # the sampler's fast path, merged weights
-    assert not lean.supports(model)  # with gradients on: PEFT's own forward (no full weight gradients)
+    assert fast_decoder.LeanModel.from_model(model, packed=True) is not None  # the sampler's fast path, merged weights
+    assert not fast_decoder.supports(model)  # with gradients on: PEFT's own forward (no full weight gradients)
     prompts = [[5, 6, 7], [8, 9]]
     params = SamplingParams(max_new_tokens=10, temperature=1.0, n=3, seed=2)
     fast = generate(model, tokenizer, prompts, params)
@@ -89,7 +90,7 @@ def test_sampler_reads_the_adapted_weights(tiny_model_dir, tokenizer, monkeypatc
         for c in group:
             torch.testing.assert_close(torch.tensor(c.logprobs), _forward_logprobs(model, prompt, c.token_ids),
                                        rtol=0, atol=1e-5)
-    monkeypatch.setattr(lean, "supports", lambda m: False)
+    monkeypatch.setattr(fast_decoder, "supports", lambda m: False)
     slow = generate(model, tokenizer, prompts, params)  # PEFT's forward all the way
     assert [[c.token_ids for c in g] for g in slow] == [[c.token_ids for c in g] for g in fast]
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
@@ -127,7 +128,7 @@ def test_ref_refresh_with_lora_is_a_clear_error():
 
 
 def test_merged_weights_are_what_merge_and_unload_gives(policy):
-    from r1lab.lora import apply_lora, merged_weights
+    from r1lab.models.lora import apply_lora, merged_weights
 
     model = apply_lora(copy.deepcopy(policy), 4, 8.0, seed=0)
     with torch.no_grad():

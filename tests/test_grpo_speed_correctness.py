@@ -10,12 +10,13 @@ import types
 import pytest
 import torch
 
-from r1lab import lean
+from r1lab.models import fast_decoder
 from r1lab.errors import R1labError
 from r1lab.grpo.config import GRPOConfig
 from r1lab.grpo.rollout import RolloutSettings, pack, rollout_sampler, sample_and_score
 from r1lab.grpo.update import UpdateSettings, reference_logprobs, update_policy
-from r1lab.sampling import Completion, SamplingParams, sequence_logprobs
+from r1lab.models.logprobs import sequence_logprobs
+from r1lab.sampling.generate import Completion, SamplingParams
 
 PROMPTS = ["Compute 12 + 34.", "Hi", "Compute 7 * 8 and show each step"]
 
@@ -36,7 +37,7 @@ def rollout(policy, tokenizer):
 
 
 def _generic(monkeypatch):
-    monkeypatch.setattr(lean, "supports", lambda model: False)
+    monkeypatch.setattr(fast_decoder, "supports", lambda model: False)
 
 
 def test_sampled_logprobs_equal_a_fresh_forward_of_the_training_path(policy, rollout, monkeypatch):
@@ -149,7 +150,7 @@ def test_vllm_backend_without_vllm_is_a_clear_error(monkeypatch):
 
 
 def test_an_old_vllm_is_a_clear_error(fake_vllm):
-    from r1lab.grpo.vllm_backend import import_vllm
+    from r1lab.sampling.vllm import import_vllm
 
     fake_vllm.__version__ = "0.10.1"
     with pytest.raises(R1labError, match=r"needs vLLM >= 0.32.*found vLLM 0.10.1"):
@@ -157,7 +158,7 @@ def test_an_old_vllm_is_a_clear_error(fake_vllm):
 
 
 def test_vllm_backend_loads_the_policy_weights_before_each_rollout(fake_vllm, policy, tokenizer):
-    from r1lab.grpo.vllm_backend import VLLMSampler
+    from r1lab.sampling.vllm import VLLMSampler
 
     llm = FakeLLM()
     sampler = VLLMSampler(llm=llm)

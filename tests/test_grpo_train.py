@@ -11,7 +11,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from r1lab.cli import main as cli_main
-from r1lab.io import read_jsonl
+from r1lab.files import read_jsonl
 
 TIMING_KEYS = {"step_time", "rollout_s", "train_s", "tokens_per_s", "peak_memory_mb"}
 

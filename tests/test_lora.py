@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import r1lab.sft
+import r1lab.training.loop
 from r1lab import cli
-from r1lab.io import write_jsonl
-from r1lab.lora import apply_lora, disabled_adapters, is_lora
-from r1lab.modeling import build_model
-from r1lab.tokenizer import build_tokenizer, micro_corpus_sample
+from r1lab.files import write_jsonl
+from r1lab.models.lora import apply_lora, disabled_adapters, is_lora
+from r1lab.models.loading import build_model
+from r1lab.micro.tokenizer import build_tokenizer, micro_corpus_sample
 
 ROWS = [{"prompt": f"{a}+{b}=", "completion": str(a + b)} for a in range(4) for b in range(3)]
 RUN = ["max_tokens_per_batch=128", "max_length=32", "warmup_steps=0", "log_every=1", "eval_every=0",
@@ -43,7 +43,7 @@ def test_gradient_checkpointing_gives_the_same_losses(setup, tmp_path):
     for a, b in zip(plain, checkpointed):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
     model = build_model("micro", build_tokenizer(micro_corpus_sample(50)))
-    r1lab.sft._enable_gradient_checkpointing(model)  # what gradient_checkpointing=true calls
+    r1lab.training.loop.enable_gradient_checkpointing(model)  # what gradient_checkpointing=true calls
     assert getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing
 
 

@@ -15,10 +15,13 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 
-from r1lab import cold_start, distill, evaluate, grpo, pipeline, pretrain, rejection_sample, report, reward_model, sft
-from r1lab.config import load_config
+from r1lab import grpo
+from r1lab.evaluation import evaluate
+from r1lab.pipeline import graph, stage4
+from r1lab.stages import cold_start, distill, pretrain, rejection_sample, report, reward_model, sft
+from r1lab.recipe import load_config
 from r1lab.grpo.config import GRPOData
-from r1lab.pipeline import PipelineConfig
+from r1lab.pipeline.graph import PipelineConfig
 from r1lab.rewards import load_reward
 
 ROW_KEYS = [key for key, _ in report.ROWS]
@@ -57,7 +60,7 @@ def tiny_config(out, base) -> PipelineConfig:
 def test_pipeline_end_to_end_and_resume(tiny_model_dir, tmp_path, monkeypatch):
     out = tmp_path / "r1"
     config = tiny_config(out, tiny_model_dir)
-    result = pipeline.main(config)
+    result = graph.main(config)
 
     for stage in ("r1_zero", "stage1_sft", "stage2_rl", "stage3_sft", "rm_helpful", "rm_harmless", "stage4_rl",
                   "distilled", "rl_only"):
@@ -114,18 +117,18 @@ def test_pipeline_end_to_end_and_resume(tiny_model_dir, tmp_path, monkeypatch):
     import shutil
 
     shutil.rmtree(out / "eval" / "rl_only")
-    again = pipeline.main(config)
+    again = graph.main(config)
     assert calls == [str(out / "rl_only" / "final")]
     assert again["table"] == result["table"]
     resumed = json.loads((out / "timings.json").read_text())
     assert resumed["r1_zero"] == timings["r1_zero"]  # skipped stages keep the time of the run that made them
-    pipeline.main(config)  # nothing left to do: the wall time of the run that did the work stays
+    graph.main(config)  # nothing left to do: the wall time of the run that did the work stays
     assert json.loads((out / "timings.json").read_text())["wall"] == resumed["wall"]
 
 
 def test_stage4_rewards_module(tmp_path):
     """The written module: rule rewards skip general rows; reward models load lazily, by path."""
-    source = pipeline.stage4_rewards_source("/nowhere/helpful", "/nowhere/harmless", "micro", "micro")
+    source = stage4.stage4_rewards_source("/nowhere/helpful", "/nowhere/harmless", "micro", "micro")
     path = tmp_path / "stage4_rewards.py"
     path.write_text(source)
     accuracy = load_reward(f"{path}:accuracy")
@@ -143,17 +146,17 @@ def test_stage4_rewards_module(tmp_path):
 def test_written_solutions_are_right():
     from r1lab.rewards import is_correct
 
-    rows = pipeline.written_solutions("addition", 3, 0, (2,)) + pipeline.written_solutions("countdown", 2, 0)
+    rows = graph.written_solutions("addition", 3, 0, (2,)) + graph.written_solutions("countdown", 2, 0)
     assert [r["task"] for r in rows] == ["addition"] * 3 + ["countdown"] * 2
     assert all(is_correct(r["completion"], r) and r["source"] == "written" for r in rows)
-    assert pipeline.written_solutions("addition", 0, 0) == []
+    assert graph.written_solutions("addition", 0, 0) == []
 
 
 def test_top_up_fills_each_task_to_the_minimum(tmp_path):
     sampled = [{"task": "addition", "prompt": f"p{i}", "answer": "1", "completion": "c"} for i in range(3)]
     sampled.append({"task": "general", "prompt": "hello", "answer": "hi", "completion": "hi"})
     (tmp_path / "sampled.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sampled))
-    path = pipeline.top_up(str(tmp_path / "sampled.jsonl"), 2, ("addition", "countdown"), 0, {}, tmp_path / "out.jsonl")
+    path = graph.top_up(str(tmp_path / "sampled.jsonl"), 2, ("addition", "countdown"), 0, {}, tmp_path / "out.jsonl")
     rows = [json.loads(line) for line in open(path)]
     assert rows[:4] == sampled  # every sampled row kept; addition has 3 >= 2, countdown gets 2 written
     assert [r["task"] for r in rows[4:]] == ["countdown", "countdown"]
@@ -224,11 +227,11 @@ def test_recipe_loads():
 
 def test_plan_pickles_and_orders_the_chain_first(tiny_model_dir, tmp_path):
     config = dataclasses.replace(tiny_config(tmp_path / "r1", tiny_model_dir), workers=2)
-    stages = pipeline.plan(config, tmp_path / "r1")
+    stages = graph.plan(config, tmp_path / "r1")
     pickle.loads(pickle.dumps([(s.run, s.args) for s in stages]))  # what the worker processes receive
     names = [s.name for s in stages]
     assert names[:7] == ["base", "r1_zero", "cold_start", "stage1_sft", "stage2_rl", "rejection_sample", "stage3_sft"]
-    assert {f"eval/{key}" for key in pipeline.EVALUATED} <= set(names)
+    assert {f"eval/{key}" for key in graph.EVALUATED} <= set(names)
     assert not stages[0].wide  # a given base model: nothing to pretrain
 
 
@@ -238,8 +241,8 @@ def test_base_pretrains_data_parallel_with_two_workers(tmp_path):
                                    train=sft.TrainSettings(max_steps=2, max_tokens_per_batch=512, eval_every=0,
                                                            save_every=0, log_every=1))
     config = PipelineConfig(output_dir=str(tmp_path), pretrain=tiny, workers=2)
-    assert pipeline.plan(config, tmp_path)[0].wide
-    final = pipeline.stage_base(config, tmp_path)
+    assert graph.plan(config, tmp_path)[0].wide
+    final = graph.stage_base(config, tmp_path)
     assert (tmp_path / "base" / "final" / "config.json").is_file() and final.endswith("final")
     rows = [json.loads(line) for line in (tmp_path / "base" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]  # one writer: rank 0
@@ -247,15 +250,15 @@ def test_base_pretrains_data_parallel_with_two_workers(tmp_path):
 
 def test_stage_clock_keeps_times_of_skipped_stages_and_always_has_a_wall(tmp_path):
     path = tmp_path / "timings.json"
-    clock = pipeline.StageClock(path)
+    clock = graph.StageClock(path)
     clock.record("base", 0.2)  # a fast machine: every stage under a second, still timed
     clock.finish(0.5)
     assert json.loads(path.read_text()) == {"base": 0.2, "wall": 0.5}
-    again = pipeline.StageClock(path)
+    again = graph.StageClock(path)
     again.record("base", 0.01)  # skipped: its output existed
     again.finish(0.03)
     assert json.loads(path.read_text()) == {"base": 0.2, "wall": 0.5}
-    third = pipeline.StageClock(path)
+    third = graph.StageClock(path)
     third.record("base", 12.0)  # ran again after its output was deleted
     third.finish(13.0)
     assert json.loads(path.read_text()) == {"base": 12.0, "wall": 13.0}

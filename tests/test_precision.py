@@ -9,12 +9,13 @@ import copy
 import pytest
 import torch
 
-from r1lab import lean, precision
+from r1lab.models import fast_decoder, precision
 from r1lab.errors import R1labError
 from r1lab.grpo.config import GRPOConfig
 from r1lab.grpo.rollout import RolloutSettings, pack, sample_and_score
 from r1lab.grpo.update import UpdateSettings, update_policy
-from r1lab.sampling import SamplingParams, sequence_logprobs
+from r1lab.models.logprobs import sequence_logprobs
+from r1lab.sampling.generate import SamplingParams
 
 PROMPTS = ["Compute 12 + 34.", "Hi", "Compute 7 * 8 and show each step", "Compute 5 - 3."]
 
@@ -55,7 +56,7 @@ def test_precision_is_validated_and_checked_against_the_hardware(monkeypatch):
 
 def test_the_sampler_packs_bf16_weights_under_autocast_and_fp32_logits(policy):
     with torch.inference_mode(), precision.autocast("bf16", "cpu"):
-        model = lean.LeanModel(policy, packed=True, dtype=precision.autocast_dtype("cpu"))
+        model = fast_decoder.LeanModel(policy, packed=True, dtype=precision.autocast_dtype("cpu"))
         cache = model.new_cache(batch=2, capacity=8)
         ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
         logits = model.forward(ids, torch.arange(3).expand(2, 3), torch.ones(2, 3), cache)
@@ -116,7 +117,7 @@ def test_fp32_sampling_is_unchanged_by_the_precision_plumbing(policy, tokenizer)
 def test_grpo_cli_runs_in_bf16_and_refuses_it_without_hardware_support(tiny_model_dir, tmp_path, monkeypatch,
                                                                          capsys):
     from r1lab.cli import main as cli_main
-    from r1lab.io import read_jsonl
+    from r1lab.files import read_jsonl
 
     data = tmp_path / "prompts.jsonl"
     data.write_text("".join(f'{{"prompt": "Compute {a} + {b}.", "answer": "{a + b}"}}\n' for a, b in [(1, 2), (3, 4)]))

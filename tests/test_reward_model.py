@@ -9,10 +9,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest
 import torch
 
-from r1lab import micro_general
-from r1lab.config import load_config
+from r1lab.micro import general as micro_general
+from r1lab.recipe import load_config
 from r1lab.errors import R1labError
-from r1lab.reward_model import (RewardModelConfig, bradley_terry_loss, build_examples, helpfulness_text,
+from r1lab.stages.reward_model import (RewardModelConfig, bradley_terry_loss, build_examples, helpfulness_text,
                                 harmlessness_text, main, make_reward_model_reward, pairwise_accuracy,
                                 pointwise_accuracy, pointwise_loss)
 

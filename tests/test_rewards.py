@@ -33,7 +33,7 @@ from r1lab.rewards import (  # noqa: E402
     repetition_penalty_reward,
     tag_count_reward,
 )
-from r1lab.rewards import _mathverify, answers, formatting, rules, text  # noqa: E402
+from r1lab.rewards import _mathverify, answers, combinators, formatting, rules, text  # noqa: E402
 
 HOSTILE_TIMEOUT = 1.0  # math-verify time limit in the hostile tests
 HOSTILE_BOUND = 3.0  # seconds any single hostile completion may take, all included
@@ -192,7 +192,7 @@ def test_hostile_completions_score_zero_quickly(name):
 
 
 def test_micro_world_tasks_defer_to_their_verifier(monkeypatch):
-    tasks = pytest.importorskip("r1lab.tasks")
+    tasks = pytest.importorskip("r1lab.micro.tasks")
     problem = tasks.generate("addition", split="train", n=1, seed=0)[0]
     row = problem.to_row()
     right, wrong = f"<answer>{problem.answer}</answer>", f"<answer>{int(problem.answer) + 1}</answer>"
@@ -370,7 +370,7 @@ def test_combine_rewards_rejects_malformed_rewards():
 
 
 def test_docstring_examples():
-    for module in (rewards, answers, formatting, rules, text):
+    for module in (rewards, answers, combinators, formatting, rules, text):
         result = doctest.testmod(module)
         assert result.failed == 0, module.__name__
     assert doctest.testmod(rewards.rules).attempted > 0

@@ -1,9 +1,9 @@
-"""Tests for r1lab.sampling against tiny random models and transformers' own generate / forward.
+"""Tests for r1lab.sampling.generate against tiny random models and transformers' own generate / forward.
 
 A random model's next-token distribution is nearly uniform (every log-prob is about -log V), which
 would make log-prob comparisons weak; scaling the embeddings (and output head) by 4 makes it peaked,
 so log-probs range from about -0.05 to -10 and samples differ from greedy often but not always.
-Qwen2, Qwen3 and Llama models decode through r1lab.lean's forward; the `path` fixture runs the
+Qwen2, Qwen3 and Llama models decode through r1lab.models.fast_decoder's forward; the `path` fixture runs the
 core tests a second time through the model's own forward (the path of any other architecture).
 """
 
@@ -16,11 +16,14 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
-from r1lab import lean, sampling
+from r1lab.models import fast_decoder
+from r1lab.sampling import generate as sampler
 from r1lab.errors import R1labError
-from r1lab.modeling import build_model
-from r1lab.sampling import Completion, SamplingParams, _truncate, generate, sequence_logprobs
-from r1lab.tokenizer import build_tokenizer, micro_corpus_sample
+from r1lab.models.loading import build_model
+from r1lab.models.conventions import position_ids
+from r1lab.models.logprobs import sequence_logprobs
+from r1lab.sampling.generate import Completion, SamplingParams, _truncate, generate
+from r1lab.micro.tokenizer import build_tokenizer, micro_corpus_sample
 
 PROMPTS = ["What is 12+34?", "Hi", "Compute 7*8 and show each step", "a"]
 
@@ -40,9 +43,9 @@ def model(tokenizer):
 
 @pytest.fixture(params=["lean", "generic"])
 def path(request, monkeypatch):
-    """Run a test through r1lab.lean's decoder and again through the model's own forward."""
+    """Run a test through r1lab.models.fast_decoder's decoder and again through the model's own forward."""
     if request.param == "generic":
-        monkeypatch.setattr(sampling.LeanModel, "from_model", staticmethod(lambda model, **kwargs: None))
+        monkeypatch.setattr(sampler.LeanModel, "from_model", staticmethod(lambda model, **kwargs: None))
     return request.param
 
 
@@ -369,7 +372,7 @@ ARCHITECTURES = {"qwen2": lambda tok: _sharpened(build_model("micro", tok, seed=
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_lean_greedy_and_logprobs_match_transformers(arch, tokenizer):
     model = ARCHITECTURES[arch](tokenizer)
-    assert lean.supports(model)
+    assert fast_decoder.supports(model)
     expected = hf_greedy(model, tokenizer, PROMPTS, max_new_tokens=12)
     got = generate(model, tokenizer, PROMPTS, SamplingParams(max_new_tokens=12, temperature=0))
     assert [list(g[0].token_ids) for g in got] == expected
@@ -390,15 +393,15 @@ def test_lean_greedy_and_logprobs_match_transformers(arch, tokenizer):
 def test_lean_logits_equal_the_models_forward_on_padded_batches(arch, tokenizer):
     model = ARCHITECTURES[arch](tokenizer)
     ids, mask = left_pad(encode(tokenizer, PROMPTS), tokenizer.pad_token_id)
-    positions = sampling._position_ids(mask)
-    fast = lean.LeanModel(model, packed=True)
+    positions = position_ids(mask)
+    fast = fast_decoder.LeanModel(model, packed=True)
     with torch.inference_mode():
         expected = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
         cache = fast.new_cache(len(PROMPTS), ids.shape[1] + 1)
         torch.testing.assert_close(fast.forward(ids, positions, mask, cache), expected, atol=2e-5, rtol=0)
         nxt = expected.argmax(-1, keepdim=True)  # one decode step on top of the prefill
         ids2, mask2 = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
-        expected2 = model(input_ids=ids2, attention_mask=mask2, position_ids=sampling._position_ids(mask2)).logits[:, -1]
+        expected2 = model(input_ids=ids2, attention_mask=mask2, position_ids=position_ids(mask2)).logits[:, -1]
         torch.testing.assert_close(fast.forward(nxt, positions[:, -1:] + 1, mask2, cache), expected2, atol=2e-5, rtol=0)
 
 
@@ -461,9 +464,9 @@ def test_unknown_or_modified_models_take_the_generic_path(tokenizer, model):
     hooked = copy.deepcopy(model)
     hooked.model.layers[0].mlp.register_forward_hook(lambda module, args, out: out * 2)
     for other in (bf16, sliding, hooked):
-        assert not lean.supports(other)
-        assert lean.LeanModel.from_model(other) is None
-    assert lean.supports(model)
+        assert not fast_decoder.supports(other)
+        assert fast_decoder.LeanModel.from_model(other) is None
+    assert fast_decoder.supports(model)
     # the hook changes the model's outputs; the sampler must see them (generic path)
     expected = hf_greedy(hooked, tokenizer, PROMPTS[:2], max_new_tokens=6)
     got = generate(hooked, tokenizer, PROMPTS[:2], SamplingParams(max_new_tokens=6, temperature=0))
@@ -472,7 +475,7 @@ def test_unknown_or_modified_models_take_the_generic_path(tokenizer, model):
 
 def test_inverse_cdf_sampling_follows_the_distribution():
     probs = torch.tensor([[0.5, 0.0, 0.3, 0.2]]).repeat(20000, 1)
-    draws = sampling._inverse_cdf_sample(probs, torch.Generator().manual_seed(0))
+    draws = sampler._inverse_cdf_sample(probs, torch.Generator().manual_seed(0))
     freq = torch.bincount(draws, minlength=4).float() / len(draws)
     assert freq[1] == 0  # zero-probability tokens are never drawn
     torch.testing.assert_close(freq, probs[0], atol=0.015, rtol=0)

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from r1lab.code_eval import evaluate_code_rows
+from r1lab.evaluation.code_eval import evaluate_code_rows
 from r1lab.errors import R1labError
-from r1lab.rewards.code import binary_code_reward, code_reward, extract_code, make_code_reward
+from r1lab.rewards.code_tests import binary_code_reward, code_reward, extract_code, make_code_reward
 from r1lab.sandbox import ExecResult, Limits, SandboxPool, _wire, parse_tests, run_tests, runner
 from r1lab.sandbox.isolation import WEAK_ENV, Isolation, weak_allowed
 from r1lab.sandbox.runner import kill_labelled
-from r1lab.tasks.base import TraceStyle
-from r1lab.tasks.code import TEMPLATES, CodeTask, Spec, unfence
+from r1lab.micro.tasks.base import TraceStyle
+from r1lab.micro.tasks.programs import TEMPLATES, CodeTask, Spec, unfence
 
 LIMITS = Limits(time_s=1.0)
 BOUND = LIMITS.time_s + 4.0  # seconds any one hostile run may take, everything included, on a loaded machine
@@ -389,7 +389,7 @@ def test_pool_runs_in_parallel_and_a_broken_sandbox_is_a_logged_zero(caplog):
 @needs_sandbox
 def test_grpo_runs_with_the_code_reward_on_micro_code_rows(tiny_model_dir, tmp_path):
     from r1lab.cli import main as cli_main
-    from r1lab.io import read_jsonl
+    from r1lab.files import read_jsonl
 
     rng = __import__("random").Random(0)
     rows = [CodeTask().sample(rng, 1).to_row() for _ in range(4)]
@@ -398,7 +398,7 @@ def test_grpo_runs_with_the_code_reward_on_micro_code_rows(tiny_model_dir, tmp_p
     out = tmp_path / "run"
     args = [f"model={tiny_model_dir}", f"data.train={data}", f"output_dir={out}", "template=micro", "num_generations=2",
             "prompts_per_step=2", "max_new_tokens=8", "max_steps=1", "eval_every=0", "progress=false", "threads=1",
-            "rewards=[r1lab.rewards.code:code_reward,format]"]
+            "rewards=[r1lab.rewards.code_tests:code_reward,format]"]
     assert cli_main(["grpo", *args]) == 0
     [metrics] = read_jsonl(out / "metrics.jsonl")
     assert any("code_reward" in key for key in metrics)

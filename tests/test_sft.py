@@ -11,13 +11,14 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import pytest
 import torch
 
-import r1lab.sft
+import r1lab.training.loop
 from r1lab import cli
-from r1lab.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
-from r1lab.data import Example, batches, collate, split_examples, tokenize_rows
+from r1lab.training.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
+from r1lab.training.sft_data import Example, batches, collate, split_examples, tokenize_rows
 from r1lab.errors import R1labError
-from r1lab.modeling import build_model
-from r1lab.sft import SFTConfig, TrainSettings, build_optimizer, lr_multiplier, train, train_step
+from r1lab.models.loading import build_model
+from r1lab.stages.sft import SFTConfig
+from r1lab.training.loop import TrainSettings, build_optimizer, lr_multiplier, train, train_step
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +221,7 @@ def test_resume_reproduces_an_uninterrupted_run(tok, tmp_path, monkeypatch):
     def crash(*args):
         raise KeyboardInterrupt  # the process dies right after the step-2 checkpoint
 
-    monkeypatch.setattr(r1lab.sft, "prune_checkpoints", crash)
+    monkeypatch.setattr(r1lab.training.loop, "prune_checkpoints", crash)
     with pytest.raises(KeyboardInterrupt):
         train(build_model("micro", tok), tok, examples, examples[:2], run, tmp_path / "resumed")
     monkeypatch.undo()
@@ -339,7 +340,7 @@ def test_cli_errors_are_one_line(tok, model_dir, tmp_path, capsys):
 def test_example_recipe_loads():
     from pathlib import Path
 
-    from r1lab.config import load_config
+    from r1lab.recipe import load_config
 
     recipe = Path(__file__).parent.parent / "recipes" / "sft_example.yaml"
     config = load_config(SFTConfig, recipe, ["max_steps=5"])

@@ -1,5 +1,5 @@
 """Decoding with each prompt's keys and values held once for its n samples
-(lean.KVCache.share_prefix) gives what copying them n times gives: the same samples and the
+(kv_cache.KVCache.share_prefix) gives what copying them n times gives: the same samples and the
 log-probs of a fresh forward pass, with grouped-query attention, left padding and rows leaving
 the batch at ragged times; under bf16 autocast, within bf16 rounding of a fresh bf16 forward.
 """
@@ -8,10 +8,12 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from r1lab import lean, sampling
-from r1lab.modeling import build_model
-from r1lab.precision import autocast
-from r1lab.sampling import SamplingParams, generate, sequence_logprobs
+from r1lab.models import kv_cache
+from r1lab.sampling import generate as sampler
+from r1lab.models.loading import build_model
+from r1lab.models.precision import autocast
+from r1lab.models.logprobs import sequence_logprobs
+from r1lab.sampling.generate import SamplingParams, generate
 
 PROMPTS = ["Compute 12 + 34.", "Hi", "Compute 7 * 8 and show each step"]
 
@@ -33,7 +35,7 @@ def _qwen2(tokenizer):
 
 
 def _generate(model, tokenizer, prompts, share: bool, monkeypatch):
-    monkeypatch.setattr(sampling, "SHARE_PREFIX_MIN", 0 if share else 10**9)
+    monkeypatch.setattr(sampler, "SHARE_PREFIX_MIN", 0 if share else 10**9)
     return [c for g in generate(model, tokenizer, prompts, SamplingParams(max_new_tokens=20, n=4, seed=0))
             for c in g]
 
@@ -72,7 +74,7 @@ def test_shared_prefix_bf16_logprobs_equal_a_fresh_bf16_forward(tokenizer, monke
 
 
 def test_share_prefix_places_each_row_among_its_prompts_rows():
-    cache = lean.KVCache(num_layers=1, batch=3, kv_heads=2, capacity=8, head_dim=4, dtype=torch.float32,
+    cache = kv_cache.KVCache(num_layers=1, batch=3, kv_heads=2, capacity=8, head_dim=4, dtype=torch.float32,
                          device=torch.device("cpu"))
     cache.keys[0][:, :, :3] = torch.arange(3.0)[:, None, None, None]
     cache.length = 3
@@ -87,9 +89,9 @@ def test_share_prefix_places_each_row_among_its_prompts_rows():
 def test_share_prefix_knows_when_the_rows_are_already_stacked_by_prompt():
     # Whole groups in prompt order need no stacking (the common case in GRPO); any other order,
     # or a prompt with fewer rows, takes the general path, which places each row by its slot.
-    slot, dense = lean._slots(torch.tensor([0, 0, 1, 1, 2, 2]), 3, 2)
+    slot, dense = kv_cache.prompt_slots(torch.tensor([0, 0, 1, 1, 2, 2]), 3, 2)
     assert slot.tolist() == [0, 1, 0, 1, 0, 1] and dense
-    slot, dense = lean._slots(torch.tensor([1, 0, 2, 1, 0, 2]), 3, 2)
+    slot, dense = kv_cache.prompt_slots(torch.tensor([1, 0, 2, 1, 0, 2]), 3, 2)
     assert slot.tolist() == [0, 0, 0, 1, 1, 1] and not dense
-    slot, dense = lean._slots(torch.tensor([0, 0, 1, 2, 2]), 3, 2)
+    slot, dense = kv_cache.prompt_slots(torch.tensor([0, 0, 1, 2, 2]), 3, 2)
     assert slot.tolist() == [0, 1, 0, 0, 1] and not dense

@@ -12,15 +12,17 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest
 
-import r1lab.rejection_sample as rs
-from r1lab import cli, cold_start, tasks
-from r1lab.cold_start import ColdStartConfig, few_shot_prompt, rewrite_readable
-from r1lab.data import tokenize_rows
+import r1lab.stages.rejection_sample as rs
+from r1lab import cli
+from r1lab.micro import tasks
+from r1lab.stages import cold_start
+from r1lab.stages.cold_start import ColdStartConfig, few_shot_prompt, rewrite_readable
+from r1lab.training.sft_data import tokenize_rows
 from r1lab.errors import R1labError
-from r1lab.filters import FilterSettings
+from r1lab.stages.sample_filters import FilterSettings
 from r1lab.rewards import is_correct
-from r1lab.rejection_sample import ModelJudge, RejectionSampleConfig, rules_then
-from r1lab.sampling import Completion
+from r1lab.stages.rejection_sample import ModelJudge, RejectionSampleConfig, rules_then
+from r1lab.sampling.generate import Completion
 
 TINY = dict(tasks=("addition", "countdown"), num_problems=3, n=2, max_new_tokens=12, progress=False)
 
@@ -154,7 +156,7 @@ def test_generative_judge_only_where_rules_cannot_decide(tiny_model_dir, tmp_pat
                                                             "answer": "12", "operands": [9, 3]}) is False
     assert calls == ["Capital of France?"]
     # a real (random) model as the judge: it answers something, read as yes, no or undecided
-    from r1lab.modeling import load_model_and_tokenizer
+    from r1lab.models.loading import load_model_and_tokenizer
 
     model, tokenizer = load_model_and_tokenizer(tiny_model_dir)
     verdict = ModelJudge(model, tokenizer)("<think> x </think> <answer>the city of Paris</answer>", paris)
@@ -173,10 +175,10 @@ def test_rejection_sample_with_a_judge_model(tiny_model_dir, tmp_path):
 
 def test_cli_commands(tiny_model_dir, tmp_path, monkeypatch):
     # the lines to add to r1lab.cli.COMMANDS
-    monkeypatch.setitem(cli.COMMANDS, "cold-start", ("r1lab.cold_start", "ColdStartConfig", "stage 1 data"))
+    monkeypatch.setitem(cli.COMMANDS, "cold-start", ("r1lab.stages.cold_start", "ColdStartConfig", "stage 1 data"))
     monkeypatch.setitem(cli.COMMANDS, "rejection-sample",
-                        ("r1lab.rejection_sample", "RejectionSampleConfig", "stage 3 data"))
-    monkeypatch.setitem(cli.COMMANDS, "reward-model", ("r1lab.reward_model", "RewardModelConfig", "stage 4 RMs"))
+                        ("r1lab.stages.rejection_sample", "RejectionSampleConfig", "stage 3 data"))
+    monkeypatch.setitem(cli.COMMANDS, "reward-model", ("r1lab.stages.reward_model", "RewardModelConfig", "stage 4 RMs"))
     for command in ("cold-start", "rejection-sample", "reward-model"):
         assert cli.main([command, "--help"]) == 0
     out = tmp_path / "cli"

@@ -3,11 +3,11 @@ import random
 
 import pytest
 
-from r1lab import tasks
+from r1lab.micro import tasks
 from r1lab.errors import R1labError
-from r1lab.grpo.noise import evaluate_lhs
+from r1lab.micro.step_noise import evaluate_lhs
 from r1lab.rewards.answers import extract_answer
-from r1lab.tasks.countdown import evaluate_expression
+from r1lab.micro.tasks.countdown import evaluate_expression
 
 
 @pytest.mark.parametrize("name", list(tasks.TASKS))
@@ -144,8 +144,8 @@ def test_without_needless_checks_every_recheck_repairs_a_wrong_step():
 def _pretrain_recipe(name: str):
     from pathlib import Path
 
-    from r1lab.config import load_config
-    from r1lab.pretrain import PretrainConfig
+    from r1lab.recipe import load_config
+    from r1lab.stages.pretrain import PretrainConfig
 
     return load_config(PretrainConfig, str(Path(__file__).parent.parent / "recipes" / "micro" / name))
 

@@ -15,21 +15,21 @@ from r1lab.errors import R1labError
 # name -> (module, config class, one-line help). Modules are imported lazily so that
 # `r1lab --help` stays fast and a command's heavy imports happen only when it runs.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "pretrain": ("r1lab.pretrain", "PretrainConfig", "train the micro base model from scratch"),
-    "sft": ("r1lab.sft", "SFTConfig", "supervised fine-tuning on prompt/completion or messages data"),
-    "eval": ("r1lab.evaluate", "EvalConfig", "k samples per problem; pass@1, pass@k, cons@k"),
+    "pretrain": ("r1lab.stages.pretrain", "PretrainConfig", "train the micro base model from scratch"),
+    "sft": ("r1lab.stages.sft", "SFTConfig", "supervised fine-tuning on prompt/completion or messages data"),
+    "eval": ("r1lab.evaluation.evaluate", "EvalConfig", "k samples per problem; pass@1, pass@k, cons@k"),
     "grpo": ("r1lab.grpo.train", "GRPOConfig", "GRPO / R1-Zero reinforcement learning"),
-    "cold-start": ("r1lab.cold_start", "ColdStartConfig",
+    "cold-start": ("r1lab.stages.cold_start", "ColdStartConfig",
                    "stage 1 data: R1-Zero samples kept if right and readable, rewritten"),
-    "rejection-sample": ("r1lab.rejection_sample", "RejectionSampleConfig",
+    "rejection-sample": ("r1lab.stages.rejection_sample", "RejectionSampleConfig",
                          "stage 3 data: n samples per prompt, keep right and readable"),
-    "reward-model": ("r1lab.reward_model", "RewardModelConfig",
+    "reward-model": ("r1lab.stages.reward_model", "RewardModelConfig",
                      "stage 4 reward model: pairwise helpfulness or pointwise harmlessness"),
-    "distill": ("r1lab.distill", "DistillConfig", "SFT of a student on a teacher's verified traces"),
-    "pipeline": ("r1lab.pipeline", "PipelineConfig", "the whole R1 recipe, stage by stage, resumable"),
-    "report": ("r1lab.report", "ReportConfig", "results table, curves and HTML report of a pipeline run"),
-    "plot": ("r1lab.plots", "PlotConfig", "curves of a run's metrics.jsonl as a PNG"),
-    "demo": ("r1lab.pipeline", "PipelineConfig", "= make demo: the pipeline with its micro defaults"),
+    "distill": ("r1lab.stages.distill", "DistillConfig", "SFT of a student on a teacher's verified traces"),
+    "pipeline": ("r1lab.pipeline.graph", "PipelineConfig", "the whole R1 recipe, stage by stage, resumable"),
+    "report": ("r1lab.stages.report", "ReportConfig", "results table, curves and HTML report of a pipeline run"),
+    "plot": ("r1lab.stages.plot", "PlotConfig", "curves of a run's metrics.jsonl as a PNG"),
+    "demo": ("r1lab.pipeline.graph", "PipelineConfig", "= make demo: the pipeline with its micro defaults"),
 }
 
 
@@ -60,7 +60,7 @@ def parse_args(argv: list[str]) -> tuple[str, str | None, list[str]]:
 def _show_defaults(config_cls: type) -> str:
     import yaml
 
-    from r1lab.config import to_dict
+    from r1lab.recipe import to_dict
 
     try:
         return yaml.safe_dump(to_dict(config_cls()), sort_keys=False)
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         if "--help" in argv or "-h" in argv:
             print(f"usage: r1lab {command} [CONFIG.yaml] [key=value ...]\n\ndefaults:\n{_show_defaults(config_cls)}")
             return 0
-        from r1lab.config import load_config
+        from r1lab.recipe import load_config
 
         config = load_config(config_cls, config_path, overrides)
         module.main(config)

@@ -18,8 +18,8 @@ import torch
 pytest.importorskip("vllm", reason="needs vLLM: `make test-vllm` runs these in .venv-vllm")
 
 from r1lab.errors import R1labError  # noqa: E402
-from r1lab.grpo.vllm_backend import EngineSettings, VLLMSampler, build_engine  # noqa: E402
-from r1lab.sampling import SamplingParams  # noqa: E402
+from r1lab.sampling.vllm import EngineSettings, VLLMSampler, build_engine  # noqa: E402
+from r1lab.sampling.generate import SamplingParams  # noqa: E402
 
 PROMPT = "12+34="
 
@@ -41,7 +41,7 @@ def deadline(seconds: int):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tokenizer):
-    from r1lab.modeling import build_model
+    from r1lab.models.loading import build_model
 
     path = tmp_path_factory.mktemp("vllm_model")
     model = build_model("micro", tokenizer, max_positions=512, seed=0)
@@ -125,7 +125,7 @@ def test_the_engine_samples_from_the_updated_weights(engine, policy_model, token
 
 
 def test_lora_policies_push_their_merged_weights(engine, policy_model, tokenizer):
-    from r1lab.lora import apply_lora
+    from r1lab.models.lora import apply_lora
 
     sampler, _ = engine
     lora = apply_lora(copy.deepcopy(policy_model), 4, 8.0, seed=0)
@@ -144,7 +144,7 @@ def test_lora_policies_push_their_merged_weights(engine, policy_model, tokenizer
 def test_bad_prompts_are_clear_errors(engine, policy_model, tokenizer):
     sampler, _ = engine
     params = SamplingParams(max_new_tokens=4, n=2)
-    with pytest.raises(R1labError, match="all strings or all token-id lists"):
+    with pytest.raises(ValueError, match="all strings or all token id lists"):
         sampler(policy_model, tokenizer, ["1+1=", [5, 6]], params)
     with pytest.raises(R1labError, match="seeds has 1 entries for 2 prompts"):
         sampler(policy_model, tokenizer, ["1+1=", "2+2="], params, seeds=[1])
@@ -160,7 +160,7 @@ def test_a_model_vllm_cannot_load_is_a_clear_error(tmp_path, model_dir):
 
 
 def test_weights_of_the_wrong_shape_are_a_clear_error(engine, tokenizer):
-    from r1lab.modeling import build_model
+    from r1lab.models.loading import build_model
 
     sampler, _ = engine
     other = build_model("micro", tokenizer, max_positions=512, seed=0)

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("vllm", reason="needs vLLM: `make test-vllm` runs these in .venv-vllm")
 
 from r1lab import cli  # noqa: E402
-from r1lab.io import write_jsonl  # noqa: E402
+from r1lab.files import write_jsonl  # noqa: E402
 
 MISMATCH = ("vllm/logp_diff_mean", "vllm/logp_diff_max", "vllm/is_capped_fraction")
 RUN = ["template=micro", "num_generations=4", "prompts_per_step=4", "max_new_tokens=12", "beta=0.04",

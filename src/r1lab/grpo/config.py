@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from r1lab.config import check_choices
+from r1lab.recipe import check_choices
 from r1lab.grpo.importance import IMPORTANCE_WEIGHTS
 from r1lab.grpo.losses import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS
-from r1lab.lora import TARGET_MODULES, check_lora_settings
-from r1lab.metrics import REFLECTION_PHRASES
-from r1lab.precision import PRECISIONS
+from r1lab.models.lora import TARGET_MODULES, check_lora_settings
+from r1lab.evaluation.scoring import REFLECTION_PHRASES
+from r1lab.models.precision import PRECISIONS
 from r1lab.templates import TEMPLATES
 
 
@@ -66,7 +66,7 @@ class GRPOConfig:
     top_k: int = 0
     stop: tuple[str, ...] = ("</answer>",)
     rollout_batch_size: int = 512  # sequences decoded together
-    rollout_backend: str = "native"  # native (r1lab.sampling, CPU or GPU) | vllm (pip install r1lab[vllm]; docs/vllm.md)
+    rollout_backend: str = "native"  # native (r1lab.sampling.generate, CPU or GPU) | vllm (pip install r1lab[vllm]; docs/vllm.md)
     # vLLM (rollout_backend: vllm): one engine per process, colocated with training, weights pushed after each step
     vllm_mode: str = "colocate"  # colocate (the engine lives in the training process); a vLLM server is not supported
     vllm_gpu_memory_utilization: float = 0.3  # share of GPU memory for vLLM's weights + KV cache (CPU: see docs)
@@ -77,7 +77,9 @@ class GRPOConfig:
     vllm_dtype: str = "auto"  # auto (the checkpoint's) | bfloat16 | float16 | float32
     vllm_importance_sampling: str = "tis"  # tis | mask | none: grpo/importance.py
     vllm_importance_sampling_cap: float = 2.0  # as TRL's default
-    step_noise: float = 0.0  # micro tasks: chance a column step's units digit is corrupted in rollouts (grpo/noise.py)
+    # micro tasks: chance a column step's units digit is corrupted in rollouts; switches on the micro
+    # world's rollout hook (grpo.rollout.ROLLOUT_HOOKS, r1lab/micro/step_noise.py)
+    step_noise: float = 0.0
 
     # objective
     advantage: str = "group"
@@ -92,13 +94,13 @@ class GRPOConfig:
     micro_batch_size: int = 64  # sequences per forward/backward (memory only: same gradient)
     # fp32 | bf16: bf16 autocast for sampling, the reference pass and the training forward/backward;
     # weights, AdamW and log-probs stay float32, old log-probs come from the training forward
-    # (r1lab.precision). Needs native bf16 (CPU avx512_bf16/amx_bf16, or a bf16 GPU).
+    # (r1lab.models.precision). Needs native bf16 (CPU avx512_bf16/amx_bf16, or a bf16 GPU).
     precision: str = "fp32"
 
     # LoRA: same keys as `r1lab sft`; 0 = full fine-tuning
     lora_r: int = 0
     lora_alpha: float = 16.0  # adapter output scaled by lora_alpha / lora_r
-    lora_dropout: float = 0.0  # > 0: the training forward can't use r1lab.lean (slower on CPU)
+    lora_dropout: float = 0.0  # > 0: the training forward can't use r1lab.models.fast_decoder (slower on CPU)
     lora_target_modules: tuple[str, ...] = TARGET_MODULES
     save_merged: bool = True  # with LoRA: final/ holds the adapters, final-merged/ the merged model
 
@@ -110,7 +112,9 @@ class GRPOConfig:
 
     # optimiser
     learning_rate: float = 1e-6
-    warmup_steps: int = 10  # Adam's first steps are sign-like: warm up (shared/MEASURED.md)
+    # Adam's first steps are sign-like: in a 1M-model prototype the first update without warmup
+    # gave KL 1.0, and 10 warmup steps fixed it
+    warmup_steps: int = 10
     lr_schedule: str = "constant"  # constant | cosine (to min_lr_ratio)
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
@@ -184,7 +188,7 @@ class GRPOConfig:
 
     @property
     def vllm_engine(self) -> dict:
-        """The vLLM engine's settings (grpo/vllm_backend.EngineSettings' fields)."""
+        """The vLLM engine's settings (sampling/vllm.EngineSettings' fields)."""
         return dict(gpu_memory_utilization=self.vllm_gpu_memory_utilization, max_model_len=self.vllm_max_model_len,
                     enforce_eager=self.vllm_enforce_eager, tensor_parallel_size=self.vllm_tensor_parallel_size,
                     enable_sleep_mode=self.vllm_enable_sleep_mode, dtype=self.vllm_dtype, seed=self.seed)

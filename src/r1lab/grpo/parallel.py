@@ -16,7 +16,7 @@ was in its batch (up to float rounding in batched forwards; tests/test_distribut
 a 2-process run with a 1-process one).
 
 Why not DistributedDataParallel's wrapper: the training forward runs each group's shared prompt
-once through r1lab.lean, which calls the model's layers without the model's `forward` (DDP
+once through r1lab.models.fast_decoder, which calls the model's layers without the model's `forward` (DDP
 prepares its gradient reduction in `forward`), and with `minibatches > 1` the processes get
 unequal numbers of micro-batches. One summed all-reduce of the gradients per optimiser step
 (what DDP with `no_sync` does, minus the overlap with the backward) has neither problem.
@@ -29,7 +29,7 @@ import hashlib
 import torch
 import torch.distributed as dist
 
-from r1lab import distributed
+from r1lab.training import distributed
 from r1lab.grpo.rollout import Scored
 
 # Gradients are summed in flat buckets of at most this many elements: few collective calls,
@@ -47,7 +47,7 @@ def group_seed(seed: int, step: int | str, draw: int, index: int) -> int:
 def share(count: int, rank: int | None = None, world: int | None = None) -> range:
     """This process's contiguous share of `count` items; shares differ in size by at most one.
 
-    Contiguous (not strided like r1lab.distributed.shard): gathered shares then concatenate in
+    Contiguous (not strided like r1lab.training.distributed.shard): gathered shares then concatenate in
     the global order. A share may be empty.
 
     >>> [share(5, r, 2) for r in range(2)]

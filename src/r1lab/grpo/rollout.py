@@ -7,7 +7,7 @@ for logging. The policy's log-probs at sampling time come from the sampler itsel
 1e-5; tests/test_sampling.py and tests/test_grpo_speed_correctness.py check it); with
 `precision: bf16` the sampler runs under bf16 autocast and grpo/update.py replaces its log-probs
 with the training forward's, as bf16 rounding makes the two differ. The sampler is
-r1lab.sampling.generate, or a vLLM engine with `rollout_backend: vllm` (grpo/vllm_backend.py).
+r1lab.sampling.generate, or a vLLM engine with `rollout_backend: vllm` (r1lab/sampling/vllm.py).
 `Rollout.prompt_len` marks where the prompts end, so the training and reference forwards run
 each group's shared prompt once instead of G times.
 """
@@ -15,16 +15,18 @@ each group's shared prompt once instead of G times.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from r1lab.grpo.losses import ADVANTAGES, soft_overlong_penalty, zero_variance_groups
-from r1lab.precision import autocast
+from r1lab.models.precision import autocast
 from r1lab.rewards import combine_rewards
-from r1lab.sampling import Completion, SamplingParams, generate
+from r1lab.sampling.generate import Completion, SamplingParams, generate
 
 
 @dataclass(frozen=True)
@@ -105,18 +107,45 @@ class RolloutSettings:
     overlong_cache: int = 0
     batch_size: int | None = None
     sampler: Callable = generate  # (policy, tokenizer, prompt_ids, params, batch_size=, seeds=) -> [P][G] Completions
-    step_noise: float = 0.0  # micro column steps corrupted while sampling (grpo/noise.py)
-    precision: str = "fp32"  # fp32 | bf16: the sampler runs under r1lab.precision.autocast
+    hook: RolloutHook | None = None  # what the environment does while rollouts are sampled
+    precision: str = "fp32"  # fp32 | bf16: the sampler runs under r1lab.models.precision.autocast
+
+
+class RolloutHook(Protocol):
+    """Something the environment does while rollouts are sampled, and the metrics it logs: the
+    plug for a task world that acts during sampling (the micro world's step noise is one)."""
+
+    def token_hook(self, tokenizer, seed: int) -> Callable[[Sequence[int], int], int | None]:
+        """A fresh sampler `token_hook` for one generate call (see r1lab.sampling.generate)."""
+
+    def metrics(self, scored: Scored, tokenizer) -> dict[str, float]:
+        """Metrics of a step's scored completions, logged beside GRPO's own."""
+
+
+# Rollout hooks a GRPO config switches on by a setting: setting -> "module:factory", imported on
+# first use (so the engine never imports the micro world unless asked), the factory called with
+# the setting's value. The built-in one is the micro world's step noise.
+ROLLOUT_HOOKS = {"step_noise": "r1lab.micro.step_noise:StepNoiseHook"}
+
+
+def rollout_hook(config: Any) -> RolloutHook | None:
+    """The hook a config's settings switch on (a setting left at 0/empty: none), or None."""
+    for setting, target in ROLLOUT_HOOKS.items():
+        value = getattr(config, setting, None)
+        if value:
+            module, factory = target.split(":")
+            return getattr(importlib.import_module(module), factory)(value)
+    return None
 
 
 def rollout_sampler(backend: str, model_path: str, engine: dict | None = None) -> Callable:
     """The sampler of a rollout backend: r1lab.sampling.generate ("native", any HF causal LM, CPU or
-    GPU) or a vLLM engine for `model_path` built with `engine` (grpo/vllm_backend.EngineSettings'
+    GPU) or a vLLM engine for `model_path` built with `engine` (sampling/vllm.EngineSettings'
     fields) that gets the policy's weights before each rollout ("vllm")."""
     if backend == "native":
         return generate
     if backend == "vllm":
-        from r1lab.grpo.vllm_backend import EngineSettings, VLLMSampler
+        from r1lab.sampling.vllm import EngineSettings, VLLMSampler
 
         return VLLMSampler(model_path, EngineSettings(**(engine or {})))
     raise ValueError(f"rollout_backend must be native or vllm; got '{backend}'")
@@ -127,11 +156,8 @@ def sample_and_score(policy, tokenizer, rows: list[dict], prompt_ids: list[list[
     """G completions for each prompt, scored by the weighted reward functions. `seeds`: one per
     prompt, each group's own random stream (see r1lab.sampling.generate)."""
     extra: dict = {} if seeds is None else {"seeds": seeds}
-    if settings.step_noise > 0:
-        from r1lab.grpo.noise import StepNoise
-
-        # one noise stream per call: under torchrun the corruptions depend on the process's share
-        extra["token_hook"] = StepNoise(settings.step_noise, tokenizer, seed=settings.params.seed)
+    if settings.hook is not None:
+        extra["token_hook"] = settings.hook.token_hook(tokenizer, settings.params.seed)
     with autocast(settings.precision, next(policy.parameters()).device):
         completions = settings.sampler(policy, tokenizer, prompt_ids, settings.params,
                                        batch_size=settings.batch_size, **extra)
@@ -187,7 +213,7 @@ def pack(scored: Scored, prompt_ids: list[list[int]], advantage: str, pad_id: in
             old_logp[row, p_len - 1:p_len - 1 + k] = torch.tensor(c.logprobs)
             if not (mask_truncated and c.finish_reason == "length"):
                 completion_mask[row, p_len - 1:p_len - 1 + k] = 1.0
-                # tokens the environment wrote (step noise) are not the policy's choice: no loss
+                # tokens the environment wrote (a rollout hook) are not the policy's choice: no loss
                 completion_mask[row, [p_len - 1 + i for i in c.forced]] = 0.0
     assert n == len(scored.rows) * g
     return Rollout(input_ids, attention, completion_mask, old_logp, advantages, prompt_len=p_len)

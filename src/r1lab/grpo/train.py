@@ -27,27 +27,26 @@ from pathlib import Path
 
 import torch
 
-from r1lab import distributed
-from r1lab.checkpoint import (checkpoint_dir, latest_checkpoint, load_checkpoint, load_weights, prune_checkpoints,
+from r1lab.training import distributed
+from r1lab.training.checkpoint import (checkpoint_dir, latest_checkpoint, load_checkpoint, load_weights, prune_checkpoints,
                               save_checkpoint, save_final, save_model)
-from r1lab.config import save_config
+from r1lab.recipe import save_config
 from r1lab.errors import R1labError
 from r1lab.grpo.config import GRPOConfig
-from r1lab.grpo.data import PromptStream, load_eval_rows, load_train_rows
+from r1lab.problems import PromptStream, load_eval_rows, load_train_rows
 from r1lab.grpo.losses import ADVANTAGES
-from r1lab.grpo.metrics import MetricsLog, step_metrics, write_samples
+from r1lab.grpo.step_metrics import MetricsLog, step_metrics, write_samples
 from r1lab.grpo.parallel import gather_lists, gather_scored, group_seed, share
-from r1lab.grpo.noise import noise_metrics
-from r1lab.grpo.rollout import (RolloutSettings, Scored, informative_groups, pack, rollout_sampler,
+from r1lab.grpo.rollout import (RolloutSettings, Scored, informative_groups, pack, rollout_hook, rollout_sampler,
                                 sample_and_score)
 from r1lab.grpo.update import UpdateSettings, reference_logprobs, update_policy
-from r1lab.lora import apply_lora, disabled_adapters, is_lora, save_merged
-from r1lab.modeling import load_model_and_tokenizer
-from r1lab.precision import check_supported
-from r1lab.plots import plot_run
+from r1lab.models.lora import apply_lora, disabled_adapters, is_lora, save_merged
+from r1lab.models.loading import load_model_and_tokenizer
+from r1lab.models.precision import check_supported
+from r1lab.stages.plot import plot_run
 from r1lab.rewards import load_reward
-from r1lab.sampling import SamplingParams, generate
-from r1lab.sft import lr_multiplier
+from r1lab.sampling.generate import SamplingParams, generate
+from r1lab.training.loop import lr_multiplier
 from r1lab.templates import render_prompt
 
 __all__ = ["GRPOConfig", "main"]
@@ -102,8 +101,8 @@ def _grpo(config: GRPOConfig, on_exit: contextlib.ExitStack) -> dict:
 
         metrics = step_metrics(step, scored, sampled, stats, rollout_s=t1 - t0, train_s=t2 - t1,
                                lr=scheduler.get_last_lr()[0], phrases=config.reflection_phrases)
-        if config.step_noise:
-            metrics.update(noise_metrics(scored, tokenizer))
+        if rollout_settings.hook is not None:
+            metrics.update(rollout_settings.hook.metrics(scored, tokenizer))
         if reference is not None and config.ref_update_every and step % config.ref_update_every == 0:
             reference.load_state_dict(policy.state_dict())
             ref_step = step
@@ -122,6 +121,13 @@ def _grpo(config: GRPOConfig, on_exit: contextlib.ExitStack) -> dict:
     return log.last if log else {}
 
 
+def train_from(config: GRPOConfig, model: str, output_dir: str | Path) -> dict:
+    """`main` with `config` on `model`, writing to `output_dir` and resuming from its newest
+    checkpoint if a killed run left one (the pipeline's and distillation's GRPO runs)."""
+    return main(dataclasses.replace(config, model=model, output_dir=str(output_dir),
+                                    resume=latest_checkpoint(output_dir) is not None))
+
+
 def _rollout_settings(config: GRPOConfig) -> RolloutSettings:
     return RolloutSettings(
         params=SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
@@ -130,8 +136,7 @@ def _rollout_settings(config: GRPOConfig) -> RolloutSettings:
         reward_fns=[(spec, load_reward(spec)) for spec in config.rewards],
         reward_weights=config.weights, overlong_cache=config.overlong_cache,
         batch_size=config.rollout_batch_size,
-        sampler=rollout_sampler(config.rollout_backend, config.model, config.vllm_engine),
-        step_noise=config.step_noise,
+        sampler=rollout_sampler(config.rollout_backend, config.model, config.vllm_engine), hook=rollout_hook(config),
         precision=config.precision)
 
 
@@ -299,7 +304,7 @@ def _evaluate(policy, tokenizer, rows: list[dict], config: GRPOConfig) -> dict:
     Each process samples a share of the rows, each row from its own seeded stream (the same for
     every evaluation of the run, and whatever the number of processes); every process gets the
     result."""
-    from r1lab.evaluate import EvalConfig, judge, summarize
+    from r1lab.evaluation.evaluate import EvalConfig, judge, summarize
 
     eval_config = EvalConfig(k=config.eval_k, temperature=config.eval_temperature, top_p=config.eval_top_p,
                              max_new_tokens=config.max_new_tokens, template=config.template, stop=config.stop,

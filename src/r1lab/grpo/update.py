@@ -8,9 +8,9 @@ same holds across processes: the normalisers and the gradients are summed over t
 
 Both forwards here (the policy's, with gradients, and the frozen reference's) pass the rollout's
 `prompt_len`, so on Qwen2/Qwen3/Llama each group's prompt is run once for its G completions
-(r1lab.lean; same log-probs and gradients as the model's own forward, within float rounding).
+(r1lab.models.fast_decoder; same log-probs and gradients as the model's own forward, within float rounding).
 
-With `precision: bf16` both forwards run under bf16 autocast (r1lab.precision), and the old
+With `precision: bf16` both forwards run under bf16 autocast (r1lab.models.precision), and the old
 log-probs in the ratio are the training forward's own (not the sampler's): the first minibatch
 uses its current log-probs, detached, and the rows of later minibatches get one forward without
 gradients before the first optimiser step. The ratio is then exactly 1 until the weights change
@@ -31,13 +31,13 @@ from dataclasses import dataclass
 
 import torch
 
-from r1lab import distributed
+from r1lab.training import distributed
 from r1lab.grpo.importance import importance_weights
 from r1lab.grpo.losses import Normalisers, count_normalisers, grpo_loss
 from r1lab.grpo.parallel import sum_gradients, sum_over_processes
 from r1lab.grpo.rollout import Rollout
-from r1lab.precision import autocast
-from r1lab.sampling import sequence_logprobs
+from r1lab.models.precision import autocast
+from r1lab.models.logprobs import sequence_logprobs
 
 
 STAT_KEYS = ("kl", "clip/low", "clip/high", "clip/fraction", "ratio")  # what `_backward` reports
@@ -58,7 +58,7 @@ class UpdateSettings:
     aggregation: str
     max_len: int
     max_grad_norm: float
-    precision: str = "fp32"  # fp32 | bf16 (r1lab.precision); bf16 takes old log-probs from the training forward
+    precision: str = "fp32"  # fp32 | bf16 (r1lab.models.precision); bf16 takes old log-probs from the training forward
     # None: the sampler is the policy itself (its log-probs are the old ones). tis | mask | none: another
     # sampler (vLLM): old log-probs from the training forward, importance weights of grpo/importance.py
     importance_sampling: str | None = None

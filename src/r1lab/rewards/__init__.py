@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 from r1lab.errors import R1labError
 from r1lab.rewards.answers import answers_match, extract_answer, normalise
-from r1lab.rewards.code import binary_code_reward, code_reward, extract_code, make_code_reward
+from r1lab.rewards.code_tests import binary_code_reward, code_reward, extract_code, make_code_reward
 from r1lab.rewards.formatting import format_reward, lenient_format_reward, readable_format_reward, tag_count_reward
 from r1lab.rewards.rules import (
     accuracy_reward,

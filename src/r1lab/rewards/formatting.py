@@ -2,7 +2,7 @@
 
 All three accept a prompt that already opened the think block (the R1 README forces
 generation to start with "<think>\\n"): when the prompt column ends with "<think>", the tag is
-counted as the completion's first (see `r1lab.rewards._columns.think_prefixed`).
+counted as the completion's first (see `r1lab.rewards.columns.think_prefixed`).
 No regexes over the completion: tag positions come from ``str.find``/``str.count``, linear
 in the length whatever the model writes.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from r1lab.rewards._columns import think_prefixed
+from r1lab.rewards.columns import think_prefixed
 
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 READABLE_TAGS = ("<think>", "</think>", "<summary>", "</summary>", "<answer>", "</answer>")

@@ -12,8 +12,9 @@ import math
 from collections.abc import Sequence
 from typing import Any, Callable
 
+from r1lab import task_registry
 from r1lab.errors import R1labError
-from r1lab.rewards._columns import column, completion_text, example_rows
+from r1lab.rewards.columns import column, completion_text, example_rows
 from r1lab.rewards.answers import answers_match, extract_answer
 from r1lab.rewards.formatting import format_reward, lenient_format_reward, tag_count_reward  # noqa: F401
 from r1lab.rewards.text import (  # noqa: F401
@@ -23,7 +24,7 @@ from r1lab.rewards.text import (  # noqa: F401
     repetition_penalty_reward,
 )
 
-MATH_TASKS = frozenset({"", "math"})  # judged by math-verify without loading r1lab.tasks
+MATH_TASKS = frozenset({"", "math"})  # judged by math-verify without looking up a registered task
 ACCURACY_TIMEOUT = 2.0  # s per math-verify call; real answers take < 0.1 s, hostile ones forever
 
 RewardFn = Callable[..., list[float | None]]
@@ -33,7 +34,7 @@ def is_correct(completion: str, row: dict[str, Any], timeout: float = ACCURACY_T
     """Whether a completion's final answer is right for one example; None without a reference.
 
     `row` holds the example's columns. A ``task`` naming a micro-world task (a key of
-    ``r1lab.tasks.TASKS``) is judged by ``r1lab.tasks.verify(task, answer, row)``; any other
+    ``r1lab.task_registry``, e.g. the micro world's) is judged by its verifier; any other
     task value (none, "math", "gsm8k") by `answers_match` against ``answer``. A completion
     with no single well-formed answer (`extract_answer` is None) is wrong.
     """
@@ -51,12 +52,13 @@ def is_correct(completion: str, row: dict[str, Any], timeout: float = ACCURACY_T
 
 
 def _task_verifier(task: str) -> Callable[[str, str, dict[str, Any]], bool] | None:
-    """``r1lab.tasks.verify`` if `task` is a micro-world task, else None (judged as maths)."""
+    """``task_registry.verify`` if `task` is a registered task (e.g. a micro-world one), else None
+    (judged as maths)."""
     try:
-        from r1lab import tasks  # imported late: math-only runs needn't load the micro world
+        known = task_registry.is_task(task)  # the first lookup imports the built-in tasks
     except ImportError as e:
-        raise R1labError(f"the 'task' column says {task!r}, but r1lab.tasks can't be imported: {e}") from e
-    return tasks.verify if task in tasks.TASKS else None
+        raise R1labError(f"the 'task' column says {task!r}, but r1lab.micro.tasks can't be imported: {e}") from e
+    return task_registry.verify if known else None
 
 
 def make_accuracy_reward(timeout: float = ACCURACY_TIMEOUT) -> RewardFn:
@@ -149,9 +151,9 @@ cosine_length_reward = make_cosine_length_reward()
 def faithfulness_reward(completions: list[str], task: Sequence[str] | None = None, **columns: Any) -> list[float | None]:
     """1.0 when the answer follows from the written steps, else 0.0; None where the task can't check.
 
-    Blocks the shortcut the R1-Zero prototype found in the micro world (shared/MEASURED.md): RL
-    learned to write the right answer after a wrong step, so the answer stopped following from
-    the reasoning. Micro tasks replay their own traces (`r1lab.tasks.check_trace`).
+    Blocks the shortcut a plain PyTorch R1-Zero prototype of the micro world found (a 1M model on
+    a+b with a step's units digit corrupted with p=0.15, in one of two seeds): RL learned to write
+    the right answer after a wrong step, so the answer stopped following from the reasoning. Micro tasks replay their own traces (`task_registry.check_trace`).
 
     >>> row = dict(task=["addition"], prompt=["Compute 19 + 3."], answer=["22"], operands=[[19, 3]])
     >>> faithfulness_reward(["<think> 9+3=12 , 1+0+1=2 , so 22 </think> <answer>22</answer>"], **row)
@@ -159,11 +161,9 @@ def faithfulness_reward(completions: list[str], task: Sequence[str] | None = Non
     >>> faithfulness_reward(["<think> 9+3=13 , 1+0+1=2 , so 22 </think> <answer>22</answer>"], **row)
     [0.0]
     """
-    from r1lab import tasks
-
     rows = example_rows(len(completions), {"task": task, **columns})
     out: list[float | None] = []
     for completion, row in zip(completions, rows):
-        verdict = tasks.check_trace(str(row.get("task") or ""), completion_text(completion), row)
+        verdict = task_registry.check_trace(str(row.get("task") or ""), completion_text(completion), row)
         out.append(None if verdict is None else float(verdict))
     return out

@@ -6,7 +6,7 @@ import re
 from typing import Any, Callable
 
 from r1lab.errors import R1labError
-from r1lab.rewards._columns import column, completion_text
+from r1lab.rewards.columns import column, completion_text
 
 RewardFn = Callable[..., list[float | None]]
 

@@ -1,0 +1,415 @@
+"""A lean forward pass for Llama-family decoders (Qwen2, Qwen3, Llama): sampling and GRPO log-probs.
+
+    lean = LeanModel.from_model(model, packed=True)   # None: an architecture this module doesn't know
+    cache = lean.new_cache(batch=4, capacity=96)
+    logits = lean.forward(input_ids, positions, key_mask, cache)    # [B, V]: the last position's
+
+    hidden = LeanModel(model).shared_prompt_hidden(prompt_ids, prompt_mask, completion_ids, owner)
+
+Why it exists: at micro sizes a transformers forward spends as much time in Python (module
+calls, mask construction, cache bookkeeping) as in matrix multiplies. This module reads the
+weights out of the model and runs the same maths as plain tensor ops: one fused QKV and one fused
+gate/up projection per layer, rotary tables computed once by the model's own rotary module (so
+scaled RoPE variants come for free), keys and values in a pre-allocated cache. For sampling
+(`packed=True`, inference only) the weights are also repacked for oneDNN. For the GRPO forward
+(`packed=False`) it is differentiable, and `shared_prompt_hidden` runs each distinct prompt once
+for all the completions that continue it (G of them in GRPO) instead of once per completion,
+and keeps its keys and values once: the prompt's part of attention is a matmul over the G rows
+of each prompt, not over G gathered copies. In decoding, `KVCache.share_prefix` does the same
+for the G samples of a prompt (r1lab.sampling.generate uses it for prompts of 32+ tokens). Under a
+caller's bf16 autocast (r1lab.models.precision) the packed weights and the shared keys and values are
+bf16 copies, and the output projection stays float32.
+
+Its outputs equal the model's own forward up to float rounding: tests/test_sampling.py checks
+greedy tokens against transformers' generate, and log-probs and gradients against the model's
+forward within 1e-5, for Qwen2, Qwen3 and Llama with grouped-query attention. Anything it doesn't
+know (sliding windows, logit soft-capping, dynamic RoPE, attention dropout, non-float32 weights,
+adapters other than plain LoRA, hooks) makes `supports` false, and callers use the model's own
+forward.
+A LeanModel holds the weights as they were when it was built: build a new one after they change.
+
+PEFT LoRA models (r1lab.models.lora) are read without gradients only (sampling, reference log-probs):
+each adapted projection as its merged weight W + scale * B @ A, or W alone inside PEFT's
+`disable_adapter()`. The model is not changed (no merge_adapter/unmerge round trip, whose
+rounding would drift the base weights). With gradients on, a merged weight would cost a full
+weight-sized gradient per layer, which LoRA exists to avoid: those forwards use PEFT's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from r1lab.models.conventions import LOGIT_POSTPROCESSING, position_ids
+from r1lab.models.kv_cache import GrowingCache, KVCache, SharedPrefix
+from r1lab.models.lora import is_lora
+from r1lab.models.precision import float32_head
+
+# model_type -> whether attention has per-head RMSNorms on queries and keys (Qwen3)
+_ARCHITECTURES = {"qwen2": False, "llama": False, "qwen3": True}
+# RoPE variants whose tables depend only on the position (not on the sequence length)
+_STATIC_ROPE = ("default", "linear", "llama3", "yarn")
+
+
+def supports(model) -> bool:
+    """Whether `model` is a float32 Qwen2/Qwen3/Llama causal LM whose forward LeanModel reproduces.
+
+    A PEFT LoRA model counts only while gradients are off (see the module doc)."""
+    model = unwrap(model)
+    if model is None:
+        return False
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "model_type", None) not in _ARCHITECTURES:
+        return False
+    base = getattr(model, "model", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if base is None or type(head) is not nn.Linear or not hasattr(base, "rotary_emb"):
+        return False
+    if type(getattr(base, "embed_tokens", None)) is not nn.Embedding:  # e.g. an adapted embedding
+        return False
+    if any(getattr(config, a, None) not in (None, 1, 1.0) for a in LOGIT_POSTPROCESSING):
+        return False
+    if getattr(config, "hidden_act", "silu") != "silu" or getattr(config, "attention_dropout", 0.0):
+        return False
+    if getattr(base.rotary_emb, "rope_type", None) not in _STATIC_ROPE:
+        return False
+    if any(t != "full_attention" for t in getattr(config, "layer_types", None) or ()):
+        return False  # sliding-window layers
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        return False
+    if model._forward_hooks or model._forward_pre_hooks or base._forward_hooks or base._forward_pre_hooks:
+        return False
+    qk_norm = _ARCHITECTURES[config.model_type]
+    return all(_plain_layer(layer, qk_norm) for layer in base.layers)
+
+
+def unwrap(model):
+    """The transformers model inside a PEFT LoRA model (adapter layers in place), `model` itself if
+    it is no PEFT model, None for other PEFT methods (prompt tuning etc.: not reproduced here)."""
+    if not is_lora(model):
+        return model
+    if any(c.peft_type != "LORA" for c in model.peft_config.values()):  # PeftType is a str enum
+        return None
+    return model.get_base_model()
+
+
+class _Linear:
+    """x @ W.T + b; with `packed`, W in oneDNN's blocked layout where torch has oneDNN (CPU).
+
+    Measured on 2-core AVX-512 (decode: 32 rows x a 4-layer model whose 17 MB of weights don't
+    stay in cache): the prepacked matmul took 0.77 ms per layer against 1.26 ms for F.linear.
+    Packing costs ~1 ms per million weights. A packed layer has no autograd: inference only.
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, packed: bool, dtype: torch.dtype | None = None):
+        self.weight, self.bias, self.packed = weight, bias, None
+        self.dtype = dtype or weight.dtype  # of the packed copy: bf16 under the sampler's autocast
+        if packed and weight.device.type == "cpu" and _onednn_available():
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(self.dtype), 32)
+            self.bias = None if bias is None else bias.detach().to(self.dtype)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if self.packed is None:
+            return F.linear(x, self.weight, self.bias)  # autocast, if on, casts here
+        return torch.ops.mkldnn._linear_pointwise(x.to(self.dtype), self.packed, self.bias, "none", [None], "")
+
+
+@dataclass(frozen=True)
+class _Layer:
+    norm_in: Tensor  # [hidden]
+    qkv: _Linear  # hidden -> (H + 2K) * D
+    o: _Linear  # H * D -> hidden
+    norm_post: Tensor
+    gate_up: _Linear  # hidden -> 2 * I
+    down: _Linear  # I -> hidden
+    q_norm: Tensor | None  # [D] (Qwen3)
+    k_norm: Tensor | None
+
+
+class LeanModel:
+    """The decoder stack of a Qwen2/Qwen3/Llama causal LM as plain tensor ops (see module doc)."""
+
+    def __init__(self, model, packed: bool = False, dtype: torch.dtype | None = None):
+        """`dtype`: of the packed weights' copies (bf16 for a sampler under bf16 autocast); the
+        output projection stays float32, so logits and log-probs are float32 either way."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not packed):
+            self._read(unwrap(model), packed, dtype)
+
+    def _read(self, model, packed: bool, dtype: torch.dtype | None) -> None:
+        config = model.config
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.eps = config.rms_norm_eps
+        base = model.model
+        self.embed = base.embed_tokens.weight
+        self.final_norm = base.norm.weight
+        head = model.get_output_embeddings()
+        self.head = _Linear(head.weight, head.bias, packed)
+        self.layers = [_read_layer(layer, packed, dtype) for layer in base.layers]
+        self.rotary = base.rotary_emb
+        self._cos = self._sin = torch.empty(0, self.head_dim, dtype=self.embed.dtype, device=self.embed.device)
+
+    @staticmethod
+    def from_model(model, packed: bool = False, dtype: torch.dtype | None = None) -> LeanModel | None:
+        """A LeanModel of `model`, or None if its architecture isn't one this module reproduces."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not packed):  # packed: inference only
+            return LeanModel(model, packed, dtype) if supports(model) else None
+
+    def new_cache(self, batch: int, capacity: int) -> KVCache:
+        self._rope_tables(capacity)
+        return KVCache(len(self.layers), batch, self.kv_heads, capacity, self.head_dim, self.embed.dtype,
+                       self.embed.device)
+
+    def forward(self, input_ids: Tensor, positions: Tensor, key_mask: Tensor, cache: KVCache) -> Tensor:
+        """Run input_ids [B, S] at positions [B, S] after the cache's contents; return the last
+        position's logits [B, V]. key_mask [B, >= cache.length + S]: 1 real token, 0 padding."""
+        hidden = self._decoder(input_ids, positions, key_mask, cache)
+        return float32_head(self.head, F.rms_norm(hidden[:, -1], hidden.shape[-1:], self.final_norm, self.eps))
+
+    def shared_prompt_hidden(self, prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor,
+                             owner: Tensor) -> tuple[Tensor, Tensor]:
+        """Final-normed hidden states of completions that continue shared prompts, each prompt run once.
+
+        prompt_ids, prompt_mask [P, Tp] (left-padded); completion_ids [N, Tc]; owner [N]: the
+        prompt row each completion continues. Returns ([P, hidden] at each prompt's last position,
+        [N, Tc, hidden] at each completion position): what a forward of the N concatenated rows
+        gives there, with the prompts' work done P times instead of N.
+        """
+        P, Tp = prompt_ids.shape
+        N, Tc = completion_ids.shape
+        self._rope_tables(Tp + Tc)
+        cache = GrowingCache(len(self.layers))
+        prompt_pos = position_ids(prompt_mask)
+        prompt_hidden = self._decoder(prompt_ids, prompt_pos, prompt_mask, cache)
+        cache.share_prefix(owner)  # each completion row reads its prompt's keys and values
+        positions = prompt_pos[owner, -1:] + 1 + torch.arange(Tc, device=owner.device)  # [N, Tc]
+        key_mask = torch.cat([prompt_mask[owner], prompt_mask.new_ones(N, Tc)], dim=1)
+        hidden = self._decoder(completion_ids, positions, key_mask, cache)
+        norm = lambda h: F.rms_norm(h, h.shape[-1:], self.final_norm, self.eps)  # noqa: E731
+        return norm(prompt_hidden[:, -1]), norm(hidden)
+
+    def _decoder(self, input_ids: Tensor, positions: Tensor, key_mask: Tensor, cache) -> Tensor:
+        """The decoder layers on input_ids [B, S] after the cache's `length` positions: [B, S, hidden]
+        before the final norm. A padding query attends to itself only, so no softmax row is empty."""
+        B, S = input_ids.shape
+        start, end = cache.length, cache.length + S
+        H, K, D = self.heads, self.kv_heads, self.head_dim
+        if self._cos.shape[0] < end:
+            self._rope_tables(end)
+        cos, sin = self._cos[positions][:, :, None], self._sin[positions][:, :, None]  # [B, S, 1, D]
+        bias = _attention_bias(key_mask[:, :end], start, self.embed.dtype)  # [B, 1, S, end]
+        x = F.embedding(input_ids, self.embed)  # [B, S, hidden]
+        hidden = x.shape[-1:]
+        for i, layer in enumerate(self.layers):
+            h = F.rms_norm(x, hidden, layer.norm_in, self.eps)
+            qkv = layer.qkv(h).view(B, S, H + 2 * K, D)
+            qk = qkv[:, :, :H + K]
+            if layer.q_norm is not None:
+                qk = torch.cat([F.rms_norm(qk[:, :, :H], (D,), layer.q_norm, self.eps),
+                                F.rms_norm(qk[:, :, H:], (D,), layer.k_norm, self.eps)], dim=2)
+            qk = qk * cos + _rotate_half(qk) * sin
+            keys, values = cache.update(i, qk[:, :, H:].transpose(1, 2), qkv[:, :, H + K:].transpose(1, 2))
+            prefix = None if cache.prefix is None else (cache.prefix, i)
+            out = _attend(qk[:, :, :H].transpose(1, 2), keys, values, bias, prefix)  # [B, H, S, D]
+            x = x + layer.o(out.transpose(1, 2).reshape(B, S, H * D))
+            h = F.rms_norm(x, hidden, layer.norm_post, self.eps)
+            x = x + layer.down(_swiglu(layer.gate_up(h)))
+        cache.length = end
+        return x
+
+    def _rope_tables(self, capacity: int) -> None:
+        """cos/sin [capacity, D] for positions 0..capacity-1, from the model's rotary module."""
+        if self._cos.shape[0] >= capacity:
+            return
+        positions = torch.arange(capacity, device=self.embed.device)[None]
+        with torch.no_grad():
+            cos, sin = self.rotary(self.embed[:1][None].detach(), positions)
+        self._cos, self._sin = cos[0].to(self.embed.dtype), sin[0].to(self.embed.dtype)
+
+
+def _plain_layer(layer, qk_norm: bool) -> bool:
+    """A decoder layer with exactly the structure LeanModel computes (no extra modules or hooks)."""
+    attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+    linears = [getattr(attn, n, None) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    linears += [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
+    if not all(type(m) is nn.Linear or _plain_lora(m) for m in linears):  # e.g. quantised layers aren't
+        return False
+    if {n for n, _ in layer.named_children()} != {"self_attn", "mlp", "input_layernorm", "post_attention_layernorm"}:
+        return False
+    if qk_norm != (hasattr(attn, "q_norm") and hasattr(attn, "k_norm")):
+        return False
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in layer.modules())
+
+
+def _plain_lora(module) -> bool:
+    """A PEFT LoRA linear layer that `_effective` can fold into one weight: unmerged, vanilla LoRA
+    (no DoRA or other variant, no adapter bias), no dropout in effect, read without gradients."""
+    if type(module).__module__ != "peft.tuners.lora.layer" or type(module).__name__ != "Linear":
+        return False
+    if torch.is_grad_enabled() or module.merged or type(module.base_layer) is not nn.Linear:
+        return False
+    if module.disable_adapters:
+        return True
+    return all(a in module.lora_A and a not in module.lora_variant and not module.lora_bias.get(a, False)
+               and (type(module.lora_dropout[a]) is nn.Identity or not module.training)
+               for a in module.active_adapters)
+
+
+def _effective(module) -> nn.Linear | _Weights:
+    """What a linear layer computes, as something with `weight` and `bias`: the layer itself, or a
+    LoRA layer's base with its active adapters' scale * B @ A added (the base when they are off)."""
+    if type(module) is nn.Linear:
+        return module
+    base = module.base_layer
+    if module.disable_adapters:
+        return base
+    weight = base.weight + sum(module.get_delta_weight(a) for a in module.active_adapters)
+    return _Weights(weight, base.bias, base.out_features)
+
+
+@dataclass(frozen=True)
+class _Weights:
+    weight: Tensor
+    bias: Tensor | None
+    out_features: int
+
+
+def _read_layer(layer, packed: bool, dtype: torch.dtype | None = None) -> _Layer:
+    attn, mlp = layer.self_attn, layer.mlp
+
+    def linear(*modules: nn.Module) -> _Linear:  # projections of one input: one matmul
+        parts = [_effective(m) for m in modules]
+        weight = torch.cat([m.weight for m in parts]) if len(parts) > 1 else parts[0].weight
+        if all(m.bias is None for m in parts):
+            return _Linear(weight, None, packed, dtype)
+        biases = [m.bias if m.bias is not None else m.weight.new_zeros(m.out_features) for m in parts]
+        return _Linear(weight, torch.cat(biases) if len(parts) > 1 else biases[0], packed, dtype)
+
+    norm = getattr(attn, "q_norm", None)
+    return _Layer(
+        norm_in=layer.input_layernorm.weight, qkv=linear(attn.q_proj, attn.k_proj, attn.v_proj),
+        o=linear(attn.o_proj), norm_post=layer.post_attention_layernorm.weight,
+        gate_up=linear(mlp.gate_proj, mlp.up_proj), down=linear(mlp.down_proj),
+        q_norm=None if norm is None else norm.weight, k_norm=None if norm is None else attn.k_norm.weight)
+
+
+def _onednn_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+class _SwiGLU(torch.autograd.Function):
+    """silu(gate) * up from the fused [..., 2I] projection, keeping only that input for backward.
+
+    Autograd's own version also keeps silu(gate) ([B, L, I] per layer: 8 MB of the ~56 MB a
+    layer holds for a 32 x 64-token GRPO batch of the micro `small` model); recomputing it in
+    backward is one silu. The gradient is written into one [..., 2I] tensor (no concatenation),
+    the gate's half by torch's own silu_backward.
+    """
+
+    @staticmethod
+    def forward(ctx, gate_up: Tensor) -> Tensor:
+        gate, up = gate_up.chunk(2, dim=-1)
+        ctx.save_for_backward(gate_up)
+        return F.silu(gate) * up
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (gate_up,) = ctx.saved_tensors
+        gate, up = gate_up.chunk(2, dim=-1)
+        d_gate_up = torch.empty_like(gate_up)
+        d_gate, d_up = d_gate_up.chunk(2, dim=-1)
+        torch.mul(grad, F.silu(gate), out=d_up)
+        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=d_gate)
+        return d_gate_up
+
+
+def _swiglu(gate_up: Tensor) -> Tensor:
+    if torch.is_grad_enabled() and gate_up.requires_grad:
+        return _SwiGLU.apply(gate_up)
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _attention_bias(key_mask: Tensor, start: int, dtype: torch.dtype) -> Tensor:
+    """Additive attention bias [B, 1, S, T] for queries at cache positions start..T-1: 0 where
+    the key is a real token at or before the query (or is the query itself), -inf elsewhere."""
+    T = key_mask.shape[1]
+    real = key_mask.bool()[:, None, None, :]  # [B, 1, 1, T]
+    if T - start == 1:  # one new token: every real key is at or before it, and it is real itself
+        allowed = real
+    else:
+        query = torch.arange(start, T, device=key_mask.device)[:, None]  # [S, 1]
+        key = torch.arange(T, device=key_mask.device)[None]  # [1, T]
+        allowed = (real & (key <= query)) | (key == query)
+    zero = torch.zeros((), dtype=dtype, device=key_mask.device)
+    return torch.where(allowed, zero, torch.tensor(float("-inf"), dtype=dtype, device=key_mask.device))
+
+
+def _attend(q: Tensor, keys: Tensor, values: Tensor, bias: Tensor, prefix: tuple[SharedPrefix, int] | None = None) -> Tensor:
+    """Softmax attention with grouped-query heads. q [B, H, S, D], keys/values [B, K, T, D],
+    bias [B, 1, S, Tp + T] -> [B, H, S, D]. Query head h reads key head h // (H/K), as in
+    transformers. `prefix` (a KVCache's shared prefix and the layer): Tp keys before the rows' own.
+
+    One query per row (a decode step) is B*H matrix-vector products: as batched matmuls that was
+    ~2.4 ms of a 7 ms decode step (32 rows x 4 layers, ~50 keys), mostly per-product call overhead;
+    as broadcast multiply-and-sum it was ~0.4 ms less, so decode steps take that form (measured
+    again with torch 2.13: batched matmuls 6-10% slower per generate call).
+    """
+    B, H, S, D = q.shape
+    K = keys.shape[1]
+    g = H // K
+    q = (q * D ** -0.5).reshape(B, K, g * S, D)
+    if S == 1:
+        scores = (keys[:, :, None] * q[:, :, :, None]).sum(-1)  # [B, K, g, T]
+    else:
+        scores = torch.matmul(q, keys.transpose(-1, -2))  # [B, K, g*S, T]
+    if prefix is not None:
+        shared = _per_prompt(q, prefix, prefix[0].keys[prefix[1]])
+        T = shared.shape[-1] + scores.shape[-1]
+        scores = torch.cat([shared, _by_rows(scores, shared)], dim=-1).view(B, K, g * S, T)
+    T = scores.shape[-1]
+    probs = (scores.view(B, K, g, S, T) + bias[:, :, None]).softmax(dim=-1).view(B, K, g * S, T)
+    tp = 0 if prefix is None else T - keys.shape[2]
+    own = probs[..., tp:]
+    if S == 1:
+        out = (own[..., None] * values[:, :, None]).sum(-2)  # [B, K, g, D]
+    else:
+        out = torch.matmul(own, values)
+    if prefix is not None:
+        shared = _per_prompt(probs[..., :tp], prefix, prefix[0].values[prefix[1]])
+        out = (_by_rows(out, shared) + shared).reshape(B, K, g * S, D)
+    return out.view(B, H, S, D)
+
+
+def _per_prompt(x: Tensor, prefix: tuple[SharedPrefix, int], other: Tensor) -> Tensor:
+    """x [B, K, M, N] @ other[owner] [P, K, N, O] without gathering `other` per row: each prompt's
+    rows are stacked (zero-padded to per_prompt) and multiplied once, in other's dtype.
+
+    Returns [R, r, K, M, O] with R * r = B, the rows in order: [P, per_prompt, ...] (a strided view,
+    no copy back) when the rows are dense, else [B, 1, ...]; `_by_rows` views a [B, ...] tensor alike.
+    """
+    shared = prefix[0]
+    B, K, M, N = x.shape
+    P, n = other.shape[0], shared.per_prompt
+    if shared.dense:  # the rows are already stacked by prompt: one copy (and cast) into place
+        stacked = x.new_empty((P, K, n, M, N), dtype=other.dtype)
+        stacked.copy_(x.view(P, n, K, M, N).transpose(1, 2))
+        out = torch.matmul(stacked.view(P, K, n * M, N), other)  # [P, K, n*M, O]
+        return out.view(P, K, n, M, other.shape[-1]).transpose(1, 2)
+    stacked = x.new_zeros((P, n, K, M, N), dtype=other.dtype)
+    stacked[shared.owner, shared.slot] = x.to(other.dtype)
+    out = torch.matmul(stacked.transpose(1, 2).reshape(P, K, n * M, N), other)  # [P, K, n*M, O]
+    return out.view(P, K, n, M, other.shape[-1]).transpose(1, 2)[shared.owner, shared.slot][:, None]
+
+
+def _by_rows(x: Tensor, like: Tensor) -> Tensor:
+    """x [B, ...] viewed as [R, r, ...], the two leading dimensions of `like` (from _per_prompt)."""
+    return x.view(*like.shape[:2], *x.shape[1:])

@@ -1,0 +1,115 @@
+"""The training forward: per-token log-probs of sequences under a causal LM.
+
+    logp = sequence_logprobs(model, input_ids, attention_mask)            # [B, L-1] float32
+    logp = sequence_logprobs(policy, ids, mask, completion_mask, temperature=1.0, prompt_len=P)  # GRPO
+
+Any Hugging Face causal LM goes through its own forward, the logits made `chunk_size` tokens at a
+time; for a GRPO batch (`prompt_len`) on an architecture r1lab.models.fast_decoder knows, each
+distinct prompt runs once for all the completions that share it. Log-probs are those of the
+temperature-scaled distribution before top-k/top-p truncation, the sampler's convention (TRL's and
+verl's for training log-probs). Under the caller's bf16 autocast (r1lab.models.precision) the
+matmuls run in bf16 and the output projection in float32, so log-probs come from float32 logits.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+
+from r1lab.models import fast_decoder
+from r1lab.models.conventions import LOGIT_POSTPROCESSING, position_ids
+from r1lab.models.precision import float32_head
+
+
+def gather_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
+    """log_softmax(logits)[..., token] without materialising the log_softmax. [..., V], [...] -> [...]"""
+    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)
+
+def sequence_logprobs(model, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor | None = None,
+                      temperature: float = 1.0, chunk_size: int = 1024, prompt_len: int | None = None) -> Tensor:
+    """Per-token log-probs of input_ids[:, 1:] under the model: [B, L] -> [B, L-1] float32.
+
+    Batches are left-padded (attention_mask [B, L]); positions come from the mask, so a padded row
+    gives what it would alone. Logits are divided by `temperature` (0 means 1: greedy sampling used
+    the raw logits). `completion_mask` [B, L-1] (1 where the target is a completion token) skips the
+    output projection for the columns before the first completion token and zeroes masked entries.
+    Logits are made `chunk_size` tokens at a time, so no float32 [B, L, V] tensor exists at once on
+    models whose head is a plain linear layer. No inference_mode inside: gradients flow if enabled.
+
+    `prompt_len`: columns [0, prompt_len) hold left-padded prompts and the rest right-padded
+    completions (a GRPO rollout). Rows with equal prompts then share one run of their prompt on
+    architectures r1lab.models.fast_decoder knows (G completions per prompt: the prompt's share of the work is
+    done once, not G times); prompt columns and padding targets get log-prob 0.
+    """
+    B, L = input_ids.shape
+    if completion_mask is not None and completion_mask.shape != (B, L - 1):
+        raise ValueError(f"completion_mask must have shape {(B, L - 1)} (targets), got {tuple(completion_mask.shape)}")
+    scale = 1.0 if temperature == 0 else temperature
+    if prompt_len is not None and 0 < prompt_len < L and fast_decoder.supports(model):
+        logps = _shared_prompt_logprobs(model, input_ids, attention_mask, prompt_len, scale, chunk_size)
+    else:
+        logps = _full_logprobs(model, input_ids, attention_mask, completion_mask, scale, chunk_size)
+    if completion_mask is not None:
+        logps = logps.masked_fill(~completion_mask.bool(), 0.0)
+    return logps
+
+def _full_logprobs(model, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor | None, scale: float,
+                   chunk_size: int) -> Tensor:
+    """sequence_logprobs through the model's own forward (any causal LM). [B, L] -> [B, L-1]"""
+    B, L = input_ids.shape
+    start = 0
+    if completion_mask is not None:
+        columns = completion_mask.bool().any(dim=0).nonzero()
+        start = int(columns[0]) if len(columns) else L - 1
+    hidden, head = _hidden_and_head(model, input_ids, attention_mask)  # hidden [B, L, H] or logits if head is None
+    logps = _chunked_logprobs(hidden[:, start:L - 1], input_ids[:, start + 1:], head, scale, chunk_size)
+    return torch.cat([logps.new_zeros(B, start), logps], dim=1)
+
+def _shared_prompt_logprobs(model, input_ids: Tensor, attention_mask: Tensor, prompt_len: int, scale: float,
+                            chunk_size: int) -> Tensor:
+    """sequence_logprobs with each distinct prompt run once (see there). [B, L] -> [B, L-1]"""
+    B, L = input_ids.shape
+    prompt_mask = attention_mask[:, :prompt_len]
+    prompts = input_ids[:, :prompt_len].masked_fill(prompt_mask == 0, -1)  # pad ids don't make prompts differ
+    distinct, owner = torch.unique(prompts, dim=0, return_inverse=True)
+    first = torch.full((len(distinct),), B, dtype=torch.long, device=owner.device)
+    first = first.scatter_reduce(0, owner, torch.arange(B, device=owner.device), reduce="amin")
+    # Prompts numbered in order of first appearance: a batch of whole groups then has owner 0,..,0,1,..
+    first, order = first.sort()
+    owner = torch.empty_like(order).scatter_(0, order, torch.arange(len(order), device=order.device))[owner]
+    prompt_mask = prompt_mask[first]
+    lo = int(prompt_mask.any(dim=0).long().argmax())  # columns that are padding in every prompt: skip
+    completions = input_ids[:, prompt_len:]
+    last, hidden = fast_decoder.LeanModel(model).shared_prompt_hidden(
+        input_ids[first, lo:prompt_len], prompt_mask[:, lo:], completions[:, :-1], owner)
+    features = torch.cat([last[owner][:, None], hidden], dim=1)  # [B, L - prompt_len, H]: predicts completions
+    logps = _chunked_logprobs(features, completions, model.get_output_embeddings(), scale, chunk_size)
+    logps = logps.masked_fill(attention_mask[:, prompt_len:] == 0, 0.0)
+    return torch.cat([logps.new_zeros(B, prompt_len - 1), logps], dim=1)
+
+def _chunked_logprobs(features: Tensor, targets: Tensor, head: nn.Module | None, scale: float,
+                      chunk_size: int) -> Tensor:
+    """log_softmax(head(features) / scale)[target], `chunk_size` rows of logits at a time.
+    features [B, T, H] (or logits [B, T, V] when head is None), targets [B, T] -> [B, T] float32."""
+    B, T = targets.shape
+    flat, targets = features.reshape(B * T, -1), targets.reshape(-1)
+    pieces = []
+    for s in range(0, flat.shape[0], chunk_size):
+        logits = flat[s:s + chunk_size]
+        logits = (float32_head(head, logits) if head is not None else logits).float()
+        pieces.append(gather_logprobs(logits / scale if scale != 1.0 else logits, targets[s:s + chunk_size]))
+    return torch.cat(pieces).reshape(B, T) if pieces else flat.new_zeros(B, T, dtype=torch.float32)
+
+def _hidden_and_head(model, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, nn.Module | None]:
+    """(last hidden states [B, L, H], output projection), or (logits [B, L, V], None) for models
+    whose logits are not a plain projection of the base model's output."""
+    kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                  use_cache=False)
+    head = model.get_output_embeddings() if isinstance(model, PreTrainedModel) else None
+    config = model.config.get_text_config() if isinstance(model, PreTrainedModel) else None
+    plain = (isinstance(head, nn.Linear) and model.base_model is not model
+             and all(getattr(config, a, None) in (None, 1, 1.0) for a in LOGIT_POSTPROCESSING))
+    if plain:
+        return model.base_model(**kwargs).last_hidden_state, head
+    return model(**kwargs).logits, None

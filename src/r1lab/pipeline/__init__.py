@@ -1,0 +1,1 @@
+"""The whole R1 recipe as a graph of stages, and the runner that executes it."""
