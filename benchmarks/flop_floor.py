@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from r1lab.models.loading import build_model  # noqa: E402
+from r1lab.micro.sizes import build_model  # noqa: E402
 from r1lab.micro.tokenizer import build_tokenizer, micro_corpus_sample  # noqa: E402
 
 

@@ -104,7 +104,8 @@ def run_in_turns(workers: list[Worker], warmup: int, steps: int) -> None:
 def prepare(workdir: Path, template: str) -> tuple[Path, Path, int]:
     """The model folder and the JSONL, built once and reused; returns (model, data, params)."""
     from r1lab.micro import tasks
-    from r1lab.models.loading import build_model, count_parameters
+    from r1lab.micro.sizes import build_model
+    from r1lab.models.loading import count_parameters
     from r1lab.templates import render_prompt
     from r1lab.micro.tokenizer import build_tokenizer, micro_corpus_sample
 

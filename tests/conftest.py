@@ -11,6 +11,16 @@ import torch  # noqa: E402
 torch.set_num_threads(1)  # tiny models gain nothing from 2; 1 stays fast on a busy machine
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` skip, saying why, where CUDA is absent (benchmarks/gpu_check.sh runs them)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     from r1lab.micro.tokenizer import build_tokenizer, micro_corpus_sample
@@ -21,7 +31,7 @@ def tokenizer():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tokenizer):
     """A saved random micro model with its tokenizer: an ordinary HF checkpoint folder."""
-    from r1lab.models.loading import build_model
+    from r1lab.micro.sizes import build_model
 
     path = tmp_path_factory.mktemp("tiny_model")
     model = build_model("micro", tokenizer, max_positions=512, seed=0)
@@ -34,7 +44,7 @@ def tiny_model_dir(tmp_path_factory, tokenizer):
 def policy(tokenizer):
     """A random micro model with peaked distributions (log-probs over a real range) and many EOS
     ids (ragged lengths): the sampler's and the GRPO passes' test subject."""
-    from r1lab.models.loading import build_model
+    from r1lab.micro.sizes import build_model
 
     model = build_model("micro", tokenizer, seed=0)
     with torch.no_grad():

@@ -18,6 +18,7 @@ peft = pytest.importorskip("peft", reason="LoRA needs peft (pip install 'r1lab[p
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from r1lab.models import fast_decoder  # noqa: E402
+from r1lab.grpo.losses import ADVANTAGES  # noqa: E402
 from r1lab.grpo.rollout import Rollout, RolloutSettings, pack, sample_and_score  # noqa: E402
 from r1lab.grpo.update import reference_logprobs  # noqa: E402
 from r1lab.models.lora import apply_lora, disabled_adapters  # noqa: E402
@@ -106,8 +107,8 @@ def test_reference_is_the_base_model_with_adapters_disabled(tiny_model_dir, toke
                                reward_weights=[1.0])
     prompt_ids = [[5, 6, 7], [8, 9, 10, 11]]
     rows = [{"prompt": "a"}, {"prompt": "b"}]
-    rollout: Rollout = pack(sample_and_score(model, tokenizer, rows, prompt_ids, settings), prompt_ids, "group",
-                            tokenizer.pad_token_id)
+    scored = sample_and_score(model, tokenizer, rows, prompt_ids, settings)
+    rollout: Rollout = pack(scored, prompt_ids, ADVANTAGES["group"](scored.rewards), tokenizer.pad_token_id)
     with disabled_adapters(model):
         ref = reference_logprobs(model, rollout, 1.0, micro_batch_size=3)  # shared-prompt lean path
     mask = rollout.completion_mask

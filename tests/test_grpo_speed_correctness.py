@@ -13,6 +13,7 @@ import torch
 from r1lab.models import fast_decoder
 from r1lab.errors import R1labError
 from r1lab.grpo.config import GRPOConfig
+from r1lab.grpo.losses import ADVANTAGES
 from r1lab.grpo.rollout import RolloutSettings, pack, rollout_sampler, sample_and_score
 from r1lab.grpo.update import UpdateSettings, reference_logprobs, update_policy
 from r1lab.models.logprobs import sequence_logprobs
@@ -33,7 +34,7 @@ def rollout(policy, tokenizer):
     scored = sample_and_score(policy, tokenizer, [{"prompt": p} for p in PROMPTS], prompt_ids, settings)
     lengths = {len(c.token_ids) for g in scored.completions for c in g}
     assert len(lengths) > 2  # ragged: padding inside the batch
-    return pack(scored, prompt_ids, "group", tokenizer.pad_token_id)
+    return pack(scored, prompt_ids, ADVANTAGES["group"](scored.rewards), tokenizer.pad_token_id)
 
 
 def _generic(monkeypatch):

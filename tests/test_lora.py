@@ -14,7 +14,7 @@ import r1lab.training.loop
 from r1lab import cli
 from r1lab.files import write_jsonl
 from r1lab.models.lora import apply_lora, disabled_adapters, is_lora
-from r1lab.models.loading import build_model
+from r1lab.micro.sizes import build_model
 from r1lab.micro.tokenizer import build_tokenizer, micro_corpus_sample
 
 ROWS = [{"prompt": f"{a}+{b}=", "completion": str(a + b)} for a in range(4) for b in range(3)]

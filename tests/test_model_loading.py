@@ -5,7 +5,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from r1lab.errors import R1labError
-from r1lab.models.loading import MODEL_SIZES, build_model, count_parameters, load_model_and_tokenizer
+from r1lab.micro.sizes import MODEL_SIZES, build_model
+from r1lab.models.loading import count_parameters, load_model_and_tokenizer
 
 
 @pytest.mark.parametrize("text", [

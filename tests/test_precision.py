@@ -12,6 +12,7 @@ import torch
 from r1lab.models import fast_decoder, precision
 from r1lab.errors import R1labError
 from r1lab.grpo.config import GRPOConfig
+from r1lab.grpo.losses import ADVANTAGES
 from r1lab.grpo.rollout import RolloutSettings, pack, sample_and_score
 from r1lab.grpo.update import UpdateSettings, update_policy
 from r1lab.models.logprobs import sequence_logprobs
@@ -29,7 +30,7 @@ def _rollout(policy, tokenizer, precision_name: str):
     settings = RolloutSettings(params=SamplingParams(max_new_tokens=16, n=4, seed=3),
                                reward_fns=[("len", length_reward)], reward_weights=[1.0], precision=precision_name)
     scored = sample_and_score(policy, tokenizer, [{"prompt": p} for p in PROMPTS], prompt_ids, settings)
-    return pack(scored, prompt_ids, "group", tokenizer.pad_token_id)
+    return pack(scored, prompt_ids, ADVANTAGES["group"](scored.rewards), tokenizer.pad_token_id)
 
 
 @pytest.fixture(scope="module")

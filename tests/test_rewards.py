@@ -183,7 +183,7 @@ HOSTILE = {
 
 @pytest.mark.parametrize("name", list(HOSTILE))
 def test_hostile_completions_score_zero_quickly(name):
-    answers._match_in_worker.cache_clear()  # time the worker, not the cache of an earlier test
+    answers._definite_match.cache_clear()  # time the worker, not the cache of an earlier test
     reward = make_accuracy_reward(timeout=HOSTILE_TIMEOUT)
     start = time.monotonic()
     scores = reward([HOSTILE[name]], answer=["3"])

@@ -19,7 +19,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCau
 from r1lab.models import fast_decoder
 from r1lab.sampling import generate as sampler
 from r1lab.errors import R1labError
-from r1lab.models.loading import build_model
+from r1lab.micro.sizes import build_model
 from r1lab.models.conventions import position_ids
 from r1lab.models.logprobs import sequence_logprobs
 from r1lab.sampling.generate import Completion, SamplingParams, _truncate, generate

@@ -16,7 +16,7 @@ from r1lab import cli
 from r1lab.training.checkpoint import checkpoint_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from r1lab.training.sft_data import Example, batches, collate, split_examples, tokenize_rows
 from r1lab.errors import R1labError
-from r1lab.models.loading import build_model
+from r1lab.micro.sizes import build_model
 from r1lab.stages.sft import SFTConfig
 from r1lab.training.loop import TrainSettings, build_optimizer, lr_multiplier, train, train_step
 

@@ -10,7 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from r1lab.models import kv_cache
 from r1lab.sampling import generate as sampler
-from r1lab.models.loading import build_model
+from r1lab.micro.sizes import build_model
 from r1lab.models.precision import autocast
 from r1lab.models.logprobs import sequence_logprobs
 from r1lab.sampling.generate import SamplingParams, generate

@@ -9,9 +9,10 @@ import torch
 
 from r1lab.micro import step_noise
 from r1lab.grpo.config import GRPOConfig
+from r1lab.grpo.losses import ADVANTAGES
 from r1lab.micro.step_noise import StepNoise, noise_metrics, pending_step_value, step_outcomes
 from r1lab.grpo.rollout import Scored, pack
-from r1lab.models.loading import build_model
+from r1lab.micro.sizes import build_model
 from r1lab.models.logprobs import sequence_logprobs
 from r1lab.sampling.generate import Completion, SamplingParams, generate
 
@@ -115,7 +116,7 @@ def test_pack_gives_forced_tokens_no_loss():
     completions = [[Completion(0, "a", (5, 6, 7), (-1.0, -2.0, -3.0), "stop", forced=(1,)),
                     Completion(0, "b", (5, 6), (-1.0, -2.0), "stop")]]
     scored = Scored([{"prompt": "p"}], completions, torch.tensor([[1.0, 0.0]]), {})
-    rollout = pack(scored, [[1, 2]], "group", pad_id=0)
+    rollout = pack(scored, [[1, 2]], ADVANTAGES["group"](scored.rewards), pad_id=0)
     # prompt length 2: completion tokens are predicted at columns 1, 2, 3
     assert rollout.completion_mask.tolist() == [[0, 1, 0, 1], [0, 1, 1, 0]]
 

@@ -12,7 +12,8 @@ checker the code reward uses. Row layouts:
   (defines ``check(candidate)``) and ``entry_point``. The program is the prompt followed by the
   completion's last Python block (which redefines the function; the prompt keeps its imports
   and helpers), or by the completion itself when it has no block (a raw continuation, as in
-  the original HumanEval). The test is ``test`` then ``check(<entry_point>)``.
+  the original HumanEval). The test is the prompt's own helpers and imports (so a completion
+  that redefines a helper the test uses changes nothing), ``test``, then ``check(<entry_point>)``.
 - MBPP: ``test_list`` (assert strings, one test each), with ``test_setup_code`` and
   ``test_imports`` run before each; the program is the completion's last Python block.
 - r1lab's own: a ``tests`` column in any layout `r1lab.sandbox.parse_tests` reads.
@@ -26,6 +27,7 @@ from r1lab.errors import R1labError
 from r1lab.evaluation.scoring import mean, pass_at_1, pass_at_k
 from r1lab.rewards.code_tests import extract_code
 from r1lab.sandbox import CodeTest, Limits, SandboxPool, default_pool, parse_tests
+from r1lab.sandbox.cases import prompt_helpers
 
 
 def evaluate_code_rows(rows: Sequence[dict], completions_per_row: Sequence[Sequence[str]],
@@ -67,7 +69,8 @@ def code_tests(row: dict, index: int = 0) -> tuple[CodeTest, ...]:
     """The row's tests, in whichever layout it uses; R1labError naming the row otherwise."""
     try:
         if row.get("test") and row.get("entry_point"):
-            return (CodeTest("assert", source=f"{row['test']}\n\ncheck({row['entry_point']})\n"),)
+            helpers = prompt_helpers(row.get("prompt") or "", row["entry_point"])
+            return (CodeTest("assert", source=f"{helpers}\n\n{row['test']}\n\ncheck({row['entry_point']})\n"),)
         if row.get("test_list"):
             setup = "\n".join([*row.get("test_imports", []), row.get("test_setup_code") or ""]).strip()
             return parse_tests([f"{setup}\n{t}" if setup else t for t in row["test_list"]])

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from r1lab.recipe import check_choices
 from r1lab.grpo.importance import IMPORTANCE_WEIGHTS
+from r1lab.training.fsdp import SHARDINGS
 from r1lab.grpo.losses import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS
 from r1lab.models.lora import TARGET_MODULES, check_lora_settings
 from r1lab.evaluation.scoring import REFLECTION_PHRASES
@@ -97,6 +98,11 @@ class GRPOConfig:
     # (r1lab.models.precision). Needs native bf16 (CPU avx512_bf16/amx_bf16, or a bf16 GPU).
     precision: str = "fp32"
 
+    # ddp: every process holds the whole model (grpo/parallel.py) | fsdp: weights, gradients, AdamW
+    # state and the reference sharded over processes (FSDP2, r1lab.training.fsdp); also in one process
+    sharding: str = "ddp"
+    fsdp_cpu_offload: bool = False  # sharding=fsdp: shards and AdamW state in CPU memory
+
     # LoRA: same keys as `r1lab sft`; 0 = full fine-tuning
     lora_r: int = 0
     lora_alpha: float = 16.0  # adapter output scaled by lora_alpha / lora_r
@@ -149,6 +155,12 @@ class GRPOConfig:
         check_choices("rollout_backend", self.rollout_backend, ("native", "vllm"))
         check_choices("precision", self.precision, PRECISIONS)
         self._check_vllm()
+        check_choices("sharding", self.sharding, SHARDINGS)
+        if self.fsdp_cpu_offload and self.sharding != "fsdp":
+            raise ValueError("fsdp_cpu_offload=true needs sharding=fsdp")
+        if self.sharding == "fsdp" and (self.lora_r > 0 or self.rollout_backend != "native"):
+            raise ValueError("sharding=fsdp works with full fine-tuning and rollout_backend=native only "
+                             "(LoRA and vllm: use sharding=ddp)")
         if self.reward_weights and len(self.reward_weights) != len(self.rewards):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} entries for {len(self.rewards)} rewards")
         if self.reward_from_step and len(self.reward_from_step) != len(self.rewards):

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from r1lab.grpo.losses import ADVANTAGES, soft_overlong_penalty, zero_variance_groups
+from r1lab.grpo.losses import soft_overlong_penalty, zero_variance_groups
 from r1lab.models.precision import autocast
 from r1lab.rewards import combine_rewards
 from r1lab.sampling.generate import Completion, SamplingParams, generate
@@ -184,17 +184,15 @@ def informative_groups(scored: Scored) -> list[int]:
     return (~zero_variance_groups(scored.rewards)).nonzero().flatten().tolist()
 
 
-def pack(scored: Scored, prompt_ids: list[list[int]], advantage: str, pad_id: int,
-         mask_truncated: bool = False, advantages: Tensor | None = None) -> Rollout:
+def pack(scored: Scored, prompt_ids: list[list[int]], advantages: Tensor, pad_id: int,
+         mask_truncated: bool = False) -> Rollout:
     """Tensors for the update: rows prompt-major, advantages broadcast to every completion token.
-    `advantages` [P, G]: computed by the caller on a larger batch (a process's share of a step),
-    instead of from `scored.rewards` by the `advantage` estimator."""
+    `advantages` [P, G]: the caller's, from its estimator (`grpo.losses.ADVANTAGES`) on the whole
+    step's rewards (under torchrun this is a process's share of them)."""
     if not scored.rows:  # a process's share of a step with fewer kept groups than processes
         return Rollout(*(torch.zeros((0, 1), dtype=torch.long) for _ in range(2)), torch.zeros((0, 0)),
                        torch.zeros((0, 0)), torch.zeros(0), prompt_len=0)
     g = len(scored.completions[0])
-    if advantages is None:
-        advantages = ADVANTAGES[advantage](scored.rewards)
     advantages = advantages.reshape(-1)
     flat = [(prompt_ids[i], c) for i, group in enumerate(scored.completions) for c in group]
     p_len = max(len(p) for p, _ in flat)

@@ -3,6 +3,7 @@
     r1lab grpo recipes/micro/r1_zero.yaml                  # R1-Zero on the micro base model
     r1lab grpo model=my-hf-folder data.train=prompts.jsonl template=chat max_steps=500
     torchrun --nproc_per_node 8 -m r1lab.cli grpo recipes/micro/r1_zero.yaml   # data parallel: grpo/parallel.py
+    torchrun --nproc_per_node 8 -m r1lab.cli grpo recipe.yaml sharding=fsdp     # sharded: training/fsdp.py
 
 Each step: (1) take P prompts and sample G completions each from the current policy (the "old"
 policy; the sampler returns its log-probs); (2) score them with the weighted rule rewards and
@@ -27,9 +28,9 @@ from pathlib import Path
 
 import torch
 
-from r1lab.training import distributed
-from r1lab.training.checkpoint import (checkpoint_dir, latest_checkpoint, load_checkpoint, load_weights, prune_checkpoints,
-                              save_checkpoint, save_final, save_model)
+from r1lab.training import distributed, fsdp
+from r1lab.training.checkpoint import (checkpoint_dir, latest_checkpoint, load_checkpoint, load_weights,
+                                       prune_checkpoints, save_checkpoint, save_final, save_model)
 from r1lab.recipe import save_config
 from r1lab.errors import R1labError
 from r1lab.grpo.config import GRPOConfig
@@ -69,7 +70,7 @@ def _grpo(config: GRPOConfig, on_exit: contextlib.ExitStack) -> dict:
     if is_main:
         save_config(config, out / "config.yaml")
 
-    policy, tokenizer, reference = _load_policy(config)
+    policy, tokenizer, reference, sampler = _load_policy(config)
     device = next(policy.parameters()).device
     check_supported(config.precision, device)
     stream = PromptStream(load_train_rows(config.data, config.seed), config.seed)  # every process: the whole stream
@@ -82,7 +83,7 @@ def _grpo(config: GRPOConfig, on_exit: contextlib.ExitStack) -> dict:
     start, ref_step = _resume(config, out, policy, reference, optimizer, scheduler, stream)
     log = MetricsLog(out / "metrics.jsonl", keep_up_to=start) if is_main else None
     if start == 0 and eval_rows:
-        evaluation = _evaluate(policy, tokenizer, eval_rows, config)  # every process: a share of the rows
+        evaluation = _evaluate(_sampling(sampler, policy), tokenizer, eval_rows, config)  # every process: a share of the rows
         if log:
             log.write({"step": 0, **evaluation})
 
@@ -90,7 +91,8 @@ def _grpo(config: GRPOConfig, on_exit: contextlib.ExitStack) -> dict:
     for step in range(start + 1, config.max_steps + 1):
         t0 = time.perf_counter()
         settings = dataclasses.replace(rollout_settings, reward_weights=config.weights_at(step))
-        scored, sampled, rollout, mine = _rollout(policy, reference, tokenizer, stream, config, settings, step, device)
+        scored, sampled, rollout, mine = _rollout(_sampling(sampler, policy), reference, tokenizer, stream, config,
+                                                  settings, step, device)
         g = config.num_generations
         t1 = time.perf_counter()
         policy.train()
@@ -104,19 +106,18 @@ def _grpo(config: GRPOConfig, on_exit: contextlib.ExitStack) -> dict:
         if rollout_settings.hook is not None:
             metrics.update(rollout_settings.hook.metrics(scored, tokenizer))
         if reference is not None and config.ref_update_every and step % config.ref_update_every == 0:
-            reference.load_state_dict(policy.state_dict())
+            reference.load_state_dict(policy.state_dict())  # sharded: each process copies its shards
             ref_step = step
-            if is_main:
-                save_model(out / "reference" / f"step-{step:06d}", reference, tokenizer)
+            _save_model(out / "reference" / f"step-{step:06d}", reference, tokenizer)
         if eval_rows and ((config.eval_every and step % config.eval_every == 0) or step == config.max_steps):
-            metrics.update(_evaluate(policy, tokenizer, eval_rows, config))
+            metrics.update(_evaluate(_sampling(sampler, policy), tokenizer, eval_rows, config))
+        trainer = _trainer(out, config, step, (policy, tokenizer, optimizer, scheduler))
         if is_main:
-            _write_step(out, config, step, metrics, scored, log, (policy, tokenizer, optimizer, scheduler),
+            _write_step(out, config, step, metrics, scored, log, trainer,
                         {"step": step, "ref_step": ref_step, "stream": stream.state()})
         _report(progress, metrics)
 
-    if is_main:
-        _save_final(out, config, policy, tokenizer)
+    _save_final(out, config, policy, tokenizer)
     distributed.barrier()  # every process returns once the files are there
     return log.last if log else {}
 
@@ -163,15 +164,21 @@ def _rollout(policy, reference, tokenizer, stream: PromptStream, config: GRPOCon
     scored, prompt_ids, sampled = _collect(policy, tokenizer, stream, config, settings, step)
     mine = share(len(scored.rows))
     advantages = ADVANTAGES[config.advantage](scored.rewards)  # on the whole batch ("batch" needs all of it)
-    rollout = pack(scored.keep(mine), prompt_ids[mine.start:mine.stop], config.advantage, tokenizer.pad_token_id,
-                   config.mask_truncated, advantages=advantages[mine.start:mine.stop]).to(device)
+    rollout = pack(scored.keep(mine), prompt_ids[mine.start:mine.stop], advantages[mine.start:mine.stop],
+                   tokenizer.pad_token_id, config.mask_truncated).to(device)
     if config.beta > 0:
         rollout = rollout.with_ref(_reference_logprobs(policy, reference, rollout, config))
     return scored, sampled, rollout, mine
 
 
 def _save_final(out: Path, config: GRPOConfig, policy, tokenizer) -> None:
-    save_final(out / "final", policy, tokenizer)  # with LoRA: the adapters
+    """final/ (every process calls it: a sharded policy is gathered; rank 0 writes)."""
+    if fsdp.is_sharded(policy):
+        fsdp.save_model(out / "final", policy, tokenizer)
+    elif distributed.is_main():
+        save_final(out / "final", policy, tokenizer)  # with LoRA: the adapters
+    if not distributed.is_main():
+        return
     final = out / "final"
     if is_lora(policy) and config.save_merged:
         final = save_merged(policy, tokenizer, out / "final-merged")
@@ -195,20 +202,59 @@ def _write_step(out: Path, config: GRPOConfig, step: int, metrics: dict, scored:
     log.write(metrics)
     if config.sample_every and step % config.sample_every == 0:
         write_samples(out / "completions.jsonl", step, scored)
-    if step % config.save_every == 0 or step == config.max_steps:
-        save_checkpoint(checkpoint_dir(out, step), *trainer, state)
+    if _saves(config, step):
+        model, tokenizer, optimizer, scheduler, *shards = trainer
+        save_checkpoint(checkpoint_dir(out, step), model, tokenizer, optimizer, scheduler, state,
+                        shards=shards[0] if shards else None)
         prune_checkpoints(out, config.keep_checkpoints)
 
 
+def _saves(config: GRPOConfig, step: int) -> bool:
+    return step % config.save_every == 0 or step == config.max_steps
+
+
+def _trainer(out: Path, config: GRPOConfig, step: int, trainer: tuple) -> tuple:
+    """What `_write_step` checkpoints: (policy, tokenizer, optimizer, scheduler), or for a sharded
+    policy (None, tokenizer, None, scheduler, its staged shards), which every process writes here."""
+    policy, tokenizer, optimizer, scheduler = trainer
+    if not fsdp.is_sharded(policy):
+        return trainer
+    staging = None
+    if _saves(config, step):
+        staging = out / "checkpoints" / f".step-{step:06d}.sharded"
+        fsdp.save_sharded(staging, policy, optimizer)
+    return None, tokenizer, None, scheduler, staging
+
+
+def _save_model(path: Path, model, tokenizer) -> None:
+    """A Hugging Face folder of `model`, sharded or not (every process calls it; rank 0 writes)."""
+    if fsdp.is_sharded(model):
+        fsdp.save_model(path, model, tokenizer)
+    elif distributed.is_main():
+        save_model(path, model, tokenizer)
+
+
 def _load_policy(config: GRPOConfig):
-    """(policy, tokenizer, frozen reference copy or None). With LoRA the policy is a PEFT model and
-    there is no copy: the reference is the policy with its adapters off (`_reference_logprobs`)."""
+    """(policy, tokenizer, frozen reference copy or None, the model that samples). With LoRA the
+    policy is a PEFT model and there is no copy: the reference is the policy with its adapters off
+    (`_reference_logprobs`). With sharding=fsdp policy and reference are sharded and an unsharded
+    copy samples (r1lab.training.fsdp); otherwise the policy samples itself."""
     policy, tokenizer = load_model_and_tokenizer(config.model, device=distributed.device(config.device))
     if config.lora_r > 0:
         policy = apply_lora(policy, config.lora_r, config.lora_alpha, config.lora_dropout,
                             config.lora_target_modules, seed=config.seed)
     reference = _frozen_copy(policy) if config.beta > 0 and not is_lora(policy) else None
-    return policy, tokenizer, reference
+    if config.sharding != "fsdp":
+        return policy, tokenizer, reference, policy
+    sampler = _frozen_copy(policy)
+    for model in (policy, reference) if reference is not None else (policy,):
+        fsdp.shard(model, config.precision, config.fsdp_cpu_offload)
+    return policy, tokenizer, reference, sampler
+
+
+def _sampling(sampler, policy):
+    """The model to sample from: the policy, or its unsharded copy given the current weights."""
+    return sampler if sampler is policy else fsdp.refresh(sampler, policy)
 
 
 def _frozen_copy(model):
@@ -243,29 +289,33 @@ def _collect(policy, tokenizer, stream: PromptStream, config: GRPOConfig, settin
     groups sampled this step: the zero-variance share is measured on these). Under torchrun every
     process returns all of them, so every process makes the same refill decisions."""
     kept: list[Scored] = []
+    kept_ids: list[list[int]] = []
     sampled: list[Scored] = []
     need = config.prompts_per_step
     rounds = 1 + (config.max_refills if config.dynamic_sampling else 0)
     for r in range(rounds):
         rows = stream.take(need)  # the same rows on every process
-        scored = _sample_shared(policy, tokenizer, rows, config, settings, [step, r])
+        prompt_ids = _prompt_ids(rows, tokenizer, config.template)  # once: for sampling and for packing
+        scored = _sample_shared(policy, tokenizer, rows, prompt_ids, config, settings, [step, r])
         sampled.append(scored)
         if config.dynamic_sampling:
-            scored = scored.keep(informative_groups(scored))
+            informative = informative_groups(scored)
+            scored, prompt_ids = scored.keep(informative), [prompt_ids[i] for i in informative]
         if scored.rows:
             kept.append(scored)
+            kept_ids += prompt_ids
         need = config.prompts_per_step - sum(len(s.rows) for s in kept)
         if need <= 0:
             break
     # every group was uninformative: train on the last draw anyway (zero advantage, no-op loss)
-    result = Scored.concat(kept) if kept else sampled[-1]
+    result, result_ids = (Scored.concat(kept), kept_ids) if kept else (sampled[-1], prompt_ids)
     if len(result.rows) > config.prompts_per_step:
-        result = result.keep(range(config.prompts_per_step))
-    return result, _prompt_ids(result.rows, tokenizer, config.template), Scored.concat(sampled)
+        result, result_ids = result.keep(range(config.prompts_per_step)), result_ids[:config.prompts_per_step]
+    return result, result_ids, Scored.concat(sampled)
 
 
-def _sample_shared(policy, tokenizer, rows: list[dict], config: GRPOConfig, settings: RolloutSettings,
-                   draw: list[int]) -> Scored:
+def _sample_shared(policy, tokenizer, rows: list[dict], prompt_ids: list[list[int]], config: GRPOConfig,
+                   settings: RolloutSettings, draw: list[int]) -> Scored:
     """All `rows` sampled and scored: each process samples its share, then all shares are gathered.
     Prompt i samples from its own stream, seeded by (seed, step, round, i), wherever it runs."""
     mine = share(len(rows))
@@ -273,8 +323,7 @@ def _sample_shared(policy, tokenizer, rows: list[dict], config: GRPOConfig, sett
     if mine:
         local = rows[mine.start:mine.stop]
         seeds = [group_seed(config.seed, *draw, i) for i in mine]
-        part = sample_and_score(policy, tokenizer, local, _prompt_ids(local, tokenizer, config.template), settings,
-                                seeds)
+        part = sample_and_score(policy, tokenizer, local, prompt_ids[mine.start:mine.stop], settings, seeds)
     return gather_scored(part)
 
 
@@ -288,10 +337,17 @@ def _resume(config, out, policy, reference, optimizer, scheduler, stream) -> tup
     ckpt = latest_checkpoint(out) if config.resume else None
     if ckpt is None:
         return 0, 0
-    state = load_checkpoint(ckpt, policy, optimizer, scheduler)
+    sharded = fsdp.is_sharded(policy)
+    state = load_checkpoint(ckpt, None if sharded else policy, None if sharded else optimizer, scheduler)
+    if sharded:
+        fsdp.load_sharded(ckpt, policy, optimizer)
     stream.restore(state["stream"])
     if reference is not None and state.get("ref_step"):
-        load_weights(out / "reference" / f"step-{state['ref_step']:06d}", reference)
+        folder = out / "reference" / f"step-{state['ref_step']:06d}"
+        if sharded:
+            fsdp.load_model(folder, reference)
+        else:
+            load_weights(folder, reference)
     if distributed.is_main():
         print(f"grpo: resumed from {ckpt} (step {state['step']})")
     return state["step"], state.get("ref_step", 0)

@@ -9,6 +9,8 @@ same holds across processes: the normalisers and the gradients are summed over t
 Both forwards here (the policy's, with gradients, and the frozen reference's) pass the rollout's
 `prompt_len`, so on Qwen2/Qwen3/Llama each group's prompt is run once for its G completions
 (r1lab.models.fast_decoder; same log-probs and gradients as the model's own forward, within float rounding).
+With sharding=fsdp the forwards are the model's own, FSDP sums the gradients in each backward,
+and every process runs as many forwards and backwards as the busiest (r1lab.training.fsdp).
 
 With `precision: bf16` both forwards run under bf16 autocast (r1lab.models.precision), and the old
 log-probs in the ratio are the training forward's own (not the sampler's): the first minibatch
@@ -31,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from r1lab.training import distributed
+from r1lab.training import distributed, fsdp
 from r1lab.grpo.importance import importance_weights
 from r1lab.grpo.losses import Normalisers, count_normalisers, grpo_loss
 from r1lab.grpo.parallel import sum_gradients, sum_over_processes
@@ -96,6 +98,7 @@ def update_policy(policy, optimizer, rollout: Rollout, settings: UpdateSettings,
         for k, micro in enumerate(_micro_batches(order, settings, mine)):
             parts = [rollout.rows(idx.to(device)) for idx in micro]
             norm = _global_normalisers(parts, device)
+            idle = _idle_calls(policy, len(parts), device)
             optimizer.zero_grad(set_to_none=True)
             minibatch_loss = 0.0
             for idx, part in zip(micro, parts):
@@ -111,9 +114,9 @@ def update_policy(policy, optimizer, rollout: Rollout, settings: UpdateSettings,
                 weight += w
                 for key, value in stats.items():
                     totals[key] += w * value
-            sum_gradients(policy.parameters())
+            _sum_gradients(policy, idle, device)
             if settings.max_grad_norm > 0:
-                grad_norms.append(float(torch.nn.utils.clip_grad_norm_(policy.parameters(), settings.max_grad_norm)))
+                grad_norms.append(fsdp.clip_grad_norm(policy, settings.max_grad_norm))
             optimizer.step()
             losses.append(minibatch_loss)
     # each process's loss is its share of the minibatch loss (global normalisers): they add up
@@ -128,6 +131,21 @@ def update_policy(policy, optimizer, rollout: Rollout, settings: UpdateSettings,
     if settings.importance_sampling is not None:
         out[MISMATCH_MAX] = distributed.all_reduce_max(torch.tensor(diff_max, device=device)).item()
     return out
+
+
+def _idle_calls(model, calls: int, device) -> int:
+    """For a sharded model, how many forwards this process adds to its `calls` to match the busiest
+    process (r1lab.training.fsdp.pad_calls); asked before any of them, as collectives go in one order."""
+    return fsdp.pad_calls(calls, device) if fsdp.is_sharded(model) else 0
+
+
+def _sum_gradients(policy, idle: int, device) -> None:
+    """Gradients summed over processes: by one all-reduce here, or, for a sharded policy, by FSDP
+    in each backward (this process joins with `idle` backwards those of busier processes)."""
+    if not fsdp.is_sharded(policy):
+        sum_gradients(policy.parameters())
+    for _ in range(idle):
+        fsdp.idle_forward(policy, device, backward=True)
 
 
 def _global_normalisers(parts: list[Rollout], device) -> Normalisers:
@@ -171,10 +189,14 @@ def _training_old_logp(policy, rollout: Rollout, minibatches, settings: UpdateSe
     shapes and kernels) for the rows of `minibatches`; the other rows' are filled in by the first
     minibatch's own forward (update_policy). Costs one forward without gradients of those rows."""
     old = rollout.old_logp.clone()
+    device = rollout.input_ids.device
+    idle = _idle_calls(policy, sum(len(micro) for micro in minibatches), device)
     for micro in minibatches:
         for idx in micro:
             lo, hi = rollout.span(idx)
             old[idx, lo:hi - 1] = _logprobs(policy, rollout.rows(idx), settings)
+    for _ in range(idle):
+        fsdp.idle_forward(policy, device)
     return dataclasses.replace(rollout, old_logp=old)
 
 
@@ -208,15 +230,24 @@ def _importance(old_logp: torch.Tensor, part: Rollout, settings: UpdateSettings)
                      "vllm/is_capped_fraction": float(m.over_cap) / tokens, MISMATCH_MAX: float(m.abs_diff_max)}
 
 
-@torch.inference_mode()
 def reference_logprobs(reference, rollout: Rollout, temperature: float, micro_batch_size: int,
                        precision: str = "fp32") -> torch.Tensor:
     """[N, L-1] log-probs of the rollout under the frozen reference, in micro-batches."""
+    # FSDP's gathered weights track version counters, which inference tensors don't have
+    with torch.no_grad() if fsdp.is_sharded(reference) else torch.inference_mode():
+        return _reference_logprobs(reference, rollout, temperature, micro_batch_size, precision)
+
+
+def _reference_logprobs(reference, rollout: Rollout, temperature: float, micro_batch_size: int,
+                        precision: str) -> torch.Tensor:
     out = torch.zeros_like(rollout.old_logp)
-    for idx in torch.arange(rollout.num_rows).split(micro_batch_size):
-        if not len(idx):  # an empty rollout (a process's empty share) still makes one empty split
-            continue
+    # an empty rollout (a process's empty share) still makes one empty split
+    splits = [idx for idx in torch.arange(rollout.num_rows).split(micro_batch_size) if len(idx)]
+    idle = _idle_calls(reference, len(splits), rollout.input_ids.device)
+    for idx in splits:
         with autocast(precision, rollout.input_ids.device):
             out[idx] = sequence_logprobs(reference, rollout.input_ids[idx], rollout.attention_mask[idx],
                                          temperature=temperature, prompt_len=rollout.prompt_len)
+    for _ in range(idle):
+        fsdp.idle_forward(reference, rollout.input_ids.device)
     return out.clone()

@@ -1,4 +1,4 @@
-"""A lean forward pass for Llama-family decoders (Qwen2, Qwen3, Llama): sampling and GRPO log-probs.
+"""A lean forward pass for Llama-family decoders (Qwen2, Qwen3, Llama, Mistral): sampling and GRPO log-probs.
 
     lean = LeanModel.from_model(model, packed=True)   # None: an architecture this module doesn't know
     cache = lean.new_cache(batch=4, capacity=96)
@@ -23,9 +23,10 @@ bf16 copies, and the output projection stays float32.
 Its outputs equal the model's own forward up to float rounding: tests/test_sampling.py checks
 greedy tokens against transformers' generate, and log-probs and gradients against the model's
 forward within 1e-5, for Qwen2, Qwen3 and Llama with grouped-query attention. Anything it doesn't
-know (sliding windows, logit soft-capping, dynamic RoPE, attention dropout, non-float32 weights,
-adapters other than plain LoRA, hooks) makes `supports` false, and callers use the model's own
-forward.
+know (sliding windows, logit soft-capping, mixture-of-experts layers, other architectures, dynamic
+RoPE, attention dropout, non-float32 weights, adapters other than plain LoRA, hooks) makes
+`supports` false and logs one line saying why; callers then use the model's own forward.
+tests/test_architectures.py runs every common architecture through both paths.
 A LeanModel holds the weights as they were when it was built: build a new one after they change.
 
 PEFT LoRA models (r1lab.models.lora) are read without gradients only (sampling, reference log-probs):
@@ -37,53 +38,102 @@ weight-sized gradient per layer, which LoRA exists to avoid: those forwards use 
 
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.distributed.fsdp import FSDPModule
 
 from r1lab.models.conventions import LOGIT_POSTPROCESSING, position_ids
 from r1lab.models.kv_cache import GrowingCache, KVCache, SharedPrefix
 from r1lab.models.lora import is_lora
 from r1lab.models.precision import float32_head
 
+logger = logging.getLogger(__name__)
+
 # model_type -> whether attention has per-head RMSNorms on queries and keys (Qwen3)
-_ARCHITECTURES = {"qwen2": False, "llama": False, "qwen3": True}
+_ARCHITECTURES = {"qwen2": False, "llama": False, "qwen3": True, "mistral": False}
 # RoPE variants whose tables depend only on the position (not on the sequence length)
 _STATIC_ROPE = ("default", "linear", "llama3", "yarn")
 
 
 def supports(model) -> bool:
-    """Whether `model` is a float32 Qwen2/Qwen3/Llama causal LM whose forward LeanModel reproduces.
+    """Whether LeanModel reproduces `model`'s forward: a float32 Qwen2/Qwen3/Llama/Mistral causal
+    LM of the plain structure (see `unsupported_reason`). When it doesn't, one line per
+    architecture and reason is logged (logger "r1lab.models.fast_decoder"), and callers use the model's own forward.
 
     A PEFT LoRA model counts only while gradients are off (see the module doc)."""
+    reason = unsupported_reason(model)
+    if reason is not None:
+        log_fallback(getattr(getattr(model, "config", None), "model_type", type(model).__name__), reason)
+    return reason is None
+
+
+def unsupported_reason(model) -> str | None:
+    """Why LeanModel can't reproduce `model`'s forward (a short phrase), or None if it can."""
     model = unwrap(model)
     if model is None:
-        return False
+        return "a PEFT method other than LoRA"
     config = getattr(model, "config", None)
-    if config is None or getattr(config, "model_type", None) not in _ARCHITECTURES:
-        return False
+    if config is None:
+        return "not a Hugging Face model (no config)"
+    if isinstance(model, FSDPModule):
+        return "FSDP-sharded weights (gathered by the model's own forward)"
+    if _sliding_window(config):
+        return "sliding-window attention"
+    postprocessing = [a for a in LOGIT_POSTPROCESSING if getattr(config, a, None) not in (None, 1, 1.0)]
+    if postprocessing:
+        return f"logit post-processing ({postprocessing[0]})"
+    if getattr(config, "num_experts", None) or getattr(config, "num_local_experts", None):
+        return "mixture-of-experts layers (token routing)"
+    if config.model_type not in _ARCHITECTURES:
+        return f"architecture '{config.model_type}' (the fast path knows {', '.join(_ARCHITECTURES)})"
+    return _structure_reason(model, config)
+
+
+def _structure_reason(model, config) -> str | None:
+    """What in a known architecture's modules or settings LeanModel doesn't compute, or None."""
     base = getattr(model, "model", None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if base is None or type(head) is not nn.Linear or not hasattr(base, "rotary_emb"):
-        return False
+        return "an output head or base model of another kind"
     if type(getattr(base, "embed_tokens", None)) is not nn.Embedding:  # e.g. an adapted embedding
-        return False
-    if any(getattr(config, a, None) not in (None, 1, 1.0) for a in LOGIT_POSTPROCESSING):
-        return False
-    if getattr(config, "hidden_act", "silu") != "silu" or getattr(config, "attention_dropout", 0.0):
-        return False
+        return "an adapted or non-standard input embedding"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"activation {config.hidden_act} (the fast path computes silu)"
+    if getattr(config, "attention_dropout", 0.0):
+        return "attention dropout"
     if getattr(base.rotary_emb, "rope_type", None) not in _STATIC_ROPE:
-        return False
-    if any(t != "full_attention" for t in getattr(config, "layer_types", None) or ()):
-        return False  # sliding-window layers
-    if any(p.dtype != torch.float32 for p in model.parameters()):
-        return False
+        return f"RoPE type {base.rotary_emb.rope_type}"
+    dtypes = {p.dtype for p in model.parameters()} - {torch.float32}
+    if dtypes:
+        return f"{sorted(map(str, dtypes))[0]} weights (the fast path runs float32 weights)"
     if model._forward_hooks or model._forward_pre_hooks or base._forward_hooks or base._forward_pre_hooks:
-        return False
+        return "forward hooks on the model"
     qk_norm = _ARCHITECTURES[config.model_type]
-    return all(_plain_layer(layer, qk_norm) for layer in base.layers)
+    if not all(_plain_layer(layer, qk_norm) for layer in base.layers):
+        return "decoder layers with other modules, hooks, or LoRA layers that take gradients"
+    return None
+
+
+def _sliding_window(config) -> bool:
+    """Whether any layer attends within a window: `layer_types` says so per layer where the config
+    has it (Qwen2 derives it from `use_sliding_window`); otherwise a `sliding_window` applies to
+    every layer (Mistral, whose later releases set it to null)."""
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return any(t != "full_attention" for t in layer_types)
+    return getattr(config, "sliding_window", None) is not None
+
+
+@functools.lru_cache(maxsize=None)
+def log_fallback(model_type: str, reason: str) -> None:
+    """One line per (architecture, reason) and process: the forward is right either way, only slower."""
+    logger.warning("r1lab: %s runs through its own transformers forward, not r1lab's fast path: %s",
+                   model_type, reason)
 
 
 def unwrap(model):
@@ -130,7 +180,7 @@ class _Layer:
 
 
 class LeanModel:
-    """The decoder stack of a Qwen2/Qwen3/Llama causal LM as plain tensor ops (see module doc)."""
+    """The decoder stack of a Qwen2/Qwen3/Llama/Mistral causal LM as plain tensor ops (see module doc)."""
 
     def __init__(self, model, packed: bool = False, dtype: torch.dtype | None = None):
         """`dtype`: of the packed weights' copies (bf16 for a sampler under bf16 autocast); the

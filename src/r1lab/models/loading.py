@@ -1,8 +1,8 @@
-"""Named model sizes for the micro world, and loading any Hugging Face causal LM.
+"""Loading any Hugging Face causal LM and its tokenizer (a local folder or a hub name).
 
-Micro models are the standard Qwen2 architecture with random init, so everything r1lab saves
-is an ordinary checkpoint folder: ``AutoModelForCausalLM.from_pretrained(folder)`` and
-``AutoTokenizer.from_pretrained(folder)`` load it with no r1lab code.
+Everything r1lab saves is an ordinary checkpoint folder: ``AutoModelForCausalLM.from_pretrained(folder)``
+and ``AutoTokenizer.from_pretrained(folder)`` load it with no r1lab code. The micro world's model
+sizes are in `r1lab.micro.sizes`.
 """
 
 from __future__ import annotations
@@ -11,47 +11,12 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from r1lab.errors import R1labError
 
-# Sizes measured on a 2-core CPU (batch 32 x 128 tokens, 2026-11): a hidden-128 4-layer Qwen2 (micro)
-# trains at ~12k tokens/s, hidden 256 (small) at ~4.7k.
-MODEL_SIZES: dict[str, dict[str, int]] = {
-    # students for the micro pipeline: nano has a third of micro's parameters, mini a little over half
-    "nano": dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-                 intermediate_size=256),
-    "mini": dict(hidden_size=96, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-                 intermediate_size=384),
-    "micro": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-                  intermediate_size=512),
-    "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-                  intermediate_size=1024),
-}
-
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def build_model(size: str, tokenizer, max_positions: int = 1024, seed: int = 0) -> Qwen2ForCausalLM:
-    """A randomly initialised Qwen2 model of a named size for `tokenizer`'s vocabulary."""
-    if size not in MODEL_SIZES:
-        raise R1labError(f"unknown model size '{size}' (sizes: {', '.join(MODEL_SIZES)})")
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        max_position_embeddings=max_positions,
-        tie_word_embeddings=True,
-        rope_theta=10000.0,
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **MODEL_SIZES[size],
-    )
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return model
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.distributed.fsdp import FSDPModule
 from transformers import PreTrainedModel
 
 from r1lab.models import fast_decoder
@@ -46,10 +47,14 @@ def sequence_logprobs(model, input_ids: Tensor, attention_mask: Tensor, completi
     if completion_mask is not None and completion_mask.shape != (B, L - 1):
         raise ValueError(f"completion_mask must have shape {(B, L - 1)} (targets), got {tuple(completion_mask.shape)}")
     scale = 1.0 if temperature == 0 else temperature
-    if prompt_len is not None and 0 < prompt_len < L and fast_decoder.supports(model):
+    rollout = prompt_len is not None and 0 < prompt_len < L
+    if rollout and fast_decoder.supports(model):
         logps = _shared_prompt_logprobs(model, input_ids, attention_mask, prompt_len, scale, chunk_size)
     else:
         logps = _full_logprobs(model, input_ids, attention_mask, completion_mask, scale, chunk_size)
+    if rollout:  # the same zeros whichever path ran: prompt columns and padding targets
+        logps = logps.masked_fill(attention_mask[:, 1:] == 0, 0.0)
+        logps[:, :prompt_len - 1] = 0.0
     if completion_mask is not None:
         logps = logps.masked_fill(~completion_mask.bool(), 0.0)
     return logps
@@ -108,7 +113,8 @@ def _hidden_and_head(model, input_ids: Tensor, attention_mask: Tensor) -> tuple[
                   use_cache=False)
     head = model.get_output_embeddings() if isinstance(model, PreTrainedModel) else None
     config = model.config.get_text_config() if isinstance(model, PreTrainedModel) else None
-    plain = (isinstance(head, nn.Linear) and model.base_model is not model
+    # A sharded model's root gathers the embeddings and head in its own forward: call that one.
+    plain = (isinstance(head, nn.Linear) and model.base_model is not model and not isinstance(model, FSDPModule)
              and all(getattr(config, a, None) in (None, 1, 1.0) for a in LOGIT_POSTPROCESSING))
     if plain:
         return model.base_model(**kwargs).last_hidden_state, head

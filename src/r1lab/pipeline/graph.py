@@ -77,7 +77,7 @@ from r1lab.stages.sample_filters import format_readable
 from r1lab.grpo import train as grpo_train
 from r1lab.grpo.config import GRPOConfig, GRPOData
 from r1lab.files import read_jsonl, write_json, write_jsonl
-from r1lab.models.loading import MODEL_SIZES
+from r1lab.micro.sizes import MODEL_SIZES
 
 
 def micro_grpo(**changes: Any) -> GRPOConfig:
@@ -107,7 +107,7 @@ def micro_sft(**changes: Any) -> sft.SFTConfig:
 class PipelineConfig:
     output_dir: str = "runs/micro/r1"
     base_model: str = ""  # an existing base model folder: no pretraining (tests pass a tiny random one)
-    # the students' size (a key of r1lab.models.loading.MODEL_SIZES). mini (0.6M): with nano (0.3M) both
+    # the students' size (a key of r1lab.micro.sizes.MODEL_SIZES). mini (0.6M): with nano (0.3M) both
     # students stayed at 1-2% pass@1, too weak to tell distillation from RL
     student_size: str = "mini"
     student_base: str = ""  # an existing pretrained student base; empty: see module docstring, stage 9

@@ -16,7 +16,7 @@ a killed solver is replaced at once and the next answer doesn't wait. The superv
 ``subprocess`` (not multiprocessing): it never re-imports the user's ``__main__`` and is safe
 to start from a process that already runs threads (torch); it is single-threaded, so forking
 it is safe. POSIX only. Protocol: ``{"p": predicted, "r": reference, "t": seconds}`` ->
-``{"ok": bool}``.
+``{"ok": true | false | null}`` (null: no verdict within the time).
 """
 
 from __future__ import annotations
@@ -101,15 +101,18 @@ class _Supervisor:
             )
         self.ready = True
 
-    def ask(self, pred: str, ref: str, timeout: float) -> bool | None:
-        """math-verify's verdict (False past `timeout`); None if the supervisor itself failed."""
+    def ask(self, pred: str, ref: str, timeout: float) -> tuple[bool, bool | None]:
+        """(whether the supervisor still works, math-verify's verdict or None past `timeout`)."""
         self.wait_ready()
         try:
             _write_all(self.proc.stdin.fileno(), json.dumps({"p": pred, "r": ref, "t": timeout}).encode() + b"\n")
         except OSError:
-            return None
+            return False, None
         line = self.replies.readline(time.monotonic() + timeout + GRACE)
-        return None if line is None else bool(json.loads(line)["ok"])
+        if line is None:
+            return False, None
+        verdict = json.loads(line)["ok"]
+        return True, None if verdict is None else bool(verdict)
 
     def kill(self) -> None:
         try:
@@ -157,21 +160,21 @@ class _Pool:
             worker.wait_ready()
             self._give_back(worker)
 
-    def match(self, pred: str, ref: str, timeout: float) -> bool:
+    def match(self, pred: str, ref: str, timeout: float) -> bool | None:
         if not self.slots.acquire(timeout=STARTUP_TIMEOUT + timeout + GRACE):
-            logger.warning("math-verify pool busy for too long; answer %r scored as wrong", pred[:50])
-            return False
+            logger.warning("math-verify pool busy for too long; answer %r scored as wrong (not cached)", pred[:50])
+            return None
         try:
             worker = self._take()
             try:
-                verdict = worker.ask(pred, ref, timeout)
+                working, verdict = worker.ask(pred, ref, timeout)
             except BaseException:
                 worker.kill()
                 raise
-            if verdict is None:
+            if not working:
                 logger.warning("math-verify worker failed on %r; restarting it", pred[:50])
                 worker.kill()
-                return False
+                return None
             self._give_back(worker)
             return verdict
         finally:
@@ -193,8 +196,9 @@ def warm_up(n: int = 1) -> None:
     _POOL.warm_up(n)
 
 
-def match(pred: str, ref: str, timeout: float) -> bool:
-    """math-verify's ``verify(parse(ref), parse(pred))`` in a worker; False past `timeout` s."""
+def match(pred: str, ref: str, timeout: float) -> bool | None:
+    """math-verify's ``verify(parse(ref), parse(pred))`` in a worker; None (no verdict) past
+    `timeout` s, when every worker stayed busy too long, or when a worker died."""
     return _POOL.match(pred, ref, timeout)
 
 
@@ -202,10 +206,12 @@ def match(pred: str, ref: str, timeout: float) -> bool:
 
 
 def _verify(pred: str, ref: str) -> bool:
-    from math_verify import parse, verify
+    from math_verify import LatexExtractionConfig, parse, verify
 
     gold = parse(f"\\boxed{{{ref}}}", parsing_timeout=None)
-    answer = parse(f"\\boxed{{{pred}}}", parsing_timeout=None)
+    # The prediction as LaTeX only: math-verify's default also tries its plain-expression reader,
+    # which takes the last number out of what LaTeX can't read, so "3 \lor 5" would be 5.
+    answer = parse(f"\\boxed{{{pred}}}", extraction_config=[LatexExtractionConfig()], parsing_timeout=None)
     return bool(gold) and bool(answer) and verify(gold, answer, timeout_seconds=None)
 
 
@@ -278,7 +284,7 @@ def serve() -> None:
             if ok is None:  # overran (or died): kill it, and fork a fresh one while we are idle
                 solver.kill()
                 solver = _Solver(close_in_child=replies)
-            _write_all(replies, json.dumps({"ok": bool(ok)}).encode() + b"\n")
+            _write_all(replies, json.dumps({"ok": ok}).encode() + b"\n")  # null: no verdict in time
     except BrokenPipeError:
         pass  # the trainer has gone
     finally:

@@ -1,10 +1,16 @@
-"""Final-answer extraction and equivalence, shared by the rewards and by evaluation.
+r"""Final-answer extraction and equivalence, shared by the rewards and by evaluation.
 
 Both run on untrusted model output under optimisation pressure, so every scan here is linear
-in the input, an answer longer than `MAX_ANSWER_CHARS` is refused before any parsing, and
-math-verify (sympy) only ever runs in a worker process that is killed when it overruns its
-time (see `r1lab.rewards._mathverify`). A policy that hedges ("3 or 5", two different boxes)
-gets no answer at all, so hedging can never be rewarded.
+in the input, an answer longer than `MAX_ANSWER_CHARS` or nested deeper than `MAX_DEPTH` is
+refused before any normalisation or parsing, and math-verify (sympy) only ever runs in a worker
+process that is killed when it overruns its time (see `r1lab.rewards._mathverify`).
+
+A policy that hedges gets nothing for it: "3 or 5" and two different boxes give no answer at
+all; ``3 \lor 5``, ``3 \vee 5``, ``3 \cup 5`` and other forms math-verify can't read as one
+expression are wrong (the prediction is read as LaTeX only, never by math-verify's fallback that
+takes the last number in it); a set, list or ``\pm`` never equals a single value; ``\approx``
+is wrong unless the reference has it too. Only definite verdicts are cached: a timeout or a busy
+worker pool scores False this time and is asked again next time.
 """
 
 from __future__ import annotations
@@ -18,13 +24,19 @@ from r1lab.rewards import _mathverify
 MAX_ANSWER_CHARS = 200  # longer "answers" are refused: no real final answer is that long
 MAX_DIGITS = 100  # plain numerals with more digits never match (except by exact string)
 MAX_REFERENCE_CHARS = 10_000  # longer references are compared as strings only
+MAX_DEPTH = 16  # brackets and braces nested deeper than this: no real answer, and slow to parse
+# In a prediction, wrong unless the reference has it too: "or"/"and" between values, and "about".
+HEDGES = ("\\lor", "\\vee", "\\land", "\\wedge", "\\approx")
 
 _OPEN, _CLOSE = "<answer>", "</answer>"
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BRACE_RE = re.compile(r"[{}\\]")
+_BRACKET_RE = re.compile(r"[{}()\[\]]")
 _OR_RE = re.compile(r"\bor\b", re.IGNORECASE)
 _SPACE_RE = re.compile(r"\s+")
 _THOUSANDS_RE = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
+_COMMAND_RE = re.compile(r"\\[a-zA-Z]+")
+_LETTER_RE = re.compile(r"[a-zA-Z]")
 _NUMBER_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
 
 
@@ -70,7 +82,7 @@ def extract_answer(completion: str) -> str | None:
         candidates = _box_contents(completion)
         if not candidates:
             return None
-    if any(len(c) > 4 * MAX_ANSWER_CHARS for c in candidates):  # don't even normalise junk
+    if any(not _shape_ok(c, 4 * MAX_ANSWER_CHARS) for c in candidates):  # don't even normalise junk
         return None
     distinct = {normalise(c) for c in candidates}
     if len(distinct) != 1:
@@ -156,9 +168,24 @@ def _balanced(text: str) -> bool:
     return depth == 0
 
 
+def _shape_ok(text: str, max_chars: int) -> bool:
+    """At most `max_chars` characters and `MAX_DEPTH` levels of brackets: checked before anything
+    else reads the text, so nothing after it can be quadratic in a hostile answer."""
+    if len(text) > max_chars:
+        return False
+    depth = 0
+    for match in _BRACKET_RE.finditer(text):
+        depth += 1 if match.group() in "{([" else -1
+        if depth > MAX_DEPTH:
+            return False
+    return True
+
+
 def _unwrap_box(text: str) -> str:
     r"""``\boxed{\boxed{5}}`` -> ``5``: strip boxes that span the whole text."""
-    while (match := _BOX_RE.match(text)) is not None:
+    for _ in range(MAX_DEPTH):
+        if (match := _BOX_RE.match(text)) is None:
+            break
         end = _closing_brace(text, match.end(), len(text))
         if end != len(text) - 1:
             break
@@ -185,6 +212,16 @@ def normalise(answer: str) -> str:
     return text
 
 
+def _several_relations(pred: str, ref: str) -> bool:
+    r"""math-verify reads ``a = b`` as b, whatever a is: "x=3 \cup x=5", "3 = 5" and
+    "\frac{6}{2} = 5" would all be 5. A prediction may have as many "=" as the reference, or one
+    whose left side names a variable (``x = 5``, ``f(2) = 7``), not a constant."""
+    count = pred.count("=")
+    if count <= ref.count("="):
+        return False
+    return count > 1 or not _LETTER_RE.search(_COMMAND_RE.sub("", pred.partition("=")[0]))
+
+
 def _plain_number(text: str) -> Decimal | None:
     """A plain decimal numeral as an exact Decimal (no floats: 1e400 can't become inf == inf)."""
     if not _NUMBER_RE.fullmatch(text) or sum(c.isdigit() for c in text) > MAX_DIGITS:
@@ -195,26 +232,37 @@ def _plain_number(text: str) -> Decimal | None:
 def answers_match(predicted: str, reference: str, timeout: float = 5.0) -> bool:
     r"""Whether a predicted final answer is mathematically equivalent to the reference.
 
-    Fast paths, all in-process: equal after `normalise` -> True; both plain numerals ->
-    compared exactly as Decimals (so "0.5" == "0.50", but "0.333" != "0.3333"); a numeral over
-    `MAX_DIGITS` digits, an answer over `MAX_ANSWER_CHARS`, or unbalanced braces -> False.
-    Anything else goes to math-verify (each side wrapped in ``\boxed{}``, reference as gold)
-    in a worker process; past `timeout` seconds the worker is killed and the answer is False.
-    Safe from any thread, and bounded in time whatever the input.
+    First, before any normalisation: a prediction over 4 x `MAX_ANSWER_CHARS` characters or
+    nested deeper than `MAX_DEPTH` -> False (a reference over `MAX_REFERENCE_CHARS` or too deep
+    is compared as a string only). Fast paths, all in-process: equal after `normalise` -> True;
+    both plain numerals -> compared exactly as Decimals (so "0.5" == "0.50", but "0.333" !=
+    "0.3333"); a numeral over `MAX_DIGITS` digits, an answer over `MAX_ANSWER_CHARS`, unbalanced
+    braces, a box left inside the answer (a second answer), a hedge (`HEDGES`, the word "or")
+    the reference doesn't have, or more "=" than the reference (``3 = 5``) -> False.
+    Anything else goes to math-verify (each side wrapped in ``\boxed{}``, reference as gold,
+    the prediction read as LaTeX only) in a worker process; past `timeout` seconds the worker is
+    killed and the answer is False, but not cached. Safe from any thread, and bounded in time
+    whatever the input.
 
     >>> answers_match("1,000", "1000"), answers_match("0.50", ".5"), answers_match("3", "4")
     (True, True, False)
     """
     if not isinstance(predicted, str) or not isinstance(reference, str):
         return False
+    if not _shape_ok(reference, MAX_REFERENCE_CHARS):
+        return predicted.strip() == reference.strip()
+    if not _shape_ok(predicted, 4 * MAX_ANSWER_CHARS):
+        return False
     pred, ref = normalise(predicted), normalise(reference)
     if not pred or not ref:
         return False
     if pred == ref:
         return True
-    if len(pred) > MAX_ANSWER_CHARS or len(ref) > MAX_REFERENCE_CHARS:
+    if len(pred) > MAX_ANSWER_CHARS or not _balanced(pred) or not _balanced(ref) or _BOX_RE.search(pred):
         return False
-    if not _balanced(pred) or not _balanced(ref):
+    if any(hedge in pred and hedge not in ref for hedge in HEDGES) or (_OR_RE.search(pred) and not _OR_RE.search(ref)):
+        return False
+    if _several_relations(pred, ref):
         return False
     pred_number, ref_number = _plain_number(pred), _plain_number(ref)
     if pred_number is not None and ref_number is not None:
@@ -224,8 +272,23 @@ def answers_match(predicted: str, reference: str, timeout: float = 5.0) -> bool:
     return _match_in_worker(pred, ref, float(timeout))
 
 
-@lru_cache(maxsize=4096)
 def _match_in_worker(pred: str, ref: str, timeout: float) -> bool:
-    # A GRPO group repeats answers, so the cache saves most round trips. A timeout is cached
-    # as False too: the same hostile answer sampled 16 times costs one timeout, not 16.
-    return _mathverify.match(pred, ref, timeout)
+    try:
+        return _definite_match(pred, ref, timeout)
+    except _Undecided:
+        return False
+
+
+class _Undecided(Exception):
+    """math-verify gave no verdict (a timeout, a busy pool, a dead worker): wrong this time only."""
+
+
+@lru_cache(maxsize=4096)
+def _definite_match(pred: str, ref: str, timeout: float) -> bool:
+    # A GRPO group repeats answers, so the cache saves most round trips. lru_cache keeps only
+    # returned values, so an undecided call (raised) is asked again: a timeout under load must
+    # not mark a right answer wrong for the rest of the run.
+    verdict = _mathverify.match(pred, ref, timeout)
+    if verdict is None:
+        raise _Undecided
+    return verdict

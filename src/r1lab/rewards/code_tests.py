@@ -75,13 +75,14 @@ def make_code_reward(binary: bool = False, limits: Limits | None = None,
         """
         n = len(completions)
         specs = _test_specs(n, tests, columns)
+        entry_points = column(columns.get("entry_point"), n)  # HumanEval rows: check(<entry_point>)
         scores: list[float | None] = [None] * n
         jobs: dict[tuple, list[int]] = {}  # a group's identical completions run once
         for i, (completion, spec) in enumerate(zip(completions, specs)):
             if spec is None:
                 continue
             try:
-                cases = parse_tests(spec)
+                cases = parse_tests(spec, entry_points[i] if isinstance(entry_points[i], str) else None)
             except R1labError as e:
                 logger.warning("code reward: example %d can't be judged: %s", i, e)
                 continue

@@ -8,9 +8,9 @@ Used for evaluation and for GRPO rollouts, where generation is most of the time 
 How it works: prompts are left-padded with explicit position ids (so a padded row computes what
 it would alone), each distinct prompt is prefilled once and its KV cache is shared by its n
 samples (copied n times for short prompts), and finished sequences leave the decode batch.
-Qwen2, Qwen3 and Llama models decode through r1lab.models.fast_decoder (a hand-written forward with a
-pre-allocated KV cache and oneDNN-packed weights, equal to the model's own up to float
-rounding); any other model through its own forward and a transformers cache. Log-probs are
+Qwen2, Qwen3, Llama and Mistral models decode through r1lab.models.fast_decoder (a hand-written
+forward with a pre-allocated KV cache and oneDNN-packed weights, equal to the model's own up to
+float rounding); any other model through its own forward and a transformers cache. Log-probs are
 those of the temperature-scaled distribution *before* top-k/top-p truncation, the convention of
 TRL and verl for training log-probs, so `r1lab.models.logprobs.sequence_logprobs(...,
 temperature=T)` (the training forward) reproduces them. Sampling follows the caller's autocast
@@ -281,11 +281,13 @@ class _ModelStepper:
     def __init__(self, model, capacity: int, forward_kwargs: dict):
         self.model, self.forward_kwargs = model, forward_kwargs
         self.cache = _new_cache(model, capacity)
+        # transformers 5.25 renamed the forward's `past_key_values` to `cache` (the old name warns)
+        self.cache_argument = "cache" if _accepts(model, "cache") else "past_key_values"
 
     def forward(self, input_ids: Tensor, mask: Tensor, positions: Tensor) -> Tensor:
         """Logits of the last position, [B, V] float32; the cache grows by input_ids' length."""
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                         past_key_values=self.cache, use_cache=True, **self.forward_kwargs)
+                         use_cache=True, **{self.cache_argument: self.cache}, **self.forward_kwargs)
         return out.logits[:, -1].float()
 
     def select(self, rows: Tensor) -> None:

@@ -5,22 +5,28 @@ Three processes (`r1lab.sandbox` explains why this split makes a pass impossible
 - judge (pid 1 of the sandbox): reads the program, forks the server, only then reads the tests,
   and runs each test's code itself, calling the program's functions through proxies that pass
   plain data. It never executes a line of the program, and only it can write to the trainer.
-- server: forked before the judge has read any test, so no test (and no expected value) is in
-  the memory that workers are forked from; it forks one fresh worker per test, and after each
-  test kills every other process in the sandbox.
-- worker: runs the program (untrusted), then answers calls with plain data, or, for stdin/stdout
-  tests, runs it as a script with the test's input.
+- server (`_worker`): forked before the judge has read any test, so no test (and no expected
+  value) is in the memory that workers are forked from; it forks one fresh worker per test, and
+  after each test kills every other process in the sandbox.
+- worker (`_worker`): runs the program (untrusted), then answers calls with plain data, or, for
+  stdin/stdout tests, runs it as a script with the test's input.
+
+A test's code runs in a namespace of its own with the judge's real builtins: the program's
+functions come in as proxies, its plain-data constants as copies, and no name of the program
+that would shadow a builtin (``len``, ``all``, ``abs``...) or a dunder comes in at all.
 
 Started by `r1lab.sandbox.runner` as ``python -I -S -B -c BOOT judge MODE UID LABEL``; MODE is
 "ns" (a bubblewrap sandbox: the judge is pid 1 of its own PID namespace) or "weak" (rlimits
 only); UID >= 0: drop root to it first; LABEL only marks the processes for ``ps``.
-Trainer -> judge (fd 0): two length-prefixed marshal frames, {program, limits} then the tests.
-Judge -> trainer (fd 1): one ``repr`` line per test, ``("result", i, status, reason, output, ms)``,
-then ``("done", n)``; the trainer reads them with `ast.literal_eval`.
+Trainer -> judge (fd 0): two length-prefixed marshal frames, {program, limits} then (secret,
+tests), the second read only after the server is forked. Judge -> trainer (fd 1): one line per
+test, the run's secret, a space, then the ``repr`` of ``("result", i, status, reason, output,
+ms)``, and last ``("done", n)``; the trainer reads them with `ast.literal_eval` and ignores any
+line without the secret (only the judge ever holds it: no worker's memory does).
 """
 
 import _signal
-import fcntl  # fcntl and resource are for the workers: imported once per run, not per test
+import builtins
 import marshal
 import os
 import resource
@@ -29,200 +35,18 @@ import sys
 import time
 
 if __package__:  # imported as r1lab.sandbox._harness (tests, tools); in the sandbox it is top-level
-    from ._wire import MAX_MESSAGE, Unencodable, decode, encode, frame, read_frame, read_trainer_frame, write_all
+    from ._wire import MAX_MESSAGE, decode, encode, frame, read_frame, read_trainer_frame, write_all
+    from ._worker import server
 else:
-    from _wire import MAX_MESSAGE, Unencodable, decode, encode, frame, read_frame, read_trainer_frame, write_all
+    from _wire import MAX_MESSAGE, decode, encode, frame, read_frame, read_trainer_frame, write_all
+    from _worker import server
 
-WORKER_FDS = 3  # the worker's call pipe is fd 3, its reply pipe fd 4
+BUILTIN_NAMES = frozenset(dir(builtins))  # a program's names never shadow these in a test
+NO_PROGRAM_ERRORS = {"StopIteration", "StopAsyncIteration"}  # would end a test's iterator early, as if done
+JUDGE_EXTRA_MB = 512  # the judge's address space: the program's limit + this (values it decodes, the tests)
+REPORT_CAP = 48 << 20  # stdout bytes of all a run's tests reported to the trainer (repr: up to 4x on the wire)
+DRAIN_CAP = 64 << 20  # bytes read from a dead worker's pipes after a test; more is left unread
 STATE = {"armed": False, "tripped": None}  # the judge's alarm and the test's first failure (judge memory)
-
-
-# ---------------------------------------------------------------------------------------------
-# The worker: untrusted from the moment the program starts.
-
-def worker(program, kind, stdin, limits, fds):
-    """Set up fds and limits (trusted), then run the program; never returns."""
-    try:
-        os.setpgid(0, 0)
-        call_r, reply_w, out_w, err_w = fds
-        stdin_fd = _stdin_fd(stdin) if kind == "stdio" else os.open(os.devnull, os.O_RDONLY)
-        high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 10) for fd in (stdin_fd, out_w, err_w, call_r, reply_w)]
-        for i, fd in enumerate(high):  # stdin, stdout, stderr, then calls on 3 and replies on 4
-            os.dup2(fd, i)
-        os.closerange(WORKER_FDS + 2, 1024)  # every pipe of the judge and server
-        _set_limits(limits)
-    except BaseException:  # noqa: BLE001 -- a worker that can't be set up must not run the program
-        os._exit(70)
-    _run(program, kind)
-    os._exit(0)
-
-
-def _stdin_fd(text):
-    data = text.encode("utf-8", "surrogateescape")
-    fd = os.memfd_create("stdin") if hasattr(os, "memfd_create") else _temp_fd()
-    write_all(fd, data)
-    os.lseek(fd, 0, os.SEEK_SET)
-    return fd
-
-
-def _temp_fd():
-    name = os.path.join(os.getcwd(), ".r1lab-stdin-" + os.urandom(8).hex())
-    fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    os.unlink(name)
-    return fd
-
-
-def _set_limits(limits):
-    mb = 1 << 20
-    cpu = int(limits["time_s"]) + 2
-    pairs = [(resource.RLIMIT_AS, limits["memory_mb"] * mb), (resource.RLIMIT_CPU, cpu),
-             (resource.RLIMIT_FSIZE, limits["disk_mb"] * mb), (resource.RLIMIT_NOFILE, limits["open_files"]),
-             (resource.RLIMIT_CORE, 0)]
-    if limits["nproc"]:
-        pairs.append((resource.RLIMIT_NPROC, limits["nproc"]))
-    for which, value in pairs:
-        resource.setrlimit(which, (value, value))
-
-
-def _run(program, kind):
-    """Run the program in a fresh module; stdio: report how it ended; else serve calls."""
-    import builtins
-
-    name = "__main__" if kind == "stdio" else "solution"  # a __main__ guard must not read stdin in call mode
-    module = type(sys)(name)
-    module.__builtins__ = builtins
-    sys.modules[name] = module
-    sys.argv = ["<program>"]
-    try:
-        exec(compile(program, "<program>", "exec"), module.__dict__)
-    except SystemExit as e:
-        if kind != "stdio" or e.code not in (None, 0):
-            return _reply(("raised", "SystemExit", f"the program exited ({e.code!r}) before the tests ran"))
-    except BaseException as e:  # noqa: BLE001 -- any failure of the program is the program's
-        return _reply(("raised", type(e).__name__, _message(e)))
-    if kind == "stdio":
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except BaseException:  # noqa: BLE001
-                pass
-        return _reply(("exit",))
-    _reply(("ready", _names(module.__dict__)))
-    _serve_calls(module.__dict__)
-
-
-def _names(ns):
-    names = []
-    for key, value in list(ns.items()):
-        if not isinstance(key, str) or key.startswith("__"):
-            continue
-        if isinstance(value, type(sys)):
-            names.append((key, "module", str(getattr(value, "__name__", ""))))
-        elif callable(value):
-            names.append((key, "call", None))
-        else:  # a constant the tests may read; big tables stay behind (tests call, they rarely read)
-            try:
-                if len(value) > 10_000:
-                    continue
-            except Exception:  # noqa: BLE001 -- no len(): a scalar
-                pass
-            try:
-                data = encode(value)
-            except Exception:  # noqa: BLE001
-                continue
-            if len(data) <= 1 << 20:
-                names.append((key, "value", data))
-    return names
-
-
-def _serve_calls(ns):
-    while True:
-        data = read_frame(WORKER_FDS)
-        if data is None:
-            os._exit(0)
-        try:
-            _, name, args, kwargs = decode(data)
-            result = ("ok", encode(ns[name](*args, **kwargs)))
-        except BaseException as e:  # noqa: BLE001 -- reported to the judge, which raises it in the test
-            result = ("raised", "TypeError" if isinstance(e, Unencodable) else type(e).__name__, _message(e))
-        _reply(result)
-
-
-def _reply(message):
-    try:
-        data = encode(message)
-    except BaseException:  # noqa: BLE001
-        data = encode(("raised", "TypeError", "the reply can't be encoded"))
-    write_all(WORKER_FDS + 1, frame(data))
-
-
-def _message(e):
-    try:
-        return str(e)[:300]
-    except BaseException:  # noqa: BLE001 -- a hostile __str__
-        return ""
-
-
-# ---------------------------------------------------------------------------------------------
-# The server: forks workers and cleans up after them. Trusted, runs no program code.
-
-def server(program, limits, mode, ctl_r, ctl_w, worker_fds):
-    current = None
-    while True:
-        data = read_frame(ctl_r)
-        message = marshal.loads(data) if data else ("exit",)
-        if message[0] == "spawn":
-            current = os.fork()
-            if current == 0:
-                os.close(ctl_r)
-                os.close(ctl_w)
-                worker(program, message[1], message[2], limits, worker_fds)
-            try:
-                os.setpgid(current, current)  # also here, so a kill can't race the worker's own call
-            except OSError:
-                pass
-            write_all(ctl_w, frame(marshal.dumps(("pid", current))))
-        elif message[0] == "clean":
-            clean = _kill_all(current, mode)
-            current = None
-            write_all(ctl_w, frame(marshal.dumps(("clean", clean))))
-        else:
-            if current is not None:
-                _kill_all(current, mode)
-            os._exit(0)
-
-
-def _kill_all(worker_pid, mode):
-    """Kill the worker and everything it started; in a sandbox, every process but judge and server."""
-    if worker_pid is None and mode != "ns":
-        return True
-    if mode != "ns":  # weak isolation: only the worker's process group can be reached safely
-        for kill in (os.killpg, os.kill):
-            try:
-                kill(worker_pid, 9)
-            except OSError:
-                pass
-        _reap(worker_pid)
-        return True
-    deadline = time.monotonic() + 2.0
-    while time.monotonic() < deadline:
-        try:
-            os.kill(-1, 9)  # pid 1 (the judge) and the caller are spared; one kill is atomic vs fork
-        except ProcessLookupError:
-            return True
-        if worker_pid is not None:
-            _reap(worker_pid)
-            worker_pid = None
-        else:
-            time.sleep(0.001)  # orphans die and the judge reaps them
-    return False
-
-
-def _reap(pid):
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,6 +93,15 @@ class Link:
     def close(self):
         if self.pidfd is not None:
             os.close(self.pidfd)
+
+    def wait_gone(self):
+        """Wait, reading its output, until the worker's process has ended (Timeout at the deadline);
+        at once where there is no pidfd (Linux < 5.3): there the worker's "exit" message decides."""
+        while self.pidfd is not None:
+            ready = self._wait([self.pidfd, self.out_r, self.err_r], [])
+            self._drain()
+            if self.pidfd in ready:
+                return
 
     def send(self, message):
         data = frame(encode(message))
@@ -361,6 +194,9 @@ def judge(mode, uid):
     report = os.dup(1)
     os.dup2(os.open(os.devnull, os.O_RDWR), 1)  # a test's prints must not reach the trainer
     header = read_trainer_frame(0)
+    # A test computes with the program's values ("x" * f(1)): the judge's memory is capped too.
+    judge_bytes = (header["limits"]["memory_mb"] + JUDGE_EXTRA_MB) << 20
+    resource.setrlimit(resource.RLIMIT_AS, (judge_bytes, judge_bytes))
     pipes = [os.pipe() for _ in range(6)]  # ctl call, ctl reply, worker call, worker reply, out, err
     (ctl_r, ctl_w), (ack_r, ack_w), (call_r, call_w), (reply_r, reply_w), (out_r, out_w), (err_r, err_w) = pipes
     server_pid = os.fork()
@@ -372,21 +208,29 @@ def judge(mode, uid):
         os.close(fd)
     for fd in (call_w, reply_r, out_r, err_r):
         os.set_blocking(fd, False)
-    tests = read_trainer_frame(0)  # read only now: the server's memory never held a test
+    secret, tests = read_trainer_frame(0)  # read only now: the server's memory never held a test or the secret
+    secret = secret.encode("ascii")
     control = Control(ctl_w, ack_r, server_pid)
     links = (call_w, call_r, reply_r, out_r, err_r)
     limits = header["limits"]
     end = time.monotonic() + limits["total_s"]
+    reported = 0  # stdout bytes sent to the trainer: many tests x a full output each must not flood it
     for i, (kind, payload) in enumerate(tests):
         start = time.monotonic()
         if start < end:
             status, reason, output = run_test(kind, payload, limits, min(start + limits["time_s"], end), control, links)
         else:
             status, reason, output = "timeout", f"the run's {limits['total_s']:g} s were spent", None
-        line = repr(("result", i, status, reason, output, int(1000 * (time.monotonic() - start))))
-        write_all(report, line.encode() + b"\n")
+        reported += len(output or b"")
+        if reported > REPORT_CAP:
+            status, reason, output = "failed", f"the run printed more than {REPORT_CAP >> 20} MiB in all", None
+        _report(report, secret, ("result", i, status, reason, output, int(1000 * (time.monotonic() - start))))
     control.stop()
-    write_all(report, repr(("done", len(tests))).encode() + b"\n")
+    _report(report, secret, ("done", len(tests)))
+
+
+def _report(fd, secret, record):
+    write_all(fd, secret + b" " + repr(record).encode() + b"\n")
 
 
 def _not_dumpable():
@@ -490,28 +334,36 @@ def run_test(kind, payload, limits, deadline, control, pipes):
         STATE["armed"] = False
         _signal.setitimer(_signal.ITIMER_REAL, 0)
         link.close()
-    if (control.ask(("clean",), 2.5, "clean") or (None, False))[1] is not True and status == "passed":
+    _, cleaned, wait_status = control.ask(("clean",), 2.5, "clean") or (None, False, None)
+    if cleaned is not True and status == "passed":
         status, reason = "failed", "the program attacked the sandbox (its server was killed)"
+    elif kind == "stdio" and status == "passed" and link.pidfd is not None:
+        code = os.waitstatus_to_exitcode(wait_status) if wait_status is not None else None
+        if code != 0:  # its "exit" message is the program's word; how its process ended is not
+            status, reason = "failed", f"the program's process ended with status {code}"
     _drain_all(pipes)
     output = b"".join(link.output)[: limits["output_bytes"]] if kind == "stdio" else None
     return status, reason, output
 
 
 def _drain_all(pipes):
+    """Empty the pipes for the next test, reading at most `DRAIN_CAP` bytes: a writer the clean-up
+    could not reach (weak isolation) must not keep the judge here forever."""
     call_w, call_r, reply_r, out_r, err_r = pipes
-    while select.select([call_r], [], [], 0)[0]:  # stale calls a dead worker never read
-        os.read(call_r, 1 << 16)
+    budget = DRAIN_CAP
+    while budget > 0 and select.select([call_r], [], [], 0)[0]:  # stale calls a dead worker never read
+        budget -= len(os.read(call_r, 1 << 16))
     for fd in (reply_r, out_r, err_r):
-        while _read_available(fd, 1 << 20):
-            pass
+        while budget > 0 and (data := _read_available(fd, 1 << 20)):
+            budget -= len(data)
 
 
 def _judge_test(kind, payload, link):
+    if kind == "stdio":
+        return _judge_stdio(link)
     first = link.recv()
     if first[0] == "raised":
-        return "failed", f"the program raised {first[1]}: {first[2]}"[:300]
-    if kind == "stdio":
-        return ("passed", "") if first[0] == "exit" else ("failed", "bad reply from the program")
+        return _raised(first)
     if first[0] != "ready":
         return "failed", "bad reply from the program"
     namespace = _test_namespace(first[1], link)
@@ -523,6 +375,25 @@ def _judge_test(kind, payload, link):
     except BaseException as e:  # noqa: BLE001 -- SystemExit, AssertionError...: the test did not finish
         return "failed", _failure(e)
     return "passed", ""
+
+
+def _judge_stdio(link):
+    """A stdin/stdout run: it ends when the program's process does (its exit status, checked after
+    the clean-up, must be 0; the trainer compares its stdout). The worker's messages only say why
+    it failed: the program can write them too. Without a pidfd (Linux < 5.3) its "exit" decides."""
+    if link.pidfd is None:
+        first = link.recv()
+        return _raised(first) if first[0] == "raised" else ("passed", "") if first[0] == "exit" else \
+            ("failed", "bad reply from the program")
+    link.wait_gone()
+    message = link._take()
+    if message is not None and message[0] == "raised":
+        return _raised(message)
+    return "passed", ""
+
+
+def _raised(message):
+    return "failed", f"the program raised {message[1]}: {message[2]}"[:300]
 
 
 def _failure(e):
@@ -538,11 +409,11 @@ def _failure(e):
 
 
 def _test_namespace(names, link):
-    import builtins
-
+    """The test's globals: the real builtins, then the program's names (as the worker listed
+    them: untrusted), except any that would shadow a builtin, or a dunder such as __builtins__."""
     namespace = {"__name__": "__main__", "__builtins__": builtins}
     for name, kind, value in names:
-        if not (isinstance(name, str) and name.isidentifier()):
+        if not (isinstance(name, str) and name.isidentifier()) or name in BUILTIN_NAMES or name.startswith("__"):
             continue
         if kind == "call":
             namespace[name] = _proxy(name, link)
@@ -555,13 +426,18 @@ def _test_namespace(names, link):
     return namespace
 
 
-NO_IMPORT = frozenset({"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "webbrowser", "pydoc"})
+NO_IMPORT = frozenset({"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "webbrowser", "pydoc",
+                       "ensurepip", "venv", "lib2to3", "test", "site"})
 
 
 def _stdlib_module(name):
-    """A module the program imported, imported here too if it is a harmless stdlib module."""
-    top = name.split(".")[0]
-    if top not in getattr(sys, "stdlib_module_names", ()) or top in NO_IMPORT or top.startswith("_"):
+    """A module the program imported, imported here too if it is a harmless stdlib module: the
+    judge's own copy, found on the judge's path (stdlib only), whatever the program put in its
+    sys.modules or wrote to disk. Never a private one or a ``__main__`` (that would run a tool)."""
+    parts = name.split(".")
+    if parts[0] not in getattr(sys, "stdlib_module_names", ()) or parts[0] in NO_IMPORT:
+        return None
+    if any(not part.isidentifier() or part.startswith("_") for part in parts):
         return None
     try:
         __import__(name)
@@ -571,7 +447,8 @@ def _stdlib_module(name):
 
 
 def _proxy(name, link):
-    import builtins
+    """The program's function `name` as the test calls it: plain data to the worker and back; the
+    program's exceptions raised again here as the builtin of that name (else RuntimeError)."""
 
     def call(*args, **kwargs):
         link.send(("call", name, list(args), kwargs))
@@ -580,7 +457,10 @@ def _proxy(name, link):
             return decode(reply[1])
         exc = getattr(builtins, str(reply[1]), None)
         message = str(reply[2])
-        if not (isinstance(exc, type) and issubclass(exc, Exception)):
+        # StopIteration out of a call inside map()/filter()/zip() would end the test's iteration
+        # as if it were complete (``all(map(check, cases))`` -> True): a RuntimeError, as PEP 479
+        # makes it inside generators.
+        if not (isinstance(exc, type) and issubclass(exc, Exception)) or reply[1] in NO_PROGRAM_ERRORS:
             exc, message = RuntimeError, f"{reply[1]}: {message}"
         try:
             error = exc(message)

@@ -11,6 +11,7 @@ import os
 MAX_MESSAGE = 16 << 20  # bytes in one call or reply
 MAX_DEPTH = 64  # nesting of a value crossing the boundary
 MAX_ITEMS = 200_000  # items in one container or materialised iterator
+MAX_SHARED_HASH = 32  # distinct items of one container with one hash: more were made to collide
 
 # ---------------------------------------------------------------------------------------------
 # Plain data across the boundary: a small tagged format, decoded without recursion or eval.
@@ -112,6 +113,7 @@ def decode(data: bytes):
 
 
 def _build(tag, items):
+    _refuse_collisions(items)
     if tag == b"d":
         return dict(zip(items[0::2], items[1::2]))
     return CONTAINERS[tag](items)
@@ -144,6 +146,26 @@ def _scalar(tag, data, pos):
     if tag == b"c":
         return complex(text), end + 1
     raise ValueError(f"unknown tag {tag!r}")
+
+
+def _refuse_collisions(items):
+    """ValueError when many distinct items share one hash. A set or dict of them (built here, or
+    by the test: ``set(f(x))``) takes quadratic time inside C code, which no alarm interrupts:
+    200,000 ints that are multiples of 2**61 - 1 (the int hash's modulus) take minutes. Strings
+    and bytes hash with a per-process secret; ints, floats and tuples of them don't."""
+    if len(items) <= MAX_SHARED_HASH:
+        return
+    first, shared = {}, {}
+    for item in items:
+        try:
+            key = hash(item)
+        except TypeError:  # lists, dicts, sets: not hashable, can't collide
+            continue
+        seen = first.setdefault(key, item)
+        if seen is not item and seen != item:
+            shared[key] = shared.get(key, 0) + 1
+            if shared[key] > MAX_SHARED_HASH:
+                raise ValueError(f"more than {MAX_SHARED_HASH} different values with one hash (built to collide)")
 
 
 # ---------------------------------------------------------------------------------------------

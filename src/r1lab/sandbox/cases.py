@@ -3,8 +3,12 @@
 - Python source with asserts (MBPP, r1lab's code task): each top-level ``assert`` (or top-level
   statement with an assert inside, like ``try: f(-1) except ValueError: pass else: assert False``)
   is one test, run after the program and after the source's other top-level statements that
-  precede it (imports, helpers); source without one (HumanEval's ``def check(candidate)`` and
-  ``check(f)``) is one test.
+  precede it (imports, helpers); source without one that calls something at top level
+  (HumanEval's ``def check(candidate)`` and ``check(f)``) is one test; source with only
+  definitions but ``def test_*()`` functions (pytest's layout) has one test per function, which
+  is called. Source in which nothing runs (a ``def check`` never called) is refused: it would
+  pass any program; given the row's ``entry_point``, HumanEval's convention applies instead
+  (``check(<entry_point>)`` is appended).
 - A list of such strings: each string is one test, as it is.
 - stdin/stdout pairs (APPS, CodeContests): a list of ``{"input": ..., "output": ...}`` or of
   ``[input, output]``, or ``{"inputs": [...], "outputs": [...]}``, or that as a JSON string.
@@ -36,7 +40,7 @@ class CodeTest:
         return (self.kind, self.source if self.kind == "assert" else self.stdin)
 
 
-def parse_tests(spec: Any) -> tuple[CodeTest, ...]:
+def parse_tests(spec: Any, entry_point: str | None = None) -> tuple[CodeTest, ...]:
     """The tests in one ``tests`` cell; R1labError for a layout r1lab doesn't know.
 
     >>> [t.source for t in parse_tests("import math\\nassert f(1) == 2\\nassert f(2) == 3")]
@@ -51,7 +55,7 @@ def parse_tests(spec: Any) -> tuple[CodeTest, ...]:
                 return parse_tests(json.loads(spec))
             except (json.JSONDecodeError, R1labError):
                 pass  # Python source that starts with a list or dict literal
-        tests = split_asserts(spec)
+        tests = split_asserts(spec, entry_point)
     elif isinstance(spec, dict):
         tests = _stdio_columns(spec)
     elif isinstance(spec, (list, tuple)):
@@ -66,14 +70,20 @@ def parse_tests(spec: Any) -> tuple[CodeTest, ...]:
     return tests
 
 
-def split_asserts(source: str) -> tuple[CodeTest, ...]:
+def split_asserts(source: str, entry_point: str | None = None) -> tuple[CodeTest, ...]:
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError) as e:
         raise R1labError(f"tests: the test source is not valid Python: {e}") from None
     checks = [i for i, node in enumerate(tree.body) if _is_check(node)]
     if not checks:
-        return (CodeTest("assert", source=source),)
+        if any(_runs_something(node) for node in tree.body):
+            return (CodeTest("assert", source=source),)
+        if entry_point and any(isinstance(node, ast.FunctionDef) and node.name == "check" for node in tree.body):
+            if not entry_point.isidentifier():
+                raise R1labError(f"tests: entry_point {entry_point!r} is not a Python name")
+            return (CodeTest("assert", source=f"{source}\n\ncheck({entry_point})\n"),)
+        return _pytest_functions(tree)
     tests = []
     for i in checks:
         setup = [node for j, node in enumerate(tree.body[:i]) if j not in checks]
@@ -82,21 +92,51 @@ def split_asserts(source: str) -> tuple[CodeTest, ...]:
 
 
 def _is_check(node: ast.stmt) -> bool:
-    """A top-level assert, or a statement with one inside (``try: ... else: assert False``);
+    """A top-level assert or raise, or a statement with one inside (``try: ... else: assert False``);
     definitions are setup even when their bodies assert (HumanEval's ``def check``)."""
-    if isinstance(node, ast.Assert):
+    if isinstance(node, (ast.Assert, ast.Raise)):
         return True
-    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+    if _is_definition(node):
         return False
-    return any(isinstance(inner, ast.Assert) for inner in ast.walk(node))
+    return _asserts(node)
+
+
+def _is_definition(node: ast.stmt) -> bool:
+    return isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+
+
+def _asserts(node: ast.AST) -> bool:
+    return any(isinstance(inner, (ast.Assert, ast.Raise)) for inner in ast.walk(node))
+
+
+def _runs_something(node: ast.stmt) -> bool:
+    """A top-level statement that checks or calls something (``check(f)``, ``f(1)``), not a
+    definition, an import, or an assignment of constants."""
+    if _is_definition(node) or isinstance(node, (ast.Import, ast.ImportFrom)):
+        return False
+    return any(isinstance(inner, (ast.Assert, ast.Raise, ast.Call)) for inner in ast.walk(node))
+
+
+def _pytest_functions(tree: ast.Module) -> tuple[CodeTest, ...]:
+    """One test per ``def test_*()`` (no parameters): the whole source, then its call."""
+    names = [node.name for node in tree.body if isinstance(node, ast.FunctionDef) and node.name.startswith("test")
+             and not (node.args.args or node.args.posonlyargs or node.args.kwonlyargs)]
+    if not names:
+        raise R1labError("tests: nothing in the test source runs (only definitions: a check(candidate) never "
+                         "called, no assert, no def test_*()): it would pass any program")
+    source = ast.unparse(tree)
+    return tuple(CodeTest("assert", source=f"{source}\n{name}()") for name in names)
 
 
 def _one(item: Any) -> CodeTest:
     if isinstance(item, str):
         try:
-            ast.parse(item)
+            tree = ast.parse(item)
         except (SyntaxError, ValueError) as e:
             raise R1labError(f"tests: a test is not valid Python: {e}") from None
+        if not any(_runs_something(node) for node in tree.body):
+            raise R1labError(f"tests: nothing in the test {item[:60]!r} runs (only definitions, imports or "
+                             "constants): it would pass any program")
         return CodeTest("assert", source=item)
     if isinstance(item, dict) and "input" in item and "output" in item:
         return _stdio(item["input"], item["output"])
@@ -131,3 +171,21 @@ def normalise_output(text: str) -> str:
     while lines and not lines[-1]:
         lines.pop()
     return "\n".join(lines)
+
+
+def prompt_helpers(prompt: str, entry_point: str) -> str:
+    """The prompt's code other than the function to write (imports, helpers such as HumanEval's
+    ``encode_cyclic``), as test code: the test then uses the prompt's helpers, never the
+    program's own versions of them (a program that redefines ``encode_cyclic`` as the identity
+    would otherwise pass ``decode_cyclic`` with the identity too). "" if the prompt isn't Python.
+
+    >>> prompt_helpers("import math\\ndef g(x):\\n    return x\\ndef f(x):\\n    'doc'\\n", "f")
+    'import math\\n\\ndef g(x):\\n    return x'
+    """
+    try:
+        tree = ast.parse(prompt)
+    except (SyntaxError, ValueError):
+        return ""
+    body = [node for node in tree.body
+            if not (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == entry_point)]
+    return ast.unparse(ast.Module(body=body, type_ignores=[]))

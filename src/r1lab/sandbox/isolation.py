@@ -12,6 +12,9 @@ Three kinds, strongest first; `r1lab.sandbox.runner.choose_isolation` probes the
 - ``userns`` (a normal user; or root when the kind above fails, then bwrap is started as an
   unprivileged uid): the same sandbox inside a new user namespace, as its uid 65534. RLIMIT_NPROC
   is counted per user namespace, so each sandbox's process cap is its own.
+- Both kinds add a seccomp filter (`r1lab.sandbox.seccomp`) where libseccomp can build one,
+  and put each run in a cgroup v2 of its own (`r1lab.sandbox.cgroups`: memory.max, pids.max)
+  where the trainer may create one; `Isolation.describe` says which of the two hold.
 - ``weak`` (opt-in only): the harness runs directly, with rlimits, a scrubbed environment and
   a temp working directory (as an unprivileged uid when the trainer is root); the program can
   read the user's files and reach the network.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import compileall
 import contextlib
+import dataclasses
 import functools
 import os
 import shutil
@@ -32,6 +36,8 @@ from pathlib import Path
 from typing import Iterator
 
 from r1lab.errors import R1labError
+from r1lab.sandbox import seccomp
+from r1lab.sandbox.cgroups import cgroup_parent
 from r1lab.sandbox.limits import Limits
 
 WEAK_ENV = "R1LAB_ALLOW_WEAK_SANDBOX"
@@ -54,6 +60,8 @@ class Isolation:
     binds: tuple[str, ...] = ()  # host directories bound read-only at the same path, besides /usr
     disable_userns: bool = False  # bwrap >= 0.8: the program can't make user namespaces of its own
     size_option: bool = False  # bwrap >= 0.8: the /tmp tmpfs is size-capped
+    seccomp: bool = False  # the seccomp filter is installed (``bwrap --seccomp``)
+    cgroup: str = ""  # a cgroup v2 folder the trainer may make per-run cgroups in; "": rlimits only
 
     @property
     def strong(self) -> bool:
@@ -70,14 +78,21 @@ class Isolation:
         return self.kind == "userns" and os.geteuid() == 0
 
     def describe(self) -> str:
-        return {
+        text = {
             "userns": "bubblewrap: user, PID, network and mount namespaces; read-only /usr; tmpfs /tmp",
             "root": "bubblewrap as root: PID, network and mount namespaces; unprivileged uid; tmpfs /tmp",
             "weak": "WEAK: rlimits and a temp directory only; no network or filesystem isolation",
         }[self.kind]
+        if self.strong:
+            text += "; seccomp filter" if self.seccomp else "; no seccomp filter"
+            text += f"; cgroup v2 memory.max and pids.max under {self.cgroup}" if self.cgroup else \
+                "; no cgroup v2: memory and processes capped by per-process rlimits only"
+        return text
 
-    def command(self, limits: Limits, uid: int, info_fd: int | None, label: str) -> list[str]:
-        """The argv that starts the harness's judge (`info_fd`: where bwrap writes the sandbox's pid)."""
+    def command(self, limits: Limits, uid: int, info_fd: int | None, label: str,
+                seccomp_fd: int | None = None) -> list[str]:
+        """The argv that starts the harness's judge (`info_fd`: where bwrap writes the sandbox's pid;
+        `seccomp_fd`: where it reads the seccomp filter)."""
         mode = "weak" if self.kind == "weak" else "ns"
         uid = -1 if self.spawn_as_uid else uid  # the judge drops to `uid` itself in the other kinds
         harness_dir = HARNESS_DIR if self.kind == "weak" else INSIDE_HARNESS_DIR
@@ -98,6 +113,8 @@ class Isolation:
                  "--setenv", "HOME", "/tmp", "--setenv", "TMPDIR", "/tmp"]
         if info_fd is not None:
             args += ["--info-fd", str(info_fd)]
+        if seccomp_fd is not None:
+            args += ["--seccomp", str(seccomp_fd)]
         args += ["--remount-ro", "/dev", "--remount-ro", "/"]  # only /tmp is writable
         if self.kind == "userns":
             args += ["--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
@@ -109,7 +126,7 @@ class Isolation:
 
 def candidates() -> list[Isolation]:
     """The isolations to try on this machine, strongest first (weak last, always possible)."""
-    for name in ("_harness.py", "_wire.py"):  # their .pyc, so each sandbox loads them fast (if writable)
+    for name in ("_harness.py", "_worker.py", "_wire.py"):  # their .pyc, so each sandbox loads them fast (if writable)
         compileall.compile_file(os.path.join(HARNESS_DIR, name), quiet=2)
     python = os.path.realpath(sys.executable)
     # The userns kind started by root, and weak, run the interpreter as an unprivileged uid, which
@@ -128,6 +145,10 @@ def candidates() -> list[Isolation]:
         found.append(Isolation("userns", unprivileged, binds=userns.binds, **common))
     if os.geteuid() == 0:
         found.insert(0, Isolation("root", python, binds=_interpreter_binds(python), **common))
+    found = [dataclasses.replace(isolation, cgroup=cgroup_parent()) for isolation in found]
+    if "--seccomp" in help_text and seccomp.filter_bytes() is not None:  # each kind with the filter first
+        found = [variant for isolation in found
+                 for variant in (dataclasses.replace(isolation, seccomp=True), isolation)]
     return found + [weak]
 
 

@@ -48,6 +48,8 @@ class SandboxPool:
         self.isolation = isolation or choose_isolation(allow_weak_isolation)  # fail fast, before a run
         if not self.isolation.strong:
             logger.warning("code sandbox: %s", self.isolation.describe())
+        else:
+            logger.info("code sandbox: %s", self.isolation.describe())
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="r1lab-sandbox")
 
     def submit(self, program: str, tests: Sequence[CodeTest], limits: Limits | None = None,
@@ -55,9 +57,16 @@ class SandboxPool:
         return self._executor.submit(self._run_one, program, tuple(tests), limits or self.limits, label)
 
     def run(self, jobs: Sequence[Job], limits: Limits | None = None) -> list[ExecResult]:
-        """Results in the order of `jobs`."""
+        """Results in the order of `jobs`. Interrupted (Ctrl-C), it cancels the runs not yet
+        started at once; those running end at their deadlines (or with the trainer: bwrap's
+        --die-with-parent)."""
         futures = [self.submit(program, tests, limits) for program, tests in jobs]
-        return [f.result() for f in futures]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
     def _run_one(self, program: str, tests: tuple[CodeTest, ...], limits: Limits, label: str) -> ExecResult:
         try:
@@ -69,7 +78,7 @@ class SandboxPool:
         return result
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
     def __enter__(self) -> SandboxPool:
         return self

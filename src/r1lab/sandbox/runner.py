@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import ast
 import functools
+import logging
 import marshal
 import os
+import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -22,7 +25,9 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Sequence
 
+from r1lab.sandbox import seccomp
 from r1lab.sandbox.cases import CodeTest, normalise_output, parse_tests
+from r1lab.sandbox.cgroups import RunCgroup
 from r1lab.sandbox.isolation import (
     ENV,
     UID_SLOTS,
@@ -33,7 +38,10 @@ from r1lab.sandbox.isolation import (
 )
 from r1lab.sandbox.limits import Limits
 
+logger = logging.getLogger(__name__)
+
 MAX_REPORT = 256 << 20  # bytes of results the trainer reads from one run
+DEADLINE = "the run did not finish within its deadline"
 
 
 @dataclass(frozen=True)
@@ -75,8 +83,11 @@ def _choose(allow_weak: bool) -> Isolation:
             break
         problem = probe(isolation)
         if problem is None:
+            if failures:
+                logger.warning("code sandbox: using %s; stronger ones failed: %s", isolation.describe(),
+                               "; ".join(failures))
             return isolation
-        failures.append(f"{isolation.kind}: {problem}")
+        failures.append(f"{isolation.describe()}: {problem}")
     raise no_isolation_error(failures)
 
 
@@ -103,38 +114,117 @@ def probe(isolation: Isolation) -> str | None:
 
 def _execute(program: str, cases: tuple[CodeTest, ...], limits: Limits, isolation: Isolation, uid: int,
              label: str) -> tuple[list[bytes], bytes, str]:
-    """The harness's result lines, its stderr, and an error if the run had to be killed."""
+    """The harness's result lines (those carrying the run's secret, without it), its stderr, and an
+    error if the run failed or had to be killed at its deadline (`DEADLINE` starts that error)."""
+    secret = secrets.token_hex(16)
     header = {"program": program, "limits": limits.for_harness(_nproc(limits, isolation, uid))}
-    payload = b"".join(_trainer_frame(marshal.dumps(x)) for x in (header, [t.spec() for t in cases]))
-    workdir = tempfile.mkdtemp(prefix="r1lab-sandbox-") if isolation.kind == "weak" else None
-    info_r, info_w = os.pipe() if isolation.strong else (None, None)
+    payload = b"".join(_trainer_frame(marshal.dumps(x)) for x in (header, (secret, [t.spec() for t in cases])))
+    budget = limits.run_budget(len(cases))
+    started = Started(isolation, limits, label)
     try:
-        if workdir and uid >= 0:
-            os.chown(workdir, uid, uid)
-        env = dict(ENV, HOME=workdir, TMPDIR=workdir) if workdir else dict(ENV)
-        user = uid if isolation.spawn_as_uid else None
-        proc = subprocess.Popen(isolation.command(limits, uid, info_w, label), stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=workdir or "/", env=env,
-                                start_new_session=True, pass_fds=(info_w,) if info_w is not None else (),
-                                user=user, group=user, extra_groups=[] if user is not None else None)
-    except OSError as e:
-        _cleanup(info_r, info_w, workdir, isolation, label)
-        return [], b"", f"can't start the sandbox: {e}"
-    if info_w is not None:
-        os.close(info_w)
-        info_w = None
-    error = ""
-    try:
-        out, err = proc.communicate(payload, timeout=limits.run_budget(len(cases)))
+        proc = started.start(uid)
+        out, err = proc.communicate(payload, timeout=max(budget - (time.monotonic() - started.at), 0.001))
+        error = "" if proc.returncode == 0 else f"the sandbox exited with status {proc.returncode}"
     except subprocess.TimeoutExpired:
-        _kill(proc, info_r)
-        out, err = proc.communicate()
-        error = f"the sandbox did not finish within {limits.run_budget(len(cases)):g} s and was killed"
+        started.kill()
+        out, err = started.proc.communicate()
+        error = f"{DEADLINE} ({budget:g} s) and was killed"
+    except SandboxStartError as e:
+        return [], b"", f"can't start the sandbox: {e}"
     finally:
-        _cleanup(info_r, info_w, workdir, isolation, label)
-    if not error and proc.returncode != 0:
-        error = f"the sandbox exited with status {proc.returncode}"
-    return out[:MAX_REPORT].splitlines(), err[-2000:], error
+        started.cleanup()
+    tag = secret.encode("ascii") + b" "
+    lines = [line[len(tag):] for line in out[:MAX_REPORT].splitlines() if line.startswith(tag)]
+    return lines, err[-2000:], error
+
+
+class SandboxStartError(Exception):
+    pass
+
+
+class Started:
+    """One sandbox's process and what goes with it: the bwrap info pipe (for the sandbox's pid), the
+    seccomp filter's pipe, its cgroup, and weak isolation's working directory."""
+
+    def __init__(self, isolation: Isolation, limits: Limits, label: str):
+        self.isolation, self.limits, self.label = isolation, limits, label
+        self.proc: subprocess.Popen | None = None
+        self.child: int | None = None
+        self.info_r: int | None = None
+        self.fds: list[int] = []
+        self.cgroup: RunCgroup | None = None
+        self.workdir = tempfile.mkdtemp(prefix="r1lab-sandbox-") if isolation.kind == "weak" else None
+        self.at = time.monotonic()
+
+    def start(self, uid: int) -> subprocess.Popen:
+        """Start the sandbox; its judge waits for its input, so it is in its cgroup before it runs anything."""
+        isolation, workdir = self.isolation, self.workdir
+        try:
+            self.info_r, info_w = self._pipe() if isolation.strong else (None, None)
+            filter_r = self._filter_pipe() if isolation.seccomp else None
+            if isolation.cgroup:
+                self.cgroup = RunCgroup(isolation.cgroup, self.limits, self.label)
+            if workdir and uid >= 0:
+                os.chown(workdir, uid, uid)
+            env = dict(ENV, HOME=workdir, TMPDIR=workdir) if workdir else dict(ENV)
+            user = uid if isolation.spawn_as_uid else None
+            command = isolation.command(self.limits, uid, info_w, self.label, filter_r)
+            self.proc = subprocess.Popen(
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=workdir or "/",
+                env=env, start_new_session=True, pass_fds=tuple(fd for fd in (info_w, filter_r) if fd is not None),
+                user=user, group=user, extra_groups=[] if user is not None else None)
+        except OSError as e:
+            raise SandboxStartError(str(e)) from None
+        for fd in (info_w, filter_r):
+            if fd is not None:
+                self._close(fd)
+        if self.cgroup is not None:
+            self.child = _read_child_pid(self.info_r, 5.0)
+            try:
+                self.cgroup.add(self.child if self.child else -1)
+            except OSError as e:
+                self.kill()
+                self.proc.communicate()
+                raise SandboxStartError(f"can't move it into its cgroup {self.cgroup.path}: {e}") from None
+        return self.proc
+
+    def _pipe(self) -> tuple[int, int]:
+        r, w = os.pipe()
+        self.fds += [r, w]
+        return r, w
+
+    def _filter_pipe(self) -> int:
+        """A pipe holding the seccomp filter (a few hundred bytes: fits the pipe's buffer), for bwrap."""
+        r, w = self._pipe()
+        os.write(w, seccomp.filter_bytes() or b"")
+        self._close(w)
+        return r
+
+    def _close(self, fd: int) -> None:
+        if fd in self.fds:
+            self.fds.remove(fd)
+            os.close(fd)
+
+    def kill(self) -> None:
+        """Kill the sandbox's pid 1 (so the kernel kills all of it before bwrap exits), then bwrap."""
+        if self.child is None and self.info_r in self.fds:
+            self.child = _read_child_pid(self.info_r, 0.0)
+        for pid, kill in ((self.child, os.kill), (self.proc.pid if self.proc else None, os.killpg)):
+            if pid:
+                try:
+                    kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+    def cleanup(self) -> None:
+        for fd in list(self.fds):
+            self._close(fd)
+        if self.cgroup is not None:
+            self.cgroup.close()
+        if self.isolation.kind == "weak":
+            kill_labelled(self.label)  # no PID namespace: descendants that left the process group
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def _nproc(limits: Limits, isolation: Isolation, uid: int) -> int:
@@ -149,20 +239,9 @@ def _trainer_frame(data: bytes) -> bytes:
     return b"%d\n" % len(data) + data
 
 
-def _kill(proc: subprocess.Popen, info_r: int | None) -> None:
-    """Kill the sandbox's pid 1 (so the kernel kills all of it before bwrap exits), then bwrap."""
-    child = _child_pid(info_r)
-    for pid, kill in ((child, os.kill), (proc.pid, os.killpg)):
-        if pid:
-            try:
-                kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-
-
-def _child_pid(info_r: int | None) -> int | None:
-    """The sandbox's pid 1 as the host sees it, from bwrap's --info-fd JSON."""
-    if info_r is None:
+def _read_child_pid(info_r: int, wait_s: float) -> int | None:
+    """The sandbox's pid 1 as the host sees it, from bwrap's --info-fd JSON (waiting up to `wait_s`)."""
+    if wait_s > 0 and not select.select([info_r], [], [], wait_s)[0]:
         return None
     os.set_blocking(info_r, False)
     try:
@@ -171,16 +250,6 @@ def _child_pid(info_r: int | None) -> int | None:
         return None
     digits = text.partition('"child-pid":')[2].strip().split("\n")[0].strip(" ,}")
     return int(digits) if digits.isdigit() else None
-
-
-def _cleanup(info_r: int | None, info_w: int | None, workdir: str | None, isolation: Isolation, label: str) -> None:
-    for fd in (info_r, info_w):
-        if fd is not None:
-            os.close(fd)
-    if isolation.kind == "weak":
-        kill_labelled(label)  # no PID namespace: descendants that left the process group
-    if workdir:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def kill_labelled(label: str) -> int:
@@ -219,6 +288,8 @@ def _result(cases: tuple[CodeTest, ...], lines: list[bytes], stderr: bytes, erro
         passed += ok
         if not ok and not first_failure:
             first_failure = f"test {i + 1}/{len(cases)}: {why}"
+    if not done and error.startswith(DEADLINE):  # the program's doing (e.g. values built to hang the judge)
+        return ExecResult(0, len(cases), "failed", error, seconds)
     if not done:
         detail = error or "the harness stopped early"
         tail = stderr.decode("utf-8", "replace").strip().splitlines()[-1:] if stderr else []

@@ -10,7 +10,7 @@
 2. the SFT set is the traces plus the rows of ``extra_data`` (R1 distils on its ~800k stage-3
    samples: the pipeline passes its stage-3 set here);
 3. the student: the folder ``student`` (R1: Qwen2.5 / Llama *base* models, so pretrained), or with
-   ``student`` empty a fresh random Qwen2 of ``student_size`` (`r1lab.models.loading.build_model`) with
+   ``student`` empty a fresh random Qwen2 of ``student_size`` (`r1lab.micro.sizes.build_model`) with
    the teacher's tokenizer, saved to ``output_dir/student_init``;
 4. SFT of the student on the set (`r1lab.stages.sft`), no RL (R1: 2-3 epochs, cosine to 1/10 of the lr).
 
@@ -22,7 +22,7 @@ continues from its newest checkpoint.
 The comparison R1 makes (distilled 72.6 vs RL-only 47.0 AIME pass@1 at 32B) needs an RL-only
 student of the same size, trained from a base pretrained like the teacher's but at the student's
 size (``r1lab pretrain size=SIZE output_dir=runs/micro/student_base`` or, for a size not in
-`r1lab.models.loading.MODEL_SIZES`, a new entry there), then R1-Zero on it: `rl_only_student`, or
+`r1lab.micro.sizes.MODEL_SIZES`, a new entry there), then R1-Zero on it: `rl_only_student`, or
 
     r1lab grpo recipes/micro/r1_zero.yaml model=runs/micro/student_base/final output_dir=runs/micro/rl_only
 """
@@ -42,7 +42,8 @@ from r1lab.errors import R1labError
 from r1lab.grpo import train as grpo_train
 from r1lab.grpo.config import GRPOConfig
 from r1lab.files import read_jsonl, read_rows, write_jsonl
-from r1lab.models.loading import MODEL_SIZES, build_model, count_parameters, load_model, load_tokenizer
+from r1lab.micro.sizes import MODEL_SIZES, build_model
+from r1lab.models.loading import count_parameters, load_model, load_tokenizer
 from r1lab.stages.rejection_sample import RejectionSampleConfig
 from r1lab.stages.sft import SFTConfig
 
@@ -51,7 +52,7 @@ from r1lab.stages.sft import SFTConfig
 class DistillConfig:
     teacher: str = "runs/micro/r1/stage4_rl/final"
     student: str = ""  # HF folder; empty: a fresh `student_size` model with the teacher's tokenizer
-    student_size: str = "micro"  # a key of r1lab.models.loading.MODEL_SIZES (used when `student` is empty)
+    student_size: str = "micro"  # a key of r1lab.micro.sizes.MODEL_SIZES (used when `student` is empty)
     # traces: `model` and `output_dir` are set here; `n` is k, the samples per prompt
     traces: RejectionSampleConfig = field(default_factory=lambda: RejectionSampleConfig(
         num_problems=200, n=4, non_reasoning=0, progress=False))

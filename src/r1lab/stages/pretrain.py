@@ -26,7 +26,8 @@ from r1lab.recipe import save_config
 from r1lab.micro.corpus import build_corpus, corpus_stats
 from r1lab.training.sft_data import tokenize_rows
 from r1lab.files import write_json, write_jsonl
-from r1lab.models.loading import build_model, count_parameters
+from r1lab.micro.sizes import build_model
+from r1lab.models.loading import count_parameters
 from r1lab.training.loop import TrainSettings, train
 from r1lab.micro.tokenizer import build_tokenizer, micro_corpus_sample
 

@@ -12,7 +12,8 @@ from JSONL, Parquet or a `datasets` folder. Outputs, all under ``output_dir``:
   ``final-merged/`` the base with the adapters merged in, a plain folder (``save_merged=true``).
 
 Data parallel on several devices or nodes: ``torchrun --nproc_per_node N -m r1lab.cli sft ...``
-(see docs/scaling.md). A step then sees the same examples as in one process, split across the
+(see docs/scaling.md); ``sharding=fsdp`` shards the model and optimizer state
+(docs/distributed.md). A step then sees the same examples as in one process, split across the
 processes, and makes the same update; a checkpoint resumes with any number of processes.
 
 The loop itself (AdamW, linear warmup then cosine, gradient accumulation, clipping) is
@@ -76,6 +77,8 @@ class SFTConfig(TrainSettings):
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
         check_lora_settings(self.lora_r, self.lora_alpha, self.lora_dropout, self.lora_target_modules)
+        if self.lora_r > 0 and self.sharding == "fsdp":
+            raise ValueError("sharding=fsdp works with full fine-tuning only (LoRA: use sharding=ddp)")
 
 
 def train_settings(config) -> TrainSettings:

@@ -15,6 +15,7 @@ complete ones. SFT, pretraining and GRPO all use these functions.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
@@ -38,11 +39,20 @@ def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
 
 
 def save_checkpoint(path: str | Path, model, tokenizer, optimizer=None, scheduler=None,
-                    trainer_state: dict[str, Any] | None = None, rng: bool = True) -> Path:
-    """Write a checkpoint folder at `path` atomically (a failure leaves any old one intact)."""
+                    trainer_state: dict[str, Any] | None = None, rng: bool = True, shards: Path | None = None) -> Path:
+    """Write a checkpoint folder at `path` atomically (a failure leaves any old one intact).
+
+    `shards` (sharding=fsdp, r1lab.training.fsdp.save_sharded): a torch.distributed.checkpoint folder of
+    the model and optimizer state, moved in as ``sharded/`` in place of the model folder (`model`
+    None) and ``optimizer.pt``."""
     path = Path(path)
     with atomic_dir(path) as tmp:
-        save_model(tmp, model, tokenizer)
+        if model is not None:
+            save_model(tmp, model, tokenizer)
+        elif tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if shards is not None:
+            os.replace(shards, tmp / "sharded")
         if optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         if scheduler is not None:
@@ -96,11 +106,15 @@ def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
 
 
 def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None, rng: bool = True) -> dict[str, Any]:
-    """Restore weights, optimizer, scheduler and RNG from `path`; return its trainer state."""
+    """Restore weights, optimizer, scheduler and RNG from `path`; return its trainer state.
+    `model` None: not the weights (a sharded checkpoint's go through r1lab.training.fsdp.load_sharded)."""
     path = Path(path)
     if not (path / STATE_FILE).is_file():
         raise R1labError(f"{path}: not a complete checkpoint (no {STATE_FILE})")
-    load_weights(path, model)
+    if model is not None:
+        if (path / "sharded").is_dir() and not any(path.glob("*.safetensors")):
+            raise R1labError(f"{path}: written with sharding=fsdp (sharded/ state); resume it with sharding=fsdp")
+        load_weights(path, model)
     if optimizer is not None:
         optimizer.load_state_dict(_load(path / "optimizer.pt"))
     if scheduler is not None:

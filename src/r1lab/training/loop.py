@@ -1,7 +1,8 @@
 """The training loop on plain PyTorch that SFT, pretraining and the reward model share, and whose
 optimizer and learning-rate schedule GRPO uses: AdamW, linear warmup then cosine decay, gradient
 accumulation over micro-batches of at most `max_tokens_per_batch` padded tokens, clipping,
-periodic evaluation, atomic checkpoints that resume exactly, and data parallelism under torchrun.
+periodic evaluation, atomic checkpoints that resume exactly, and data parallelism under torchrun
+(`sharding`: ddp, or fsdp to shard weights, gradients and AdamW state: docs/distributed.md).
 
     summary = train(model, tokenizer, train_examples, eval_examples, TrainSettings(...), output_dir)
 
@@ -25,7 +26,8 @@ from tqdm import tqdm
 
 from r1lab.errors import R1labError
 from r1lab.files import append_jsonl, read_jsonl, write_jsonl
-from r1lab.training import distributed
+from r1lab.recipe import check_choices
+from r1lab.training import distributed, fsdp
 from r1lab.training.checkpoint import (checkpoint_dir, latest_checkpoint, load_checkpoint, prune_checkpoints,
                                        save_checkpoint, save_final)
 from r1lab.training.sft_data import IGNORE_INDEX, Example, batches, collate
@@ -51,6 +53,11 @@ class TrainSettings:
     keep_checkpoints: int = 2  # <= 0: keep all
     log_every: int = 10
     seed: int = 0
+    # ddp: every process holds the whole model | fsdp: weights, gradients and AdamW state sharded
+    # over processes (FSDP2, r1lab.training.fsdp; also in one process); fsdp_cpu_offload: shards in
+    # CPU memory (GPU runs)
+    sharding: str = "ddp"
+    fsdp_cpu_offload: bool = False
 
     def __post_init__(self):
         if self.learning_rate <= 0:
@@ -67,6 +74,9 @@ class TrainSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_steps <= 0 and self.epochs < 1:
             raise ValueError("set max_steps > 0 or epochs >= 1")
+        check_choices("sharding", self.sharding, fsdp.SHARDINGS)
+        if self.fsdp_cpu_offload and self.sharding != "fsdp":
+            raise ValueError("fsdp_cpu_offload=true needs sharding=fsdp")
 
 
 def lr_multiplier(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
@@ -115,10 +125,14 @@ def eval_loss(model, examples: Sequence[Example], max_tokens: int, pad_id: int) 
     model.eval()
     total, count = 0.0, 0
     plan = batches(examples, max_tokens, seed=0, epoch=0)
-    for batch in distributed.shard(plan, distributed.rank(), distributed.world_size()):
+    mine = distributed.shard(plan, distributed.rank(), distributed.world_size())
+    idle = fsdp.pad_calls(len(mine), device) if fsdp.is_sharded(model) else 0  # before any forward
+    for batch in mine:
         tensors = [t.to(device) for t in collate([examples[i] for i in batch], pad_id)]
         total += token_loss_sum(model, *tensors).item()
         count += sum(target_count(examples[i]) for i in batch)
+    for _ in range(idle):  # a sharded forward gathers weights with every process: join the busier ones'
+        fsdp.idle_forward(model, device)
     model.train(was_training)
     total, count = distributed.all_reduce_sum(torch.tensor([total, count], dtype=torch.float64)).tolist()
     return total / max(count, 1)
@@ -135,9 +149,10 @@ def train_step(model, optimizer, scheduler, micro_batches: list[list[Example]], 
     whole (global) step: each process runs its `distributed.shard` of every micro-batch. The
     target count is the global one (every process knows the whole step, so it needs no
     all-reduce), and DDP's gradient mean over processes is undone by scaling the loss by the world
-    size: the summed gradient, hence the update, is the one a single process would make.
+    size: the summed gradient, hence the update, is the one a single process would make. A
+    sharded model (sharding=fsdp) sums the gradients itself (r1lab.training.fsdp), in every backward.
     """
-    device = _device_of(model)
+    device, sharded = _device_of(model), fsdp.is_sharded(model)
     rank, world = distributed.rank(), distributed.world_size()
     n_targets = sum(target_count(e) for batch in micro_batches for e in batch)
     lr = scheduler.get_last_lr()[0]
@@ -148,12 +163,15 @@ def train_step(model, optimizer, scheduler, micro_batches: list[list[Example]], 
         tensors = [t.to(device) for t in collate(mine, pad_id)]
         with _no_sync(model, last=i == len(micro_batches) - 1):
             loss = token_loss_sum(model, *tensors) / max(n_targets, 1)
-            (loss * world if world > 1 else loss).backward()
+            (loss * world if world > 1 and not sharded else loss).backward()
         total += loss.item()
     if world > 1:
         total = distributed.all_reduce_sum(torch.tensor(total, dtype=torch.float64)).item()
     norm_limit = max_grad_norm if max_grad_norm > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], norm_limit)
+    if sharded:
+        grad_norm = fsdp.clip_grad_norm(model, norm_limit)
+    else:
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], norm_limit)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -176,11 +194,13 @@ def train(model, tokenizer, train_examples: Sequence[Example], eval_examples: Se
     started, pad_id = time.perf_counter(), _pad_id(tokenizer)
     total_steps = _total_steps(train_examples, settings)
     torch.manual_seed(settings.seed)
+    if settings.sharding == "fsdp":  # before the optimizer: it holds the sharded parameters
+        fsdp.shard(model, "fp32", settings.fsdp_cpu_offload)  # bf16 policy: when this loop gets `precision`
     optimizer = build_optimizer(model, settings)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(
         s, settings.warmup_steps, total_steps, settings.min_lr_ratio))
     state = _start_state(output_dir, model, optimizer, scheduler, resume, len(train_examples))
-    trainee = distributed.data_parallel(model)  # `model` itself in a single process
+    trainee = model if fsdp.is_sharded(model) else distributed.data_parallel(model)  # DDP under torchrun
     stream = _batch_stream(train_examples, settings, state["epoch"], state["position"])
     main = distributed.is_main()
     log = _MetricsLog(output_dir / "metrics.jsonl") if main else None
@@ -203,15 +223,29 @@ def train(model, tokenizer, train_examples: Sequence[Example], eval_examples: Se
                        "grad_norm": result["grad_norm"], **({"eval_loss": state["eval_loss"]} if evaluated else {})})
         bar.update(1)
         bar.set_postfix(loss=f"{result['loss']:.4f}")
-        if main and (last or _every(step, settings.save_every)):
-            save_checkpoint(checkpoint_dir(output_dir, step), model, tokenizer, optimizer, scheduler, state)
-            prune_checkpoints(output_dir, settings.keep_checkpoints)
+        if last or _every(step, settings.save_every):
+            _save_checkpoint(output_dir, step, (model, tokenizer, optimizer, scheduler), state, settings)
     bar.close()
-    if main:
+    if fsdp.is_sharded(model):  # gathered on rank 0
+        fsdp.save_model(output_dir / "final", model, tokenizer)
+    elif main:
         save_final(output_dir / "final", model, tokenizer)
     distributed.barrier()  # every process returns only once the files are there
     return {"train_loss": state.get("loss"), "eval_loss": state.get("eval_loss"), "steps": state["step"],
             "seconds": round(time.perf_counter() - started, 2)}
+
+
+def _save_checkpoint(output_dir: Path, step: int, trainer: tuple, state: dict, settings: TrainSettings) -> None:
+    """Every process calls it: a sharded model's processes each write their shards, rank 0 the rest."""
+    model, tokenizer, optimizer, scheduler = trainer
+    shards = None
+    if fsdp.is_sharded(model):
+        shards = output_dir / "checkpoints" / f".step-{step:06d}.sharded"
+        fsdp.save_sharded(shards, model, optimizer)
+        model, optimizer = None, None  # in the shards
+    if distributed.is_main():
+        save_checkpoint(checkpoint_dir(output_dir, step), model, tokenizer, optimizer, scheduler, state, shards=shards)
+        prune_checkpoints(output_dir, settings.keep_checkpoints)
 
 
 class _MetricsLog:
@@ -286,7 +320,10 @@ def _start_state(output_dir: Path, model, optimizer, scheduler, resume: bool, nu
         if main:
             metrics.unlink(missing_ok=True)  # left by a run that died before its first checkpoint
         return {"step": 0, "epoch": 0, "position": 0, "num_examples": num_examples}
-    state = load_checkpoint(found, model, optimizer, scheduler)
+    sharded = fsdp.is_sharded(model)
+    state = load_checkpoint(found, None if sharded else model, None if sharded else optimizer, scheduler)
+    if sharded:
+        fsdp.load_sharded(found, model, optimizer)
     if state.get("num_examples") != num_examples:
         raise R1labError(f"{found}: was trained on {state.get('num_examples')} examples, now given {num_examples};"
                          " resuming needs the same data")
