@@ -7,7 +7,7 @@ CPU offload), vLLM rollouts. Marked `gpu`, so they skip where CUDA is absent (co
 
 import pytest
 import torch
-from test_grpo_train import _args, prompts_jsonl  # noqa: F401
+from test_grpo_train import _args
 from transformers import AutoModelForCausalLM
 
 from r1lab.cli import main as cli_main

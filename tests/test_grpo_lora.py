@@ -17,7 +17,7 @@ peft = pytest.importorskip("peft", reason="LoRA needs peft (pip install 'r1lab[p
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from r1lab.models import fast_decoder  # noqa: E402
-from r1lab.grpo.losses import ADVANTAGES  # noqa: E402
+from r1lab.grpo.advantages import ADVANTAGES  # noqa: E402
 from r1lab.grpo.rollout import Rollout, RolloutSettings, pack, sample_and_score  # noqa: E402
 from r1lab.grpo.update import reference_logprobs  # noqa: E402
 from r1lab.models.lora import apply_lora, disabled_adapters  # noqa: E402

@@ -13,7 +13,7 @@ import torch
 from r1lab.models import fast_decoder
 from r1lab.errors import R1labError
 from r1lab.grpo.config import GRPOConfig
-from r1lab.grpo.losses import ADVANTAGES
+from r1lab.grpo.advantages import ADVANTAGES
 from r1lab.grpo.rollout import RolloutSettings, pack, rollout_sampler, sample_and_score
 from r1lab.grpo.update import UpdateSettings, reference_logprobs, update_policy
 from r1lab.models.logprobs import sequence_logprobs

@@ -12,7 +12,7 @@ import torch
 from r1lab.models import fast_decoder, precision
 from r1lab.errors import R1labError
 from r1lab.grpo.config import GRPOConfig
-from r1lab.grpo.losses import ADVANTAGES
+from r1lab.grpo.advantages import ADVANTAGES
 from r1lab.grpo.rollout import RolloutSettings, pack, sample_and_score
 from r1lab.grpo.update import UpdateSettings, update_policy
 from r1lab.models.logprobs import sequence_logprobs

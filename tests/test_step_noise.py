@@ -9,7 +9,7 @@ import torch
 
 from r1lab.micro import step_noise
 from r1lab.grpo.config import GRPOConfig
-from r1lab.grpo.losses import ADVANTAGES
+from r1lab.grpo.advantages import ADVANTAGES
 from r1lab.micro.step_noise import StepNoise, noise_metrics, pending_step_value, step_outcomes
 from r1lab.grpo.rollout import Scored, pack
 from r1lab.micro.sizes import build_model
