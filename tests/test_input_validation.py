@@ -154,5 +154,5 @@ def test_row_numbers_are_1_based(tmp_path):
     from r1lab.grpo.config import GRPOData
     from r1lab.problems import load_train_rows
 
-    with pytest.raises(R1labError, match=r"data.parquet: row 2 has no 'prompt'"):
+    with pytest.raises(R1labError, match=r"data.parquet: row 2 column 'prompt': empty prompt"):
         load_train_rows(GRPOData(train=str(path)), seed=0)

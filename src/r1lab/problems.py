@@ -11,6 +11,7 @@ import json
 import random
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from r1lab import task_registry
 from r1lab.grpo.config import GRPOData
@@ -49,10 +50,11 @@ def data_fingerprint(data: GRPOData, seed: int, rows: list[dict]) -> dict:
     """What a resumed run must share with the run it continues (saved in each checkpoint): the
     training data (the file's SHA-256, or for micro tasks that of the generated `rows`) and the
     seed that orders it."""
-    if data.train:
+    if data.train and Path(data.train).is_file():
         return {"source": data.train, "sha256": file_digest(data.train), "seed": seed}
     text = json.dumps(rows, sort_keys=True, ensure_ascii=False).encode("utf-8")
-    return {"source": f"micro tasks {', '.join(data.tasks)}", "sha256": hashlib.sha256(text).hexdigest(), "seed": seed}
+    source = data.train or f"micro tasks {', '.join(data.tasks)}"  # a folder, a hub dataset or generated tasks
+    return {"source": source, "sha256": hashlib.sha256(text).hexdigest(), "seed": seed}
 
 
 def check_same_data(checkpoint: str, saved: dict | None, now: dict) -> None:

@@ -194,6 +194,7 @@ class GRPOConfig:
         if self.aggregation:
             check_choices("aggregation", self.aggregation, AGGREGATIONS)
         check_choices("entropy_control", self.entropy_control, ("none", "kl_cov"))
+        self._check_numbers()
         self._check_objective()
         check_choices("kl_estimator", self.kl_estimator, KL_ESTIMATORS)
         check_choices("template", self.template, TEMPLATES)
@@ -214,7 +215,6 @@ class GRPOConfig:
             raise ValueError(f"reward_weights has {len(self.reward_weights)} entries for {len(self.rewards)} rewards")
         if self.reward_from_step and len(self.reward_from_step) != len(self.rewards):
             raise ValueError(f"reward_from_step has {len(self.reward_from_step)} entries for {len(self.rewards)} rewards")
-        self._check_numbers()
         if self.num_generations < 2:
             raise ValueError("num_generations must be >= 2: GRPO's advantage compares completions of a group")
         if self.resume and self.overwrite:
