@@ -4,6 +4,8 @@ fingerprint and reference snapshots."""
 
 import json
 import os
+import shutil
+import signal
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ from r1lab.training.checkpoint import (CheckpointError, checkpoint_dir, latest_c
                               prune_checkpoints, read_state, resume_latest, save_checkpoint, start_run)
 from r1lab.cli import main as cli_main
 from r1lab.errors import R1labError
-from r1lab.files import atomic_dir, recover
+from r1lab.files import atomic_dir, recover, remove_dir
 from r1lab.micro.sizes import build_model
 
 
@@ -279,3 +281,20 @@ def test_sft_refuses_a_fresh_run_over_checkpoints_or_other_data_and_falls_back(t
     train(build_model("micro", tokenizer), tokenizer, examples, [], settings, out, overwrite=True)
     assert [p.name for p in list_checkpoints(out)] == ["step-000001", "step-000002"]
     assert not (out / "checkpoints" / "old-run.txt").exists()  # the old checkpoints folder went first
+
+
+def test_ctrl_c_during_a_deletion_waits_for_it_to_finish_then_stops(tmp_path, monkeypatch):
+    doomed = tmp_path / "step-000001"
+    doomed.mkdir()
+    (doomed / "model.safetensors").write_text("x")
+    real_rmtree = shutil.rmtree
+
+    def rmtree_hit_by_ctrl_c(path, *args, **kwargs):  # Ctrl-C lands between the rename and the delete
+        os.kill(os.getpid(), signal.SIGINT)
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree_hit_by_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        remove_dir(doomed)
+    assert list(tmp_path.iterdir()) == []  # gone whole: no .step-000001.del.tmp left behind
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -83,24 +83,33 @@ def test_under_torchrun_a_killed_rank_ends_the_run_naming_it(tmp_path):
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     proc = subprocess.Popen([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), str(script), "10"],
                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        pids = dict(proc.stdout.readline().split()[1:] for _ in range(2))  # rank -> pid
+        pids, other = {}, []  # rank -> pid, from the workers' "ready RANK PID" lines
+        while len(pids) < 2 and (line := proc.stdout.readline()):
+            words = line.split()
+            if len(words) == 3 and words[0] == "ready":
+                pids[words[1]] = words[2]
+            else:
+                other.append(line)
+        assert len(pids) == 2, (other, proc.stderr.read() if proc.poll() is not None else "")
         time.sleep(0.5)
         os.kill(int(pids["1"]), signal.SIGKILL)
         started = time.time()
         code = proc.wait(timeout=70)
         waited = time.time() - started
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    finally:  # torchrun and its workers: none may outlive the test (a worker left looping would never end)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
     err = proc.stderr.read()
     assert code != 0 and waited < 40, err
     assert "failed (exitcode: -9) local_rank: 1" in err, err  # torchrun names the dead rank
 
 
-@pytest.mark.parametrize("command", [pytest.param("grpo", marks=pytest.mark.xfail(reason="fails on main after this session's merges (the merged GRPO start-up: data, trackers and checkpoint recovery before the model); passed on its own branch; see the session note", strict=False)), "sft", "pretrain", "reward-model"])
+@pytest.mark.parametrize("command", ["grpo", "sft", "pretrain", "reward-model"])
 def test_every_torchrun_stage_passes_its_timeout_to_the_process_group(command, monkeypatch):
     import importlib
 

@@ -14,7 +14,9 @@ import json
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,8 +39,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp_path, path)
         fsync_dir(path.parent)
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        with interrupts_deferred():
+            if tmp_path.exists():
+                tmp_path.unlink()
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -65,6 +68,27 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
 
 
 @contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold back Ctrl-C (SIGINT) until the block ends, then raise it: renames and deletions that
+    must not stop halfway (a checkpoint swapped in, an old one removed) finish first. Outside the
+    main thread, where no signal handler can be set, the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:  # as if it came now: the handler there was before (Python's raises KeyboardInterrupt)
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+
+@contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a fresh temporary directory; on success it replaces `path` (old copy removed last).
 
@@ -78,8 +102,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         _fsync_tree(tmp)
         _swap_in(tmp, path)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        with interrupts_deferred():
+            if tmp.exists():
+                shutil.rmtree(tmp)
 
 
 def _swap_in(tmp: Path, path: Path) -> None:
@@ -87,6 +112,11 @@ def _swap_in(tmp: Path, path: Path) -> None:
 
     An exception between the renames (Ctrl-C) puts the old copy back; a crash there leaves
     ``.NAME.old`` for `recover` to put back."""
+    with interrupts_deferred():
+        _swap_in_now(tmp, path)
+
+
+def _swap_in_now(tmp: Path, path: Path) -> None:
     old = path.with_name(f".{path.name}.old")
     if old.exists():
         shutil.rmtree(old)
@@ -109,9 +139,10 @@ def remove_dir(path: str | os.PathLike) -> None:
     renamed to ``.NAME.del.tmp`` first (which `recover` removes)."""
     path = Path(path)
     doomed = path.with_name(f".{path.name}.del.tmp")
-    os.replace(path, doomed)
-    fsync_dir(path.parent)
-    shutil.rmtree(doomed)
+    with interrupts_deferred():
+        os.replace(path, doomed)
+        fsync_dir(path.parent)
+        shutil.rmtree(doomed)
 
 
 def fsync_file(path: str | os.PathLike) -> None:
