@@ -22,6 +22,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """A child process a test left running fails the session and is killed: Python's exit would
+    otherwise wait for it forever (multiprocessing joins its children at exit), and CI would time out."""
+    import multiprocessing
+
+    left = multiprocessing.active_children()
+    for proc in left:
+        proc.kill()
+        proc.join()
+    if left:
+        print(f"\nerror: tests left {len(left)} child process(es) running: {[p.name for p in left]}; killed them")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     from r1lab.micro.tokenizer import build_tokenizer, micro_corpus_sample
