@@ -114,6 +114,7 @@ def test_sharded_and_unsharded_checkpoints_do_not_mix(tiny_model_dir, grpo_data,
     with pytest.raises(R1labError, match="written with sharding=ddp"):
         fsdp.load_sharded(checkpoint_dir(out, 2), None, None)
     assert cli.main(grpo_args(tiny_model_dir, grpo_data, out) + ["max_steps=3", "resume=true", "sharding=fsdp"]) == 2
+    assert not torch.distributed.is_initialized()  # the group of one a plain FSDP run makes ends with it
 
 
 def test_fsdp_settings_are_checked(tiny_model_dir, grpo_data, tmp_path, capsys):

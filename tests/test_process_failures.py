@@ -132,6 +132,7 @@ def test_every_torchrun_stage_passes_its_timeout_to_the_process_group(command, m
         raise Joined
 
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)  # as in a fresh torchrun worker
     monkeypatch.setattr(dist, "init_process_group", init_process_group)
     monkeypatch.setattr(distributed.torch.cuda, "is_available", lambda: False)
     with pytest.raises(Joined):

@@ -141,8 +141,13 @@ def launched(stage: Callable[[Any], dict]) -> Callable[[Any], dict]:
     @functools.wraps(stage)
     def main(config: Any) -> dict:
         timeout_s = config.distributed_timeout_s
+        joined_before = _active()
         if not init_from_env(timeout_s):
-            return stage(config)
+            try:
+                return stage(config)
+            finally:
+                if not joined_before:
+                    cleanup()  # the group of one FSDP makes in a plain process ends with the stage
         try:
             return stage(config)
         except RuntimeError as e:
