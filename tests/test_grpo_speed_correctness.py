@@ -107,10 +107,12 @@ class FakeLLM:
         self.loads: list[dict[str, torch.Tensor]] = []
         self.resets = 0
         self.calls: list[tuple] = []
-        model = types.SimpleNamespace(load_weights=lambda weights: self.loads.append(
-            {name: w.clone() for name, w in weights}))
-        self.llm_engine = types.SimpleNamespace(model_executor=types.SimpleNamespace(
-            driver_worker=types.SimpleNamespace(model_runner=types.SimpleNamespace(model=model))))
+
+    def collective_rpc(self, method, args=()):
+        assert method == "r1lab_load_weights"
+        (weights,) = args
+        self.loads.append({name: w.clone() for name, w in weights})
+        return [len(weights)]
 
     def reset_prefix_cache(self):
         self.resets += 1
@@ -133,6 +135,7 @@ class FakeLLM:
 def fake_vllm(monkeypatch):
     module = types.ModuleType("vllm")
     module.SamplingParams = FakeSamplingParams
+    module.__version__ = "0.32.0"
     monkeypatch.setitem(sys.modules, "vllm", module)
     return module
 
@@ -140,11 +143,19 @@ def fake_vllm(monkeypatch):
 def test_vllm_backend_without_vllm_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError
     with pytest.raises(R1labError, match=r"pip install 'r1lab\[vllm\]'"):
-        rollout_sampler("vllm", "some/model", seed=0)
+        rollout_sampler("vllm", "some/model")
     assert GRPOConfig(rollout_backend="vllm").rollout_backend == "vllm"
     with pytest.raises(ValueError, match="rollout_backend"):
         GRPOConfig(rollout_backend="sglang")
-    assert rollout_sampler("native", "some/model", seed=0).__name__ == "generate"
+    assert rollout_sampler("native", "some/model").__name__ == "generate"
+
+
+def test_an_old_vllm_is_a_clear_error(fake_vllm):
+    from r1lab.sampling.vllm import import_vllm
+
+    fake_vllm.__version__ = "0.10.1"
+    with pytest.raises(R1labError, match=r"needs vLLM >= 0.32.*found vLLM 0.10.1"):
+        import_vllm()
 
 
 def test_vllm_backend_loads_the_policy_weights_before_each_rollout(fake_vllm, policy, tokenizer):
