@@ -95,8 +95,9 @@ def sample_one(sampler, model, tokenizer):
 
 
 def optimizer_step(model, ids, completion):
-    """One AdamW step that raises the completion's likelihood (an update GRPO could make)."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-2)
+    """One step of GRPO's optimiser (fused AdamW: in place, tensors' version counters unchanged)
+    that raises the completion's likelihood (an update GRPO could make)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-2, fused=True)
     full = torch.tensor([ids + completion])
     loss = -model(full).logits.log_softmax(-1)[0, :-1].gather(-1, full[0, 1:, None]).sum()
     loss.backward()
@@ -116,11 +117,15 @@ def test_the_engine_samples_from_the_updated_weights(engine, policy_model, token
     torch.testing.assert_close(before, trainer_logprobs(policy_model, ids, completion), atol=1e-4, rtol=0)
     torch.testing.assert_close(torch.tensor(c.logprobs), before, atol=1e-4, rtol=0)  # the sampler's own
 
+    assert not sampler.sync_weights(policy_model)  # pushed by the first call, unchanged since: not again
     optimizer_step(policy_model, ids, completion)
-    assert sampler.sync_weights(policy_model)  # the weights changed: pushed
-    assert not sampler.sync_weights(policy_model)  # unchanged since: not pushed again
+    sampler.weights_changed()  # what the GRPO loop says after its optimiser steps
+    sample_one(sampler, policy_model, tokenizer)  # pushes the new weights, then samples
+    assert not sampler.sync_weights(policy_model)  # once
     after = vllm_logprobs(sampler, ids, completion)
-    torch.testing.assert_close(after, trainer_logprobs(policy_model, ids, completion), atol=1e-4, rtol=0)
+    gap = (after - trainer_logprobs(policy_model, ids, completion)).abs().max()
+    print(f"after the update: max |logp_vllm - logp_trainer| = {gap:.2e}, moved by {(after - before).abs().max():.2f}")
+    assert gap < 1e-4  # vLLM samples from the updated weights
     assert (after - before).abs().max() > 0.1  # and it is not the old model any more
 
 

@@ -141,6 +141,14 @@ def rollout_hook(config: Any) -> RolloutHook | None:
     return None
 
 
+def weights_changed(sampler: Callable) -> None:
+    """Tell a sampler holding its own copy of the weights (vLLM's engine) that the policy's changed,
+    so it pushes them before it samples again; r1lab's own sampler reads the policy: nothing to do."""
+    notify = getattr(sampler, "weights_changed", None)
+    if notify is not None:
+        notify()
+
+
 def rollout_sampler(backend: str, model_path: str, engine: dict | None = None) -> Callable:
     """The sampler of a rollout backend: r1lab.sampling.generate ("native", any HF causal LM, CPU or
     GPU) or a vLLM engine for `model_path` built with `engine` (sampling/vllm.EngineSettings'

@@ -40,7 +40,7 @@ from r1lab.grpo.advantages import ADVANTAGES
 from r1lab.grpo.step_metrics import MetricsLog, step_metrics, write_samples
 from r1lab.grpo.parallel import gather_lists, gather_scored, group_seed, share
 from r1lab.grpo.rollout import (RolloutSettings, Scored, informative_groups, pack, rollout_hook, rollout_sampler,
-                                sample_and_score)
+                                sample_and_score, weights_changed)
 from r1lab.grpo.update import UpdateSettings, reference_logprobs, update_policy
 from r1lab.files import remove_dir
 from r1lab.models.loading import load_model, load_tokenizer
@@ -93,6 +93,7 @@ def _grpo(config: GRPOConfig, on_exit: contextlib.ExitStack) -> dict:
         policy.train()
         stats = update_policy(policy, optimizer, rollout, _update_settings(config), seed=config.seed + step,
                               first_row=mine.start * g, total_rows=len(scored.rows) * g)
+        weights_changed(rollout_settings.sampler)  # vLLM: its engine gets the new weights before the next rollout
         scheduler.step()
         t2 = time.perf_counter()
 

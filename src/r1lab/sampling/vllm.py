@@ -11,11 +11,15 @@ How (TRL's ``vllm_mode="colocate"``):
    ``if __name__ == "__main__"`` guard and the weights never leave the process). Under torchrun
    every process samples its own share of the prompts with its own engine (grpo/parallel.py),
    exactly where the native sampler would; the engine sees a world of one process.
-2. Before each rollout, if the policy changed since the last push (torch bumps a tensor's
-   version on every in-place update, e.g. an optimiser step), its weights go into the engine
+2. Before each rollout, if the policy changed since the last push, its weights go into the engine
    through vLLM's own weight-loading API: ``LLM.collective_rpc`` calls `WeightSync`, the worker
    extension, which hands Hugging Face-named tensors to the vLLM model's ``load_weights``. With
    LoRA the tensors are the merged weights (base + adapters). The prefix cache is then reset.
+   "Changed" is said explicitly: the trainer calls `VLLMSampler.weights_changed` after its
+   optimiser steps (grpo/train.py). Tensors' version counters can't tell: torch's fused AdamW,
+   which GRPO uses where it exists, updates the weights in place without bumping them. The first
+   call pushes too (a resumed or LoRA-wrapped policy is not the engine's checkpoint), and so does
+   a call with another model than the last one pushed.
 3. With ``vllm_enable_sleep_mode`` (CUDA) the engine sleeps while the policy trains (level 2:
    weights and KV cache freed) and wakes before the next push. vLLM's CPU build has no sleep
    mode: the key is then ignored with a warning.
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -147,7 +152,8 @@ class VLLMSampler:
         self._vllm = import_vllm()
         self.llm = llm if llm is not None else build_engine(str(model_path), settings)
         self.sleeps = settings.enable_sleep_mode and torch.cuda.is_available()
-        self._loaded_version: tuple | None = None
+        self._stale = True  # the engine holds the checkpoint's weights, maybe not the policy's
+        self._pushed: weakref.ref | None = None  # the model last pushed
 
     def __call__(self, model, tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]], params: SamplingParams,
                  batch_size: int | None = None, progress: bool = False,
@@ -175,13 +181,18 @@ class VLLMSampler:
             self._engine_call("sleep", level=2)
         return [[completion(i, out, tokenizer) for out in request.outputs] for i, request in enumerate(outputs)]
 
+    def weights_changed(self) -> None:
+        """The policy's weights changed (an optimiser step): the next call pushes them."""
+        self._stale = True
+
     def sync_weights(self, model) -> bool:
-        """Push `model`'s weights into the engine unless they are unchanged since the last push
-        (a sleeping engine dropped them: always pushed). Returns whether it pushed."""
-        version = tuple((id(p), p._version) for p in model.parameters())
+        """Push `model`'s weights into the engine unless the engine has them: same model as the
+        last push and no `weights_changed` since (a sleeping engine dropped them: always pushed).
+        Returns whether it pushed."""
+        same_model = self._pushed is not None and self._pushed() is model
         if self.sleeps:
             self._engine_call("wake_up", tags=["weights"])
-        elif version == self._loaded_version:
+        elif same_model and not self._stale:
             return False
         with torch.no_grad():
             weights = list(merged_weights(model))
@@ -189,7 +200,7 @@ class VLLMSampler:
         if self.sleeps:
             self._engine_call("wake_up", tags=["kv_cache"])
         self._engine_call("reset_prefix_cache")  # cached prompt KV came from the old weights
-        self._loaded_version = version
+        self._stale, self._pushed = False, weakref.ref(model)
         return True
 
     def close(self) -> None:
