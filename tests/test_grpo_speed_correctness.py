@@ -150,6 +150,12 @@ def test_vllm_backend_without_vllm_is_a_clear_error(monkeypatch):
     assert rollout_sampler("native", "some/model").__name__ == "generate"
 
 
+def test_vllm_keys_without_the_vllm_backend_are_a_clear_error():
+    with pytest.raises(ValueError, match="vllm_importance_sampling_cap set, but rollout_backend=native"):
+        GRPOConfig(vllm_importance_sampling_cap=3.0)
+    GRPOConfig(rollout_backend="vllm", vllm_importance_sampling_cap=3.0, vllm_dtype="float32")
+
+
 def test_an_old_vllm_is_a_clear_error(fake_vllm):
     from r1lab.sampling.vllm import import_vllm
 

@@ -24,7 +24,7 @@ max_steps) is an error: set ref_update_every=0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from r1lab.recipe import check_choices, check_range
 from r1lab.grpo.importance import IMPORTANCE_WEIGHTS
@@ -282,6 +282,10 @@ class GRPOConfig:
             raise ValueError(f"overlong_cache ({self.overlong_cache}) must be < max_new_tokens ({self.max_new_tokens})")
 
     def _check_vllm(self) -> None:
+        changed = [f.name for f in fields(self) if f.name.startswith("vllm_") and getattr(self, f.name) != f.default]
+        if changed and self.rollout_backend != "vllm":
+            raise ValueError(f"{', '.join(changed)} set, but rollout_backend={self.rollout_backend}: the vllm_* keys "
+                             "act only with rollout_backend=vllm (set it, or drop them)")
         check_choices("vllm_mode", self.vllm_mode, ("colocate",))
         check_choices("vllm_dtype", self.vllm_dtype, VLLM_DTYPES)
         check_choices("vllm_importance_sampling", self.vllm_importance_sampling, tuple(IMPORTANCE_WEIGHTS))
