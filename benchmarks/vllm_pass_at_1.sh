@@ -12,7 +12,8 @@
 # a third of the corpus: 330 steps instead of 986). Each run is
 # `r1lab grpo recipes/micro/r1_zero.yaml` with seed, max_steps and output_dir set, one thread;
 # the vLLM runs add rollout_backend=vllm and run in .venv-vllm. Held-out pass@1 is r1lab's own
-# evaluation (the native sampler, same for both backends) at step 0 and at the last step.
+# evaluation (the native sampler, same for both backends) at step 0, every EVAL_EVERY (50) steps
+# and at the last step.
 # Runs go to runs/vllm_pass_at_1/<backend>-seed<S>/; the summary prints at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +34,7 @@ run() {  # backend seed python-env extra-args...
     local out=$ROOT/$backend-seed$seed
     echo "== $backend, seed $seed, $STEPS steps -> $out"
     local start=$SECONDS
-    "$venv/bin/r1lab" grpo recipes/micro/r1_zero.yaml seed="$seed" max_steps="$STEPS" eval_every=0 \
+    "$venv/bin/r1lab" grpo recipes/micro/r1_zero.yaml seed="$seed" max_steps="$STEPS" eval_every="${EVAL_EVERY:-50}" \
         save_every=0 threads=1 progress=false output_dir="$out" overwrite=true "$@"
     echo "$backend seed $seed: $((SECONDS - start)) s" >> "$ROOT/times.txt"
 }
@@ -58,9 +59,8 @@ root = Path(sys.argv[1])
 for run in sorted(p for p in root.iterdir() if (p / "metrics.jsonl").is_file()):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if any(k.endswith("/pass@1") for k in r)]
-    first, last = evals[0], evals[-1]
-    for key in sorted(k for k in first if k.endswith("/pass@1")):
-        print(f"{run.name}: {key} {100 * first[key]:.1f} -> {100 * last[key]:.1f} % (step {first['step']} -> "
-              f"{last['step']})")
+    for key in sorted(k for k in evals[0] if k.endswith("/pass@1")):
+        points = " -> ".join(f"{100 * r[key]:.1f} (step {r['step']})" for r in evals if key in r)
+        print(f"{run.name}: {key} % {points}")
 PY
 cat "$ROOT/times.txt"
