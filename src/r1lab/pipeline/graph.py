@@ -20,7 +20,9 @@ resumes from the last finished stage (and a killed training stage from its newes
  8. ``stage4_rl/``       stage 4: GRPO for all scenarios on ``stage4_data.jsonl`` (micro problems,
     general and unsafe requests); rewards from ``stage4_rewards.py`` (below)
  9. ``student_base/``    the student's pretrained base (the base itself when ``student_size`` is the
-    base's size), ``distilled/`` SFT of it on R1's traces + the stage-3 set, ``rl_only/`` R1-Zero on it
+    base's size), ``distilled/`` SFT of it on R1's traces + the stage-3 set, ``on_policy/`` on-policy
+    distillation (the student samples, R1's log-probs of its tokens are the target: reverse KL),
+    ``rl_only/`` R1-Zero on it
 10. ``eval/<stage>/``    every model by the paper's protocol (`r1lab.evaluation.evaluate`)
 11. ``results.md``, ``results.json``, ``curves/``, ``report.html`` (`r1lab.stages.report`), ``timings.json``
 
@@ -171,6 +173,11 @@ class PipelineConfig:
         traces=rejection_sample.RejectionSampleConfig(tasks=tasks.DEFAULT_TASKS, num_problems=500, n=4,
                                                       non_reasoning=0, progress=False)))
     rl_only: GRPOConfig = field(default_factory=lambda: micro_grpo(max_steps=100))
+    # on-policy distillation: the student samples on the distillation tasks and is pulled toward R1's
+    # log-probs of its own tokens (reverse KL per token); rl_only's steps, so the same student compute
+    on_policy: GRPOConfig = field(default_factory=lambda: micro_grpo(
+        data=GRPOData(tasks=tasks.DEFAULT_TASKS, num_train=20000, num_eval=50), advantage="zero",
+        kl_estimator="k2", beta=1.0, ref_update_every=0, max_steps=100))
     eval: evaluate.EvalConfig = field(default_factory=lambda: evaluate.EvalConfig(
         tasks=("addition", "subtraction", "multiplication", "countdown"), num_problems=100, k=8,
         max_new_tokens=256, template="micro", progress=False))
@@ -201,7 +208,8 @@ def main(config: PipelineConfig) -> dict:
 
 
 # the models evaluated, in the results table's order: stage name -> its model folder under output_dir
-EVALUATED = ("base", "r1_zero", "stage1_sft", "stage2_rl", "stage3_sft", "stage4_rl", "distilled", "rl_only")
+EVALUATED = ("base", "r1_zero", "stage1_sft", "stage2_rl", "stage3_sft", "stage4_rl", "distilled", "on_policy",
+             "rl_only")
 
 
 def plan(config: PipelineConfig, root: Path) -> list[runner.Stage]:
@@ -227,6 +235,8 @@ def plan(config: PipelineConfig, root: Path) -> list[runner.Stage]:
         # the student's own base needs nothing but compute, unless it is the base itself
         Stage("student_base", stage_student_base, (config, root, base), () if student != base else ("base",)),
         Stage("distilled", stage_distill, (config, root, final["stage4_rl"], student, stage3_data),
+              ("stage4_rl", "student_base")),
+        Stage("on_policy", stage_on_policy, (config, root, final["stage4_rl"], student),
               ("stage4_rl", "student_base")),
         Stage("rl_only", stage_rl_only, (config, root, student), ("student_base",)),
     ]
@@ -384,6 +394,13 @@ def stage_rl_only(config: PipelineConfig, root: Path, student_base: str) -> str:
     out = root / "rl_only"
     if not _done(out / "final" / "config.json", f"rl_only: R1-Zero on the student base {student_base}"):
         distill.rl_only_student(config.rl_only, student_base, str(out))
+    return str(out / "final")
+
+
+def stage_on_policy(config: PipelineConfig, root: Path, teacher: str, student_base: str) -> str:
+    out = root / "on_policy"
+    if not _done(out / "final" / "config.json", f"on_policy: {teacher} scores the student's own samples"):
+        distill.on_policy_student(config.on_policy, teacher, student_base, str(out))
     return str(out / "final")
 
 

@@ -6,8 +6,8 @@
 A folder with ``metrics.jsonl`` and no pipeline evaluations is a single run: its report is the first
 and last logged value of every metric, and its training curves (RL runs).
 
-One row per model of the recipe (base, R1-Zero, each R1 stage, the distilled and the RL-only
-student), one column per metric of the paper's protocol (`r1lab.evaluation.evaluate`: k samples per
+One row per model of the recipe (base, R1-Zero, each R1 stage, the distilled, the on-policy
+distilled and the RL-only student), one column per metric of the paper's protocol (`r1lab.evaluation.evaluate`: k samples per
 problem at T=0.6, top-p 0.95), one table per task plus ``all``. Language consistency is the
 mean of R1's language-consistency reward over every evaluation sample (it is not part of
 ``evaluate``'s summary, so it is computed here from ``samples.jsonl``).
@@ -42,9 +42,10 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("stage3_sft", "R1 stage 3: rejection-sampling SFT"),
     ("stage4_rl", "R1 stage 4: all-scenario RL (R1)"),
     ("distilled", "distilled student"),
+    ("on_policy", "on-policy distilled student"),
     ("rl_only", "RL-only student"),
 )
-RL_STAGES = ("r1_zero", "stage2_rl", "stage4_rl", "rl_only")
+RL_STAGES = ("r1_zero", "stage2_rl", "stage4_rl", "on_policy", "rl_only")
 # (label, summary key); "cons@k" stands for the summary's cons@<k> key, whatever its k
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("pass@1", "pass@1"),
