@@ -99,6 +99,10 @@ def test_pipeline_end_to_end_and_resume(tiny_model_dir, tmp_path, monkeypatch):
         assert cells["pass@1"] == 0.0 and not math.isnan(cells["mean length"])
     saved = json.loads((out / "results.json").read_text())
     assert saved["rows"] == ROW_KEYS
+    # a random model passes nothing: every finding's margin is below what it needs, none is shown
+    assert {key: (c["shown"], c["spread"]) for key, c in saved["comparisons"].items()} == {
+        key: (False, 0.0) for key in "abcd"}
+    assert saved["comparisons"]["c"]["margin"] == -5.0  # distilled 0 - RL-only 0 - the 5 points needed
     markdown = (out / "results.md").read_text()
     assert all(label in markdown for _, label in report.ROWS) and "### general and unsafe requests" in markdown
     page = (out / "report.html").read_text()

@@ -69,16 +69,17 @@ import torch
 
 from r1lab.evaluation import evaluate
 from r1lab.micro import general_eval, tasks
-from r1lab.pipeline import runner
+from r1lab.pipeline import findings, runner
+from r1lab.pipeline.seeds import offset_seeds
 from r1lab.pipeline.stage4 import stage4_config
-from r1lab.stages import cold_start, distill, pretrain, rejection_sample, report, reward_model, sft
+from r1lab.stages import cold_start, distill, paper, pretrain, rejection_sample, report, reward_model, sft
 from r1lab.training.checkpoint import latest_checkpoint
 from r1lab.recipe import check_choices, save_config
 from r1lab.errors import R1labError
 from r1lab.stages.sample_filters import format_readable
 from r1lab.grpo import train as grpo_train
 from r1lab.grpo.config import GRPOConfig, GRPOData
-from r1lab.files import read_jsonl, write_json, write_jsonl
+from r1lab.files import json_safe, read_jsonl, write_json, write_jsonl
 from r1lab.micro.sizes import MODEL_SIZES
 
 
@@ -126,6 +127,9 @@ class PipelineConfig:
     threads: int = 1
     # worker processes for stages that don't wait on each other (r1lab.pipeline.runner), and the base's
     # pretraining runs data parallel over as many (torchrun); 1: every stage in turn, in this process
+    # added to every stage's seed (the evaluation's problems and samples stay the same), so seeds
+    # 0, 1, 2 are three independent runs of the whole recipe (`make paper`)
+    seed: int = 0
     workers: int = 2
 
     # 5% requests in the corpus: without them the base had no English, and after stage 3 (200 general
@@ -196,11 +200,16 @@ def main(config: PipelineConfig) -> dict:
         torch.set_num_threads(config.threads)
     root = Path(config.output_dir)
     save_config(config, root / "pipeline.yaml")
+    config = offset_seeds(config, config.seed, keep=("eval", "seed"))
     clock = StageClock(root / "timings.json")
     started = time.perf_counter()
     runner.run(plan(config, root), config.workers, config.threads, root / "logs", clock.record)
     summaries = {key: report.load_summary(root / "eval" / key) for key in EVALUATED}
     result = report.write_report(root, summaries, report.curve_images(root), report.load_general(root))
+    seed = paper.seed_results(root)
+    result["comparisons"] = findings.comparisons([seed])  # one seed: spread 0 (make paper: several)
+    write_json(root / "results.json", json_safe(result))
+    print(paper.to_markdown(paper.summarize({str(config.seed): seed})))
     clock.finish(time.perf_counter() - started)
     print(clock.table())
     print(f"this invocation: {(time.perf_counter() - started) / 60:.1f} min wall")
