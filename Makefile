@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.r1lab-installed
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: install sandbox-deps demo test test-fast lint bench bench-memory clean
+.PHONY: install sandbox-deps demo test test-fast lint bench bench-real bench-memory clean
 
 install: $(STAMP)
 
@@ -45,6 +45,12 @@ lint: install
 bench: install
 	@$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/grpo_step.py
+
+# One GRPO step of the Qwen2.5-0.5B shape, r1lab against TRL (needs ~20 GB free, ~25 minutes);
+# `--quick` in ARGS for a 2-layer check, `--shape 1.5b` for the next size.
+bench-real: install
+	@$(PY) -m pip install -q -e ".[bench]"
+	$(PY) benchmarks/real_scale.py $(ARGS)
 
 bench-memory: install
 	$(PY) benchmarks/logprob_memory.py
