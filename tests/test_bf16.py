@@ -5,7 +5,7 @@ beta 0, and the adapter-less base with LoRA."""
 import pytest
 import torch
 
-from r1lab.training.optim import BF16AdamW, build_adamw, random_bits, round_stochastic
+from r1lab.training.optim import BF16AdamW, build_adamw, random_bits, round_stochastic, shard_start
 from r1lab.grpo.config import GRPOConfig
 from r1lab.grpo.train import load_policy
 
@@ -140,3 +140,77 @@ def test_eval_takes_device_and_precision(tiny_model_dir, tmp_path, monkeypatch):
         assert {p.dtype for p in model.parameters()} == {torch.bfloat16 if name == "bf16" else torch.float32}
         summaries[name] = evaluate(config)
     assert all(s["addition"]["problems"] == 4 for s in summaries.values())
+
+
+def test_shard_start_matches_torch_chunk():
+    assert [shard_start(10, rank, 4) for rank in range(4)] == [0, 3, 6, 9]  # pieces of 3, the last 1
+    assert shard_start(2, 3, 4) == 2  # more processes than rows: an empty piece at the end
+    for rows in range(1, 12):
+        for world in range(1, 5):
+            pieces = torch.arange(rows).chunk(world)
+            starts = [int(p[0]) if len(p) else rows for p in pieces] + [rows] * (world - len(pieces))
+            assert [shard_start(rows, r, world) for r in range(world)] == starts, (rows, world)
+
+
+def test_bf16_adamw_steps_fsdp_sharded_parameters(tiny_model_dir):
+    """FSDP2 holds parameters as DTensors: BF16AdamW steps their shards in place, with the moments
+    sharded alike (so sharded checkpoints hold them), exactly as it steps the unsharded model."""
+    from torch.distributed.tensor import DTensor
+    from transformers import AutoModelForCausalLM
+
+    from r1lab.training import fsdp
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    sharded = fsdp.shard(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16), "bf16")
+    try:
+        sharded(input_ids=torch.tensor([[5, 9, 17, 30, 4]])).logits.float().logsumexp(-1).sum().backward()
+        for p, q in zip(sharded.parameters(), plain.parameters()):
+            assert isinstance(p, DTensor) and p.grad.dtype == torch.bfloat16
+            q.grad = p.grad.full_tensor()  # the same gradients for both
+        optimizers = [BF16AdamW(m.parameters(), lr=1e-3, weight_decay=0.1) for m in (sharded, plain)]
+        for _ in range(2):
+            for optimizer in optimizers:
+                optimizer.step()
+        for (name, p), q in zip(sharded.named_parameters(), plain.parameters()):
+            assert torch.equal(p.full_tensor(), q.detach()), name
+            assert isinstance(optimizers[0].state[p]["exp_avg"], DTensor)
+        assert any(not torch.equal(p.detach(), q) for p, q in zip(
+            plain.parameters(), AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).parameters()))
+    finally:
+        torch.distributed.destroy_process_group()  # shard's group of one
+
+
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_bf16_grpo_resumes_exactly(sharding, tiny_model_dir, tmp_path, monkeypatch):
+    """precision=bf16: a run resumed from its step-2 checkpoint ends where the straight run ended,
+    to the bit (BF16AdamW's rounding is a hash of the step, not a generator's state); with
+    sharding=fsdp (one process) the bf16 weights and moments go through sharded checkpoints."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from r1lab.cli import main as cli_main
+    from r1lab.files import read_jsonl
+    from r1lab.models import precision
+    from r1lab.training.checkpoint import checkpoint_dir
+
+    monkeypatch.setattr(precision, "_cpu_has_bf16", lambda: True)  # emulated where missing: slower only
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(f'{{"prompt": "Compute {a} + {b}.", "answer": "{a + b}"}}\n' for a in range(3) for b in (1, 2)))
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    args = ["grpo", f"model={tiny_model_dir}", f"data.train={data}", "template=micro", "num_generations=3",
+            "prompts_per_step=2", "max_new_tokens=8", "beta=0.04", "learning_rate=1e-3", "warmup_steps=1",
+            "eval_every=0", "sample_every=0", "progress=false", "threads=1", "max_steps=3", "save_every=2",
+            "keep_checkpoints=0", "precision=bf16", f"sharding={sharding}"]
+    assert cli_main([*args, f"output_dir={straight}"]) == 0
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(checkpoint_dir(resumed, 3))
+    shutil.rmtree(resumed / "final")
+    assert cli_main([*args, f"output_dir={resumed}", "resume=true"]) == 0
+    timing = {"step_time", "rollout_s", "train_s", "tokens_per_s", "peak_memory_mb"}
+    rows = [[{k: v for k, v in r.items() if k not in timing} for r in read_jsonl(out / "metrics.jsonl")]
+            for out in (straight, resumed)]
+    assert rows[1] == rows[0] and [r["step"] for r in rows[0]] == [1, 2, 3]
+    weights = [load_file(out / "final" / "model.safetensors") for out in (straight, resumed)]
+    assert {t.dtype for t in weights[0].values()} == {torch.bfloat16}
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -15,6 +15,8 @@ rounded to nearest is v again.
 
 The random bits are a hash of (seed, step, parameter, element), not a generator's draws: a step
 is the same function of the state whatever ran before it, so a resumed run continues exactly.
+FSDP2-sharded parameters (DTensors, r1lab.training.fsdp) are stepped shard by shard in place,
+their elements numbered as in the whole parameter, so the bits don't depend on the world size.
 
 Large models run the step as one compiled kernel (torch.compile, when it works here: it needs a C
 compiler on CPU); small ones (tests, micro models) in eager chunks, where compiling would cost
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.distributed.tensor import DTensor, Replicate, Shard
 
 CHUNK = 1 << 22  # elements per eager piece: bounds the float32 temporaries to ~100 MB
 COMPILE_MIN = 1 << 24  # parameters from which the compiled step pays for its compilation
@@ -123,10 +126,38 @@ class BF16AdamW(torch.optim.Optimizer):
         return loss
 
     def _step_param(self, p: Tensor, state: dict, seed: Tensor, scalars: list[Tensor]) -> None:
-        flat = [p.view(-1), p.grad.reshape(-1), state["exp_avg"].view(-1), state["exp_avg_sq"].view(-1)]
+        # a sharded parameter's moments are sharded alike (zeros_like): each process steps its shards
+        weights, grad, m, v = map(_local, (p, p.grad, state["exp_avg"], state["exp_avg_sq"]))
+        flat = [weights.view(-1), grad.reshape(-1), m.view(-1), v.view(-1)]  # the gradient is only read
+        first = global_offset(p)
         for start in range(0, flat[0].numel(), CHUNK):
-            offset = torch.tensor(start, device=p.device)
+            offset = torch.tensor(first + start, device=flat[0].device)
             self._kernel(*(x[start:start + CHUNK] for x in flat), offset, seed, *scalars)
+
+
+def _local(x: Tensor) -> Tensor:
+    """A DTensor's shard on this process (sharing its storage: writes go to the parameter), or x."""
+    return x.to_local() if isinstance(x, DTensor) else x
+
+
+def global_offset(p: Tensor) -> int:
+    """Where this process's part of `p` starts in the whole flattened parameter: 0 for a plain
+    tensor or a replicated DTensor; for one sharded on dim 0 over a 1-D mesh (FSDP2), its rows'
+    start (`shard_start`) times the elements per row."""
+    if not isinstance(p, DTensor) or all(isinstance(x, Replicate) for x in p.placements):
+        return 0
+    if len(p.placements) != 1 or p.placements[0] != Shard(0):
+        raise NotImplementedError(f"BF16AdamW: parameters sharded as {p.placements} (it knows FSDP2's Shard(0))")
+    rows = p.shape[0]
+    start = shard_start(rows, p.device_mesh.get_local_rank(), p.device_mesh.size())
+    return start * (p.numel() // rows) if rows else 0
+
+
+def shard_start(rows: int, rank: int, world: int) -> int:
+    """The first of `rows` that process `rank` of `world` holds when they are split as torch.chunk
+    splits them (FSDP2's dim-0 sharding): pieces of ceil(rows / world), the last ones short or
+    empty. 10 rows over 4: 0, 3, 6, 9."""
+    return min(rank * -(-rows // world), rows)
 
 
 def _compiled():
