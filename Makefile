@@ -46,8 +46,8 @@ bench: install
 	@$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/grpo_step.py
 
-# One GRPO step of the Qwen2.5-0.5B shape, r1lab against TRL (needs ~20 GB free, ~25 minutes);
-# `--quick` in ARGS for a 2-layer check, `--shape 1.5b` for the next size.
+# One GRPO step of the Qwen2.5-0.5B shape, r1lab against TRL (needs ~20 GB free and an idle machine);
+# ARGS=--tiny checks every run on a toy model, --quick on 2 layers, --shape 1.5b the next size.
 bench-real: install
 	@$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/real_scale.py $(ARGS)

@@ -114,7 +114,7 @@ def run_trl(spec: dict) -> None:
 
 def run_sampler(spec: dict) -> None:
     """r1lab.sampling.generate against model.generate on the same 32 sequences, taking turns, each
-    in fp32 and in bf16: r1lab under its bf16 autocast (r1lab.models.precision, as `precision: bf16`
+    in fp32 and in bf16: r1lab under its bf16 autocast (r1lab.models.precision, as `precision: bf16-mixed`
     runs it), model.generate under torch.autocast and with a bf16 copy of the model."""
     import copy
     import statistics

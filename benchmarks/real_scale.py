@@ -1,7 +1,8 @@
 """One GRPO step of a real-size model: r1lab against TRL's GRPOTrainer, peak memory beside the floor.
 
+    python benchmarks/real_scale.py --tiny             # a 2-layer, 64-wide toy, 16 tokens: every run works
     python benchmarks/real_scale.py --quick            # 2 layers, 32k vocabulary: a check in ~2 minutes, < 4 GB
-    python benchmarks/real_scale.py                    # the Qwen2.5-0.5B shape (`make bench-real`): ~20 GB free, ~25 min
+    python benchmarks/real_scale.py                    # the Qwen2.5-0.5B shape (`make bench-real`): ~20 GB free
     python benchmarks/real_scale.py --shape 1.5b --runs "r1lab bf16" "r1lab LoRA"
 
 The models are random-initialised Qwen2 models of the Qwen2.5-0.5B, 1.5B and 3B shapes, built
@@ -10,7 +11,10 @@ nothing) and micro addition prompts. The step: 2 prompts x 4 completions x 256 n
 random model over 151,936 tokens practically never samples the end token), beta 0.04,
 one inner iteration, learning rate 1e-6, the reward `_workers.length_reward`. Each run is its own
 process, one at a time (two 0.5B trainers at once would need ~25 GB): its peak RSS (on a GPU, its
-peak `max_memory_allocated`) and its median seconds per step after one warm-up step.
+peak `max_memory_allocated`) and its median seconds per step after one warm-up step. Without
+TRL installed (`pip install -e ".[bench]"`, which `make bench-real` does) its run is skipped, and
+so are the bf16 runs where the CPU has no native bf16. `--tiny` checks that every run works, not
+how fast: its numbers mean nothing about real sizes.
 
 The floor is what the step must hold whatever the trainer does: weights, gradients, AdamW's two
 moments and the frozen reference. fp32: 4 + 4 + 8 + 4 = 20 bytes per parameter; r1lab's
@@ -41,8 +45,14 @@ SHAPES = {  # the Qwen2.5 configs' shapes (hidden, layers, heads, key/value head
     "3b": dict(hidden_size=2048, num_hidden_layers=36, num_attention_heads=16, num_key_value_heads=2,
                intermediate_size=11008),
 }
-QUICK = {"num_hidden_layers": 2, "vocab_size": 32768}  # --quick: same widths, a fraction of the bytes
+SCALES = {  # --quick: same widths, a fraction of the bytes; --tiny: a toy of the same architecture
+    "full": {},
+    "quick": {"num_hidden_layers": 2, "vocab_size": 32768},
+    "tiny": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+             "intermediate_size": 128, "vocab_size": 1024},
+}
 STEP = {"G": 4, "P": 2, "T": 256}
+TINY_STEP = {"G": 4, "P": 2, "T": 16}
 GB = 1e9
 # name -> (worker, spec, bytes of floor per parameter: None = LoRA, the base weights' bytes)
 RUNS = {
@@ -55,7 +65,7 @@ RUNS = {
 BUDGET_GB = 24
 
 
-def build(workdir: Path, shape: str, quick: bool) -> tuple[Path, Path, int]:
+def build(workdir: Path, shape: str, scale: str) -> tuple[Path, Path, int]:
     """The model folder (random weights, word-level tokenizer) and prompts JSONL; (folder, data, params)."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -63,8 +73,8 @@ def build(workdir: Path, shape: str, quick: bool) -> tuple[Path, Path, int]:
     from r1lab.micro import tasks
     from r1lab.micro.tokenizer import build_tokenizer, micro_corpus_sample
 
-    config = Qwen2Config(**{**QWEN25, **SHAPES[shape], **(QUICK if quick else {})})
-    folder = workdir / (shape + ("-quick" if quick else ""))
+    config = Qwen2Config(**{**QWEN25, **SHAPES[shape], **SCALES[scale]})
+    folder = workdir / (shape + ("" if scale == "full" else f"-{scale}"))
     data = workdir / "prompts.jsonl"
     if not (folder / "config.json").exists():
         tokenizer = build_tokenizer(micro_corpus_sample())
@@ -82,14 +92,14 @@ def build(workdir: Path, shape: str, quick: bool) -> tuple[Path, Path, int]:
     return folder, data, params
 
 
-def run(name: str, model: Path, data: Path, workdir: Path, steps: int, threads: int) -> dict:
+def run(name: str, model: Path, data: Path, workdir: Path, steps: int, threads: int, step: dict) -> dict:
     """One trainer in its own process: warm-up + `steps` steps; its peak memory and step times."""
     import torch
 
     kind, extra, _ = RUNS[name]
     cuda = torch.cuda.is_available()
-    spec = {"model": str(model), "data": str(data), "out": str(workdir / name.replace(" ", "_")), **STEP,
-            "max_steps": steps + 1, "threads": threads, "micro_batch_size": STEP["G"] * STEP["P"], **extra}
+    spec = {"model": str(model), "data": str(data), "out": str(workdir / name.replace(" ", "_")), **step,
+            "max_steps": steps + 1, "threads": threads, "micro_batch_size": step["G"] * step["P"], **extra}
     spec.update({"use_cpu": not cuda} if kind == "trl" else {"device": "cuda" if cuda else "cpu"})
     worker = Worker(name, kind, spec, workdir, threads)
     if worker.read() != "ready":
@@ -98,7 +108,8 @@ def run(name: str, model: Path, data: Path, workdir: Path, steps: int, threads: 
         seconds = worker.step()
         print(f"  {name:<12s} step {k + 1}: {seconds:7.1f} s{'  (warm-up)' if k == 0 else ''}", flush=True)
     cuda_peak = _finish(worker)
-    return {"s_per_step": statistics.median(worker.times[1:]), "peak_gb": (cuda_peak or worker.peak_rss_mb * 2**20) / GB,
+    peak = cuda_peak or worker.peak_rss_mb * 2**20
+    return {"s_per_step": statistics.median(worker.times[1:]), "peak_gb": peak / GB,
             "memory": "GPU max_memory_allocated" if cuda_peak else "peak RSS"}
 
 
@@ -118,7 +129,32 @@ def floor_gb(name: str, params: int, shape: str) -> float:
     return params * (per_param if per_param is not None else 2) / GB
 
 
-def fit_estimates(results: dict, measured_shape: str, quick: bool) -> dict:
+def runnable(names: list[str]) -> list[str]:
+    """`names` less the runs this machine can't do, each skip said in one line: TRL where it isn't
+    installed, bf16 where neither the CPU nor a GPU has native bf16."""
+    import importlib.util
+
+    import torch
+
+    from r1lab.errors import R1labError
+    from r1lab.models.precision import check_supported
+
+    keep = []
+    for name in names:
+        kind, extra, _ = RUNS[name]
+        if kind == "trl" and importlib.util.find_spec("trl") is None:
+            print(f"note: skipping '{name}': TRL is not installed (pip install -e \".[bench]\")")
+            continue
+        try:
+            check_supported(extra.get("precision", "fp32"), "cuda" if torch.cuda.is_available() else "cpu")
+        except R1labError as error:
+            print(f"note: skipping '{name}': {error}")
+            continue
+        keep.append(name)
+    return keep
+
+
+def fit_estimates(results: dict, measured_shape: str, scale: str) -> dict:
     """Per shape and r1lab run: (estimated peak GB, within the budget?) from the measured overhead."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -130,7 +166,7 @@ def fit_estimates(results: dict, measured_shape: str, quick: bool) -> dict:
             params = sum(p.numel() for p in Qwen2ForCausalLM(Qwen2Config(**{**QWEN25, **dims})).parameters())
         scale = dims["hidden_size"] * dims["num_hidden_layers"] / (base["hidden_size"] * base["num_hidden_layers"])
         for name, r in results.items():
-            if not name.startswith("r1lab") or quick:
+            if not name.startswith("r1lab") or scale != "full":
                 continue
             overhead = r["peak_gb"] - r["floor_gb"]
             estimate = floor_gb(name, params, shape) + overhead * (1 if shape == measured_shape else scale)
@@ -139,10 +175,11 @@ def fit_estimates(results: dict, measured_shape: str, quick: bool) -> dict:
     return out
 
 
-def report(results: dict, estimates: dict, params: int, args) -> None:
+def report(results: dict, estimates: dict, params: int, args, step: dict) -> None:
     trl = results.get("TRL fp32")
-    print(f"\n{args.shape}{' (--quick)' if args.quick else ''}: {params / 1e6:.0f}M parameters; step: "
-          f"{STEP['P']} prompts x {STEP['G']} completions x {STEP['T']} tokens, beta 0.04; {machine(args.threads)}")
+    scale = "" if args.scale == "full" else f" (--{args.scale})"
+    print(f"\n{args.shape}{scale}: {params / 1e6:.2f}M parameters; step: "
+          f"{step['P']} prompts x {step['G']} completions x {step['T']} tokens, beta 0.04; {machine(args.threads)}")
     print(f"{'run':<12}{'peak GB':>9}{'floor GB':>10}{'peak/floor':>12}{'s/step':>9}{'peak/TRL':>10}{'speed/TRL':>11}")
     for name, r in results.items():
         vs = (f"{r['peak_gb'] / trl['peak_gb']:>10.2f}{trl['s_per_step'] / r['s_per_step']:>10.2f}x"
@@ -169,23 +206,30 @@ def machine(threads: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shape", default="0.5b", choices=list(SHAPES))
-    parser.add_argument("--quick", action="store_true", help="2 layers and a 32,768-token vocabulary (< 4 GB)")
+    scales = parser.add_mutually_exclusive_group()
+    scales.add_argument("--quick", dest="scale", action="store_const", const="quick", default="full",
+                        help="2 layers and a 32,768-token vocabulary (< 4 GB)")
+    scales.add_argument("--tiny", dest="scale", action="store_const", const="tiny",
+                        help="a 64-wide, 2-layer toy and 16 new tokens: checks that every run works")
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
-    parser.add_argument("--steps", type=int, default=2, help="measured steps per run, after one warm-up step")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="measured steps per run, after one warm-up step (default 2; --tiny: 1)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--workdir", default="runs/bench-real")
     args = parser.parse_args()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    model, data, params = build(workdir, args.shape, args.quick)
+    step = TINY_STEP if args.scale == "tiny" else STEP
+    steps = args.steps if args.steps is not None else (1 if args.scale == "tiny" else 2)
+    model, data, params = build(workdir, args.shape, args.scale)
     results = {}
-    for name in args.runs:
-        results[name] = run(name, model, data, workdir, args.steps, args.threads)
+    for name in runnable(args.runs):
+        results[name] = run(name, model, data, workdir, steps, args.threads, step)
         results[name]["floor_gb"] = floor_gb(name, params, args.shape)
-    estimates = fit_estimates(results, args.shape, args.quick)
-    report(results, estimates, params, args)
-    out = workdir / f"results-{args.shape}{'-quick' if args.quick else ''}.json"
-    out.write_text(json.dumps({"shape": args.shape, "quick": args.quick, "params": params, "step": STEP,
+    estimates = fit_estimates(results, args.shape, args.scale)
+    report(results, estimates, params, args, step)
+    out = workdir / f"results-{args.shape}{'' if args.scale == 'full' else '-' + args.scale}.json"
+    out.write_text(json.dumps({"shape": args.shape, "scale": args.scale, "params": params, "step": step,
                                "machine": machine(args.threads), "results": results, "estimates": estimates},
                               indent=2))
     print(f"\n(numbers in {out}; worker logs in {workdir})")

@@ -25,8 +25,8 @@ def length_reward(completions, **columns):
 @pytest.fixture(scope="module")
 def rollout(policy, tokenizer):
     prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
-    settings = RolloutSettings(params=SamplingParams(max_new_tokens=16, n=4, seed=3), reward_fns=[("len", length_reward)],
-                               reward_weights=[1.0])
+    settings = RolloutSettings(params=SamplingParams(max_new_tokens=16, n=4, seed=3),
+                               reward_fns=[("len", length_reward)], reward_weights=[1.0])
     scored = sample_and_score(policy, tokenizer, [{"prompt": p} for p in PROMPTS], prompt_ids, settings)
     packed = pack(scored, prompt_ids, ADVANTAGES["group"](scored.rewards), tokenizer.pad_token_id)
     return packed.with_ref(packed.old_logp - 0.01)
@@ -70,7 +70,8 @@ def test_sdpa_attention_gives_the_same_update(policy, rollout, plain, monkeypatc
     calls = []
     original = attention.F.scaled_dot_product_attention
     monkeypatch.setattr(attention, "SDPA_MIN_SCORES", 0)  # every forward through SDPA, prefix included
-    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
     _same(_step(policy, rollout), plain, policy)
     assert calls
 
