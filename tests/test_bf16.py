@@ -180,11 +180,12 @@ def test_bf16_adamw_steps_fsdp_sharded_parameters(tiny_model_dir):
         torch.distributed.destroy_process_group()  # shard's group of one
 
 
-@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
-def test_bf16_grpo_resumes_exactly(sharding, tiny_model_dir, tmp_path, monkeypatch):
-    """precision=bf16: a run resumed from its step-2 checkpoint ends where the straight run ended,
-    to the bit (BF16AdamW's rounding is a hash of the step, not a generator's state); with
-    sharding=fsdp (one process) the bf16 weights and moments go through sharded checkpoints."""
+@pytest.mark.parametrize("precision_name, sharding", [("bf16", "ddp"), ("bf16", "fsdp"), ("bf16-mixed", "fsdp")])
+def test_bf16_grpo_resumes_exactly(precision_name, sharding, tiny_model_dir, tmp_path, monkeypatch):
+    """A run resumed from its step-2 checkpoint ends where the straight run ended, to the bit:
+    precision=bf16 (BF16AdamW's rounding is a hash of the step, not a generator's state), with
+    sharding=fsdp (one process) through sharded checkpoints; the bf16 reference, refreshed from
+    the policy at step 2 (float32 for bf16-mixed), comes back from its snapshot."""
     import shutil
 
     from safetensors.torch import load_file
@@ -202,7 +203,7 @@ def test_bf16_grpo_resumes_exactly(sharding, tiny_model_dir, tmp_path, monkeypat
     args = ["grpo", f"model={tiny_model_dir}", f"data.train={data}", "template=micro", "num_generations=3",
             "prompts_per_step=2", "max_new_tokens=8", "beta=0.04", "learning_rate=1e-3", "warmup_steps=1",
             "eval_every=0", "sample_every=0", "progress=false", "threads=1", "max_steps=3", "save_every=2",
-            "keep_checkpoints=0", "precision=bf16", f"sharding={sharding}"]
+            "keep_checkpoints=0", "ref_update_every=2", f"precision={precision_name}", f"sharding={sharding}"]
     assert cli_main([*args, f"output_dir={straight}"]) == 0
     shutil.copytree(straight, resumed)
     shutil.rmtree(checkpoint_dir(resumed, 3))
@@ -213,5 +214,5 @@ def test_bf16_grpo_resumes_exactly(sharding, tiny_model_dir, tmp_path, monkeypat
             for out in (straight, resumed)]
     assert rows[1] == rows[0] and [r["step"] for r in rows[0]] == [1, 2, 3]
     weights = [load_file(out / "final" / "model.safetensors") for out in (straight, resumed)]
-    assert {t.dtype for t in weights[0].values()} == {torch.bfloat16}
+    assert {t.dtype for t in weights[0].values()} == {torch.bfloat16 if precision_name == "bf16" else torch.float32}
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
