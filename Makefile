@@ -7,7 +7,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.r1lab-installed
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: install sandbox-deps demo test test-fast lint bench bench-real bench-memory clean
+comma := ,
+
+.PHONY: install sandbox-deps demo paper test test-fast lint bench bench-real bench-memory clean
 
 install: $(STAMP)
 
@@ -21,6 +23,15 @@ $(STAMP): pyproject.toml
 
 demo: install
 	$(VENV)/bin/r1lab pipeline recipes/micro/r1.yaml
+
+# The recipe once per seed (runs/micro/paper/seed-S), then every model as mean +- sd over the seeds
+# and the findings (a)-(d) marked shown only where the margin exceeds the spread.
+SEEDS ?= 0,1,2
+paper: install
+	@for s in $(subst $(comma), ,$(SEEDS)); do \
+		$(VENV)/bin/r1lab pipeline recipes/micro/r1.yaml seed=$$s output_dir=runs/micro/paper/seed-$$s || exit 1; \
+	done
+	$(VENV)/bin/r1lab paper run_dir=runs/micro/paper
 
 # The code-execution sandbox needs bubblewrap. As root (CI) install it from Debian; elsewhere the
 # sandbox tests skip and say why.

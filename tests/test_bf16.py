@@ -74,16 +74,19 @@ def test_build_adamw_picks_the_optimizer_of_the_precision():
     assert type(build_adamw([torch.nn.Parameter(torch.ones(3, dtype=torch.bfloat16))], "bf16", lr=1e-3)) is BF16AdamW
 
 
-@pytest.mark.parametrize("precision, beta, lora, policy_dtype, reference_dtype", [
-    ("fp32", 0.04, 0, torch.float32, torch.float32),
-    ("bf16-mixed", 0.04, 0, torch.float32, torch.bfloat16),
-    ("bf16", 0.04, 0, torch.bfloat16, torch.bfloat16),
-    ("bf16-mixed", 0.0, 0, torch.float32, None),  # beta 0: no reference at all
-    ("bf16-mixed", 0.04, 4, torch.float32, None),  # LoRA: the base with adapters off, no copy
+@pytest.mark.parametrize("precision, beta, lora, teacher, policy_dtype, reference_dtype", [
+    ("fp32", 0.04, 0, False, torch.float32, torch.float32),
+    ("bf16-mixed", 0.04, 0, False, torch.float32, torch.bfloat16),
+    ("bf16", 0.04, 0, False, torch.bfloat16, torch.bfloat16),
+    ("bf16-mixed", 0.0, 0, False, torch.float32, None),  # beta 0: no reference at all
+    ("bf16-mixed", 0.04, 4, False, torch.float32, None),  # LoRA: the base with adapters off, no copy
+    ("fp32", 0.04, 0, True, torch.float32, torch.float32),  # a teacher (reference_model) alike
+    ("bf16-mixed", 0.04, 0, True, torch.float32, torch.bfloat16),
 ])
-def test_the_reference_model_by_precision(tiny_model_dir, precision, beta, lora, policy_dtype, reference_dtype):
+def test_the_reference_model_by_precision(tiny_model_dir, precision, beta, lora, teacher, policy_dtype,
+                                          reference_dtype):
     config = GRPOConfig(model=str(tiny_model_dir), precision=precision, beta=beta, lora_r=lora,
-                        ref_update_every=0, device="cpu")
+                        ref_update_every=0, device="cpu", reference_model=str(tiny_model_dir) if teacher else "")
     policy, reference, _ = load_policy(config)
     assert {p.dtype for p in policy.parameters()} == {policy_dtype}
     if reference_dtype is None:

@@ -20,7 +20,6 @@ adapters, ``final-merged/`` the base with the adapters merged in (a plain Huggin
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import time
 from pathlib import Path
@@ -40,11 +39,12 @@ from r1lab.grpo.step_metrics import MetricsLog, step_metrics, write_samples
 from r1lab.grpo.parallel import gather_lists, gather_scored, group_seed, share
 from r1lab.grpo.rollout import (RolloutSettings, Scored, informative_groups, pack, rollout_hook, rollout_sampler,
                                 sample_and_score)
+from r1lab.grpo.reference import check_reference_tokenizer, frozen_copy, load_reference
 from r1lab.grpo.update import UpdateSettings, reference_logprobs, update_policy
 from r1lab.files import remove_dir
 from r1lab.models.loading import load_model, load_tokenizer
 from r1lab.models.lora import apply_lora, disabled_adapters, is_lora, save_merged
-from r1lab.models.precision import check_supported, reference_dtype, weights_dtype
+from r1lab.models.precision import check_supported, weights_dtype
 from r1lab.problem_formats import render_problem, tokenize_prompts
 from r1lab.rewards import FailurePolicy, TrainerState, load_reward
 from r1lab.sampling.generate import SamplingParams, generate
@@ -146,6 +146,7 @@ def _prepare(config: GRPOConfig, tokenizer) -> tuple[PromptStream, dict, list[di
                          "(a JSONL/Parquet file, a datasets folder or a hub dataset); the micro tasks are for "
                          "micro models")
     check_trackers(config.report_to)
+    check_reference_tokenizer(config, tokenizer)
     rows = load_train_rows(config.data, config.seed)
     eval_rows = load_eval_rows(config.data, config.seed)
     _prompt_ids(rows[:1] + eval_rows[:1], tokenizer, config)
@@ -288,52 +289,31 @@ def _save_model(path: Path, model, tokenizer) -> None:
 
 
 def load_policy(config: GRPOConfig):
-    """(policy, frozen reference or None, the model that samples). No reference at beta 0. With
-    LoRA the policy is a PEFT model and there is no copy: the reference is the policy with its
-    adapters off (`_reference_logprobs`). Otherwise the reference is held in `reference_dtype`:
-    bf16 unless the run is fp32 (it takes no gradient, so it needs no float32 master weights).
-    With sharding=fsdp policy and reference are sharded and an unsharded copy samples
+    """(policy, frozen reference or None, the model that samples). The policy in its precision's
+    weights dtype; the reference by grpo/reference.py: none at beta 0, none with LoRA (the policy
+    with its adapters off, `_reference_logprobs`), else in bf16 unless the run is fp32. With
+    sharding=fsdp policy and reference are sharded and an unsharded copy samples
     (r1lab.training.fsdp); otherwise the policy samples itself."""
-    policy = _load(config, weights_dtype(config.precision))
+    policy = load_model(config.model, weights_dtype(config.precision), device=distributed.device(config.device),
+                        revision=config.revision, trust_remote_code=config.trust_remote_code,
+                        attn_implementation=config.attn_implementation)
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(policy)
     if config.lora_r > 0:
         policy = apply_lora(policy, config.lora_r, config.lora_alpha, config.lora_dropout,
                             config.lora_target_modules, seed=config.seed)
-    reference = _reference(policy, config) if config.beta > 0 and not is_lora(policy) else None
+    reference = load_reference(policy, config, distributed.device(config.device))
     if config.sharding != "fsdp":
         return policy, reference, policy
-    sampler = _frozen_copy(policy)
+    sampler = frozen_copy(policy)
     for model in (policy, reference) if reference is not None else (policy,):
         fsdp.shard(model, config.precision, config.fsdp_cpu_offload)
     return policy, reference, sampler
 
 
-def _load(config: GRPOConfig, dtype: str):
-    return load_model(config.model, dtype, device=distributed.device(config.device), revision=config.revision,
-                      trust_remote_code=config.trust_remote_code, attn_implementation=config.attn_implementation)
-
-
-def _reference(policy, config: GRPOConfig):
-    """The same weights as the policy's, frozen: a copy, or (another dtype) loaded again in that
-    dtype, which never holds a float32 copy of the model on the way."""
-    dtype = reference_dtype(config.precision)
-    if dtype == weights_dtype(config.precision):
-        return _frozen_copy(policy)
-    reference = _load(config, dtype)
-    reference.requires_grad_(False)
-    return reference
-
-
 def _sampling(sampler, policy):
     """The model to sample from: the policy, or its unsharded copy given the current weights."""
     return sampler if sampler is policy else fsdp.refresh(sampler, policy)
-
-
-def _frozen_copy(model):
-    ref = copy.deepcopy(model).eval()
-    ref.requires_grad_(False)
-    return ref
 
 
 def _reference_logprobs(policy, reference, rollout, config: GRPOConfig) -> torch.Tensor:
