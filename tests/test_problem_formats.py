@@ -145,8 +145,9 @@ def test_a_raising_reward_stops_the_run_with_its_traceback(tiny_model_dir, tmp_p
     assert excinfo.traceback[-1].path.name == "bad_reward.py"  # the user's own line, not a wrapper's
     # skip: two batches fail in a row, then the run stops
     with pytest.raises(KeyError) as excinfo:
-        cli_main(["grpo", *_args(tiny_model_dir, tmp_path / "s", f"data.train={data}", f"rewards=[format,{reward}:boom]",
-                                 "reward_failures=skip", "max_reward_failures=2", "max_steps=5")])
+        cli_main(["grpo", *_args(tiny_model_dir, tmp_path / "s", f"data.train={data}",
+                                 f"rewards=[format,{reward}:boom]", "reward_failures=skip", "max_reward_failures=2",
+                                 "max_steps=5")])
     assert "2 failed calls in a row" in excinfo.value.__notes__[0]
     assert [r["step"] for r in read_jsonl(tmp_path / "s" / "metrics.jsonl")] == [1]
 
@@ -179,7 +180,8 @@ def test_no_data_with_a_real_model_is_an_error(tmp_path, capsys, monkeypatch):
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel()
-    backend.train_from_iterator(["some text for a tokenizer"], trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"]))
+    backend.train_from_iterator(["some text for a tokenizer"],
+                                trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"]))
     real = tmp_path / "real"
     PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>").save_pretrained(real)
     assert cli_main(["grpo", *_args(real, tmp_path / "r")]) == 2
@@ -187,8 +189,8 @@ def test_no_data_with_a_real_model_is_an_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert cli_main(["grpo", *_args("Qwen/Qwen2.5-0.5B-Instruct", tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("error: Qwen/Qwen2.5-0.5B-Instruct: no such local folder, and the hub is offline (HF_HUB_OFFLINE=1): "
-                   "give the path of a downloaded model folder")
+    assert err == ("error: Qwen/Qwen2.5-0.5B-Instruct: no such local folder, and the hub is offline "
+                   "(HF_HUB_OFFLINE=1): give the path of a downloaded model folder")
 
 
 def test_a_local_path_with_one_slash_is_a_folder(tiny_model_dir, tmp_path, monkeypatch):

@@ -24,7 +24,8 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from r1lab.training.sft_data import bos_to_add
 from r1lab.errors import R1labError

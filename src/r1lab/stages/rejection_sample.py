@@ -33,8 +33,8 @@ import torch
 from r1lab.micro import general as micro_general, tasks
 from r1lab.recipe import check_choices, check_range, save_config
 from r1lab.errors import R1labError
-from r1lab.stages.sample_filters import (DEFAULT_FILTERS, FILTERS, FilterSettings, Judge, Sample, filter_report, judge_prompt,
-                           parse_verdict, rules_judge)
+from r1lab.stages.sample_filters import (DEFAULT_FILTERS, FILTERS, FilterSettings, Judge, Sample, filter_report,
+                                         judge_prompt, parse_verdict, rules_judge)
 from r1lab.files import read_rows, require_columns, write_json, write_jsonl
 from r1lab.models.loading import DTYPES, load_model_and_tokenizer
 from r1lab.sampling.generate import SamplingParams, generate
