@@ -35,7 +35,7 @@ MICRO_TASKS = task_registry.DEFAULT_TASKS
 class EvalConfig:
     model: str = "runs/micro/base/final"
     tasks: tuple[str, ...] = MICRO_TASKS  # micro tasks to evaluate (ignored when `data` is set)
-    data: str = ""  # a JSONL/Parquet benchmark with `problem` (or `prompt`) and `answer` columns
+    data: str = ""  # a benchmark (r1lab.problems.load_problems): `prompt` (or `problem`) and `answer` columns
     num_problems: int = 100  # held-out problems per micro task (0 or less: all rows of `data`)
     levels: dict[str, tuple[int, ...]] = field(default_factory=dict)  # per task; default: the task's
     seed: int = 0

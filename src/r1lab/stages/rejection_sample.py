@@ -46,7 +46,7 @@ from r1lab.templates import TEMPLATES, render_prompt
 @dataclass(frozen=True)
 class RejectionSampleConfig:
     model: str = "runs/micro/reasoning_rl/final"  # the stage-2 (reasoning RL) checkpoint
-    data: str = ""  # JSONL/Parquet with prompt and answer columns; empty: micro tasks
+    data: str = ""  # prompt and answer columns (r1lab.problems.load_problems); empty: micro tasks
     tasks: tuple[str, ...] = tasks.DEFAULT_TASKS  # micro tasks, when `data` is empty
     num_problems: int = 200  # per micro task (with `data`: the first rows; <= 0: all)
     levels: dict[str, tuple[int, ...]] = field(default_factory=dict)  # per micro task; default: the task's
