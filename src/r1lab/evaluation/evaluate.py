@@ -19,12 +19,14 @@ import torch
 
 from r1lab.recipe import check_choices, check_range, save_config
 from r1lab import task_registry
-from r1lab.errors import R1labError
-from r1lab.files import read_rows, write_json, write_jsonl
+from r1lab.files import write_json, write_jsonl
 from r1lab.evaluation.scoring import REFLECTION_PHRASES, cons_at_k, has_reflection, mean, pass_at_1, pass_at_k
+from r1lab.models.precision import PRECISIONS, autocast, check_supported, weights_dtype
+from r1lab.training import distributed
 from r1lab.rewards.answers import answers_match, extract_answer
 from r1lab.rewards.formatting import format_reward, readable_format_reward
 from r1lab.problem_formats import render_problem, tokenize_prompts
+from r1lab.problems import load_problems
 from r1lab.rewards.gym import reasoning_gym_reward
 from r1lab.sampling.generate import SamplingParams, generate
 
@@ -35,7 +37,7 @@ MICRO_TASKS = task_registry.DEFAULT_TASKS
 class EvalConfig:
     model: str = "runs/micro/base/final"
     tasks: tuple[str, ...] = MICRO_TASKS  # micro tasks to evaluate (ignored when `data` is set)
-    data: str = ""  # a JSONL/Parquet benchmark with `problem` (or `prompt`) and `answer` columns
+    data: str = ""  # a benchmark (r1lab.problems.load_problems): `prompt` (or `problem`) and `answer` columns
     num_problems: int = 100  # held-out problems per micro task (0 or less: all rows of `data`)
     levels: dict[str, tuple[int, ...]] = field(default_factory=dict)  # per task; default: the task's
     seed: int = 0
@@ -50,6 +52,9 @@ class EvalConfig:
     reflection_phrases: tuple[str, ...] = REFLECTION_PHRASES
     output_dir: str = "runs/eval"
     progress: bool = True
+    device: str = "auto"  # auto: cuda if available, else cpu
+    # fp32 | bf16-mixed (sampling under bf16 autocast) | bf16 (the model loaded in bf16); r1lab.models.precision
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         check_range(self, 1, None, "k", "max_new_tokens", "batch_size")
@@ -58,17 +63,25 @@ class EvalConfig:
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
         check_choices("task", self.tasks, task_registry.names())
+        check_choices("precision", self.precision, PRECISIONS)
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                               top_p=self.top_p, top_k=self.top_k, n=self.k, stop=self.stop, seed=self.seed)
 
 
-def main(config: EvalConfig) -> dict:
+def load_for_eval(config: EvalConfig):
+    """(model, tokenizer) of config.model on config.device, in config.precision's weights dtype."""
     from r1lab.models.loading import load_model_and_tokenizer
 
-    rows = load_problems(config)
-    model, tokenizer = load_model_and_tokenizer(config.model)
+    device = distributed.device(config.device)
+    check_supported(config.precision, device)
+    return load_model_and_tokenizer(config.model, weights_dtype(config.precision), device)
+
+
+def main(config: EvalConfig) -> dict:
+    rows = eval_problems(config)
+    model, tokenizer = load_for_eval(config)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
@@ -81,26 +94,13 @@ def main(config: EvalConfig) -> dict:
     return summary
 
 
-def load_problems(config: EvalConfig) -> list[dict]:
-    """Evaluation rows: held-out micro problems, or the rows of a user's benchmark file."""
-    if config.data:
-        rows = read_rows(config.data)
-        out = []
-        for i, row in enumerate(rows, 1):
-            prompt = row.get("problem", row.get("prompt"))
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise R1labError(f"{config.data}: row {i} has no 'problem' (or 'prompt') text")
-            if is_code_row(row):  # HumanEval / MBPP layout: judged by running its tests
-                out.append({**row, "task": row.get("task") or "code", "prompt": prompt})
-                continue
-            if row.get("answer") in (None, ""):
-                raise R1labError(f"{config.data}: row {i} has no 'answer'")
-            out.append({**row, "task": row.get("task") or "math", "prompt": prompt, "answer": str(row["answer"])})
-        return out[: config.num_problems] if config.num_problems > 0 else out
-    rows = []
-    for name in config.tasks:
-        levels = config.levels.get(name) or None
-        rows += [p.to_row() for p in task_registry.generate(name, "test", config.num_problems, config.seed, levels)]
+def eval_problems(config: EvalConfig) -> list[dict]:
+    """Evaluation rows (r1lab.problems.load_problems): held-out task problems, or the rows of a
+    user's benchmark, every one answered, or in the HumanEval / MBPP layout (judged by its tests)."""
+    rows = load_problems(config.data, "test", config.tasks, config.num_problems, config.seed, config.levels,
+                         every_answer=True, no_answer_needed=is_code_row)
+    if config.data:  # evaluation groups by task
+        rows = [{**row, "task": row.get("task") or ("code" if is_code_row(row) else "math")} for row in rows]
     return rows
 
 
@@ -109,7 +109,7 @@ def sample_rows(model, tokenizer, rows: list[dict], config: EvalConfig) -> tuple
     # conversations through the chat template; the BOS token exactly when the tokenizer adds one
     prompts = tokenize_prompts(tokenizer, [render_problem(row["prompt"], config.template, tokenizer) for row in rows])
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(config.precision, next(model.parameters()).device):
         completions = generate(model, tokenizer, prompts, config.sampling(), batch_size=config.batch_size,
                                progress=config.progress)
     return completions, time.perf_counter() - start
