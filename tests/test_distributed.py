@@ -176,8 +176,9 @@ def test_grpo_under_torchrun_refuses_what_it_cannot_split(tiny_model_dir, grpo_d
     monkeypatch.setattr(distributed, "world_size", lambda: 2)  # as under torchrun, without launching it
     assert cli.main(grpo_args(tiny_model_dir, grpo_data, tmp_path / "odd") + ["prompts_per_step=3"]) == 2
     assert "prompts_per_step (3) must be divisible by the number of processes (2)" in capsys.readouterr().err
-    assert cli.main(grpo_args(tiny_model_dir, grpo_data, tmp_path / "v") + ["rollout_backend=vllm"]) == 2
-    assert "rollout_backend=vllm under torchrun is not supported yet" in capsys.readouterr().err
+    assert cli.main(grpo_args(tiny_model_dir, grpo_data, tmp_path / "v")
+                    + ["rollout_backend=vllm", "vllm_tensor_parallel_size=2"]) == 2
+    assert "vllm_tensor_parallel_size=2 under torchrun" in capsys.readouterr().err
 
 
 def test_share_is_contiguous_and_seeds_depend_on_the_position_only():

@@ -1,6 +1,7 @@
 """LoRA GRPO on a tiny random model (``pytest tests/test_grpo_lora.py``): the sampler and the
 reference with adapters, a run whose reward rises, the saved adapters, resume."""
 
+import copy
 import json
 import shutil
 
@@ -125,8 +126,23 @@ def test_ref_refresh_with_lora_is_a_clear_error():
         GRPOConfig(lora_r=8, beta=0.02, ref_update_every=50, max_steps=100)
     GRPOConfig(lora_r=8, beta=0.02, ref_update_every=400, max_steps=100)  # a refresh after the run: no effect
     GRPOConfig(lora_r=8, beta=0.0, ref_update_every=50, max_steps=100)  # no reference at all
-    with pytest.raises(ValueError, match="rollout_backend=native"):
-        GRPOConfig(lora_r=8, ref_update_every=0, rollout_backend="vllm")
+    GRPOConfig(lora_r=8, ref_update_every=0, rollout_backend="vllm")  # vLLM samples from the merged weights
+
+
+def test_merged_weights_are_what_merge_and_unload_gives(policy):
+    from r1lab.models.lora import apply_lora, merged_weights
+
+    model = apply_lora(copy.deepcopy(policy), 4, 8.0, seed=0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()  # B starts at 0: make the adapters matter
+    merged = dict(merged_weights(model))
+    expected = dict(copy.deepcopy(model).merge_and_unload().named_parameters())
+    assert merged.keys() == expected.keys()
+    for name, weight in expected.items():
+        torch.testing.assert_close(merged[name], weight.detach())
+    assert any(not torch.equal(merged[n], p) for n, p in policy.named_parameters())  # the adapters changed something
 
 
 def test_lora_grpo_raises_the_reward_and_saves_loadable_adapters(toy, tmp_path, monkeypatch):

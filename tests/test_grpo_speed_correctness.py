@@ -107,10 +107,12 @@ class FakeLLM:
         self.loads: list[dict[str, torch.Tensor]] = []
         self.resets = 0
         self.calls: list[tuple] = []
-        model = types.SimpleNamespace(load_weights=lambda weights: self.loads.append(
-            {name: w.clone() for name, w in weights}))
-        self.llm_engine = types.SimpleNamespace(model_executor=types.SimpleNamespace(
-            driver_worker=types.SimpleNamespace(model_runner=types.SimpleNamespace(model=model))))
+
+    def collective_rpc(self, method, args=()):
+        assert method == "r1lab_load_weights"
+        (weights,) = args
+        self.loads.append({name: w.clone() for name, w in weights})
+        return [len(weights)]
 
     def reset_prefix_cache(self):
         self.resets += 1
@@ -133,6 +135,7 @@ class FakeLLM:
 def fake_vllm(monkeypatch):
     module = types.ModuleType("vllm")
     module.SamplingParams = FakeSamplingParams
+    module.__version__ = "0.32.0"
     monkeypatch.setitem(sys.modules, "vllm", module)
     return module
 
@@ -140,11 +143,34 @@ def fake_vllm(monkeypatch):
 def test_vllm_backend_without_vllm_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError
     with pytest.raises(R1labError, match=r"pip install 'r1lab\[vllm\]'"):
-        rollout_sampler("vllm", "some/model", seed=0)
+        rollout_sampler("vllm", "some/model")
     assert GRPOConfig(rollout_backend="vllm").rollout_backend == "vllm"
     with pytest.raises(ValueError, match="rollout_backend"):
         GRPOConfig(rollout_backend="sglang")
-    assert rollout_sampler("native", "some/model", seed=0).__name__ == "generate"
+    assert rollout_sampler("native", "some/model").__name__ == "generate"
+
+
+def test_vllm_keys_without_the_vllm_backend_are_a_clear_error():
+    with pytest.raises(ValueError, match="vllm_importance_sampling_cap set, but rollout_backend=native"):
+        GRPOConfig(vllm_importance_sampling_cap=3.0)
+    GRPOConfig(rollout_backend="vllm", vllm_importance_sampling_cap=3.0, vllm_dtype="float32")
+
+
+def test_an_old_vllm_is_a_clear_error(fake_vllm):
+    from r1lab.sampling.vllm import import_vllm
+
+    fake_vllm.__version__ = "0.10.1"
+    with pytest.raises(R1labError, match=r"needs vLLM >= 0.32.*found vLLM 0.10.1"):
+        import_vllm()
+
+
+def fused_adamw_step(model) -> None:
+    """One step of the optimiser GRPO uses (grpo/train.py: fused AdamW), which updates the weights
+    in place without bumping their version counters: only an explicit `weights_changed` can tell."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
 
 
 def test_vllm_backend_loads_the_policy_weights_before_each_rollout(fake_vllm, policy, tokenizer):
@@ -159,13 +185,14 @@ def test_vllm_backend_loads_the_policy_weights_before_each_rollout(fake_vllm, po
     assert set(llm.loads[0]) == {name for name, _ in model.named_parameters()}
     for name, p in model.named_parameters():
         assert torch.equal(llm.loads[0][name], p.detach())
-    # unchanged weights: no second load; after an optimiser step: loaded again, new values
+    # unchanged weights: no second load; after an optimiser step, which the trainer reports: loaded again
     sampler(model, tokenizer, PROMPTS[:2], params)
     assert len(llm.loads) == 1
-    with torch.no_grad():
-        model.model.norm.weight.add_(1.0)  # an in-place update, as an optimiser step makes
+    fused_adamw_step(model)
+    sampler.weights_changed()
     sampler(model, tokenizer, PROMPTS[:2], params)
     assert len(llm.loads) == 2 and torch.equal(llm.loads[1]["model.norm.weight"], model.model.norm.weight.detach())
+    assert not torch.equal(llm.loads[1]["model.norm.weight"], llm.loads[0]["model.norm.weight"])
 
     prompts, kwargs = llm.calls[0]
     assert prompts == [{"prompt_token_ids": tokenizer(p, add_special_tokens=False)["input_ids"]} for p in PROMPTS[:2]]
@@ -181,3 +208,35 @@ def test_vllm_backend_loads_the_policy_weights_before_each_rollout(fake_vllm, po
             assert c.logprobs[0] == pytest.approx(-0.1)
         assert [c.finish_reason for c in group] == ["eos", "stop", "length"]
         assert group[0].token_ids[-1] == 0  # the EOS token stays in the ids, as the native sampler keeps it
+
+
+class SpySampler:
+    """r1lab's sampler, recording its calls and the trainer's `weights_changed` reports."""
+
+    def __init__(self):
+        self.events: list[str] = []
+
+    def __call__(self, *args, **kwargs):
+        from r1lab.sampling.generate import generate
+
+        self.events.append("sample")
+        return generate(*args, **kwargs)
+
+    def weights_changed(self):
+        self.events.append("changed")
+
+
+def test_grpo_tells_the_sampler_after_every_update(tiny_model_dir, prompts_jsonl, tmp_path, monkeypatch):
+    from itertools import groupby
+
+    from r1lab import cli
+    from r1lab.grpo import train
+
+    spy = SpySampler()
+    monkeypatch.setattr(train, "rollout_sampler", lambda *args, **kwargs: spy)
+    args = ["grpo", f"model={tiny_model_dir}", f"data.train={prompts_jsonl}", f"output_dir={tmp_path / 'run'}",
+            "template=micro", "num_generations=2", "prompts_per_step=2", "max_new_tokens=6", "max_steps=3",
+            "eval_every=0", "progress=false", "threads=1"]
+    assert cli.main(args) == 0
+    # a step's sampling, then its update reported, then the next step's sampling from the new weights
+    assert [event for event, _ in groupby(spy.events)] == ["sample", "changed"] * 3

@@ -24,9 +24,10 @@ max_steps) is an error: set ref_update_every=0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from r1lab.recipe import check_choices, check_range
+from r1lab.grpo.importance import IMPORTANCE_WEIGHTS
 from r1lab.training.fsdp import SHARDINGS
 from r1lab.grpo.advantages import ADVANTAGES
 from r1lab.grpo.losses import AGGREGATIONS, KL_ESTIMATORS, LOSS_TYPES
@@ -37,6 +38,9 @@ from r1lab.problem_formats import FORMATS
 from r1lab.rewards.calling import FAILURE_POLICIES
 from r1lab.training.tracking import TRACKERS
 from r1lab.templates import TEMPLATES
+
+
+VLLM_DTYPES = ("auto", "bfloat16", "float16", "float32")
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,17 @@ class GRPOConfig:
     top_k: int = 0
     stop: tuple[str, ...] = ("</answer>",)
     rollout_batch_size: int = 512  # sequences decoded together
-    rollout_backend: str = "native"  # native (r1lab.sampling.generate, CPU or GPU) | vllm (GPU; pip install r1lab[vllm])
+    rollout_backend: str = "native"  # native (r1lab.sampling.generate, CPU or GPU) | vllm (docs/vllm.md)
+    # vLLM (rollout_backend: vllm): one engine per process, colocated with training, weights pushed after each step
+    vllm_mode: str = "colocate"  # colocate (the engine lives in the training process); a vLLM server is not supported
+    vllm_gpu_memory_utilization: float = 0.3  # share of GPU memory for vLLM's weights + KV cache (CPU: see docs)
+    vllm_max_model_len: int = 0  # context length of the engine; 0 = the model's own
+    vllm_enforce_eager: bool = False  # no CUDA graphs (slower sampling, less memory, faster start)
+    vllm_tensor_parallel_size: int = 1  # GPUs per engine (one process only)
+    vllm_enable_sleep_mode: bool = False  # free the engine's GPU memory while training (CUDA only)
+    vllm_dtype: str = "auto"  # auto (the checkpoint's) | bfloat16 | float16 | float32
+    vllm_importance_sampling: str = "tis"  # tis | mask | none: grpo/importance.py
+    vllm_importance_sampling_cap: float = 2.0  # as TRL's default
     # micro tasks: chance a column step's units digit is corrupted in rollouts; switches on the micro
     # world's rollout hook (grpo.rollout.ROLLOUT_HOOKS, r1lab/micro/step_noise.py)
     step_noise: float = 0.0
@@ -213,6 +227,7 @@ class GRPOConfig:
         check_choices("lr_schedule", self.lr_schedule, ("constant", "cosine"))
         check_choices("rollout_backend", self.rollout_backend, ("native", "vllm"))
         check_choices("precision", self.precision, PRECISIONS)
+        self._check_vllm()
         check_choices("sharding", self.sharding, SHARDINGS)
         if self.fsdp_cpu_offload and self.sharding != "fsdp":
             raise ValueError("fsdp_cpu_offload=true needs sharding=fsdp")
@@ -235,8 +250,6 @@ class GRPOConfig:
         if self.lora_r > 0 and self.beta > 0 and 0 < self.ref_update_every <= self.max_steps:
             raise ValueError(f"ref_update_every={self.ref_update_every} with LoRA: the reference is the base model "
                              "(adapters disabled) and is never refreshed; set ref_update_every=0")
-        if self.lora_r > 0 and self.rollout_backend != "native":
-            raise ValueError("LoRA GRPO samples with rollout_backend=native only (vllm gets no adapter weights)")
         if not 0 <= self.step_noise < 1:
             raise ValueError(f"step_noise must be in [0, 1), got {self.step_noise}")
         if self.step_noise and self.rollout_backend != "native":
@@ -297,6 +310,31 @@ class GRPOConfig:
         check_range(self.data, 0, None, "num_eval")
         if self.overlong_cache >= self.max_new_tokens:
             raise ValueError(f"overlong_cache ({self.overlong_cache}) must be < max_new_tokens ({self.max_new_tokens})")
+
+    def _check_vllm(self) -> None:
+        changed = [f.name for f in fields(self) if f.name.startswith("vllm_") and getattr(self, f.name) != f.default]
+        if changed and self.rollout_backend != "vllm":
+            raise ValueError(f"{', '.join(changed)} set, but rollout_backend={self.rollout_backend}: the vllm_* keys "
+                             "act only with rollout_backend=vllm (set it, or drop them)")
+        check_choices("vllm_mode", self.vllm_mode, ("colocate",))
+        check_choices("vllm_dtype", self.vllm_dtype, VLLM_DTYPES)
+        check_choices("vllm_importance_sampling", self.vllm_importance_sampling, tuple(IMPORTANCE_WEIGHTS))
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise ValueError(f"vllm_gpu_memory_utilization must be in (0, 1], got {self.vllm_gpu_memory_utilization}")
+        if self.vllm_max_model_len < 0 or self.vllm_tensor_parallel_size < 1:
+            raise ValueError("vllm_max_model_len must be >= 0 (0 = the model's) and vllm_tensor_parallel_size >= 1")
+        if self.vllm_max_model_len and self.vllm_max_model_len <= self.max_new_tokens:
+            raise ValueError(f"vllm_max_model_len={self.vllm_max_model_len} leaves no room for a prompt before "
+                             f"max_new_tokens={self.max_new_tokens}")
+        if self.vllm_importance_sampling_cap < 1:
+            raise ValueError(f"vllm_importance_sampling_cap must be >= 1, got {self.vllm_importance_sampling_cap}")
+
+    @property
+    def vllm_engine(self) -> dict:
+        """The vLLM engine's settings (sampling/vllm.EngineSettings' fields)."""
+        return dict(gpu_memory_utilization=self.vllm_gpu_memory_utilization, max_model_len=self.vllm_max_model_len,
+                    enforce_eager=self.vllm_enforce_eager, tensor_parallel_size=self.vllm_tensor_parallel_size,
+                    enable_sleep_mode=self.vllm_enable_sleep_mode, dtype=self.vllm_dtype, seed=self.seed)
 
     @property
     def weights(self) -> tuple[float, ...]:

@@ -358,22 +358,23 @@ def grpo_loss(
     entropy_coef: float = 0.0,
     kl_cov_ratio: float = 0.0,
     kl_cov_coef: float = 1.0,
+    token_weights: Tensor | None = None,
 ) -> tuple[Tensor, LossStats]:
     """GRPO objective (negated, to minimise) for N completions. Returns (loss [], LossStats).
 
     logp, old_logp, ref_logp: [N, T] log-probs of the sampled tokens under pi_theta, pi_old and
     pi_ref (ref_logp None or beta == 0: no KL term). advantages [N]. mask [N, T]: 1 for the
-    completion tokens that count. Per token, before aggregating:
-        surrogate_t (LOSS_TYPES[loss_type]) + beta * kl_t + kl_cov_t - entropy_coef * H_t.
+    completion tokens that count. Per token, before aggregating (w_t: `token_weights`, or 1):
+        w_t surrogate_t (LOSS_TYPES[loss_type]) + beta * kl_t + kl_cov_t - entropy_coef * H_t.
     As in DeepSeekMath Eq. 3 the KL goes into the loss, not into the reward. entropy [N, T]: the
     policy's entropy per position (with gradient for the bonus). kl_cov_ratio > 0 adds the
-    KL-Cov penalty (`kl_cov_penalty`) on that share of tokens.
-    aggregation: a key of AGGREGATIONS; max_len, num_sequences, num_tokens are passed to it.
+    KL-Cov penalty (`kl_cov_penalty`) on that share of tokens. token_weights [N, T]: importance
+    weights (grpo/importance.py). aggregation: a key of AGGREGATIONS (given max_len, num_sequences, num_tokens).
     """
     aggregate = AGGREGATIONS[aggregation]
     norm_kwargs = dict(num_sequences=num_sequences, num_tokens=num_tokens, max_len=max_len)
     surrogate = SURROGATES[LOSS_TYPES[loss_type].surrogate](logp, old_logp, advantages, mask, eps_low, eps_high)
-    per_token = surrogate.per_token
+    per_token = policy_term = surrogate.per_token * (1.0 if token_weights is None else token_weights)
     kl = torch.zeros_like(per_token)
     if ref_logp is not None and beta != 0.0:
         kl = KL_ESTIMATORS[kl_estimator](logp, ref_logp)
@@ -384,11 +385,10 @@ def grpo_loss(
     if entropy is not None and entropy_coef != 0.0:
         per_token = per_token - entropy_coef * entropy
     loss = aggregate(per_token, mask, **norm_kwargs)
-
     low, high = surrogate.clip_low, surrogate.clip_high
     with torch.no_grad():
         stats = LossStats(
-            policy_loss=aggregate(surrogate.per_token.detach(), mask, **norm_kwargs),
+            policy_loss=aggregate(policy_term.detach(), mask, **norm_kwargs),
             kl=masked_mean(kl.detach(), mask),
             clip_low=masked_mean(low.float(), mask),
             clip_high=masked_mean(high.float(), mask),

@@ -41,6 +41,7 @@ class Rollout:
     advantages: Tensor  # [N]
     ref_logp: Tensor | None = None  # [N, L-1] under the frozen reference, when beta > 0
     prompt_len: int | None = None  # columns [0, prompt_len) hold the prompts, the rest completions
+    sampler_logp: Tensor | None = None  # [N, L-1] a separate sampler's (vLLM's) when old_logp is the trainer's
 
     @property
     def num_rows(self) -> int:
@@ -61,6 +62,7 @@ class Rollout:
             advantages=self.advantages[index],
             ref_logp=None if self.ref_logp is None else self.ref_logp[index, lo:hi - 1],
             prompt_len=None if self.prompt_len is None else self.prompt_len - lo,
+            sampler_logp=None if self.sampler_logp is None else self.sampler_logp[index, lo:hi - 1],
         )
 
     def with_ref(self, ref_logp: Tensor) -> Rollout:
@@ -139,15 +141,24 @@ def rollout_hook(config: Any) -> RolloutHook | None:
     return None
 
 
-def rollout_sampler(backend: str, model_path: str, seed: int) -> Callable:
+def weights_changed(sampler: Callable) -> None:
+    """Tell a sampler holding its own copy of the weights (vLLM's engine) that the policy's changed,
+    so it pushes them before it samples again; r1lab's own sampler reads the policy: nothing to do."""
+    notify = getattr(sampler, "weights_changed", None)
+    if notify is not None:
+        notify()
+
+
+def rollout_sampler(backend: str, model_path: str, engine: dict | None = None) -> Callable:
     """The sampler of a rollout backend: r1lab.sampling.generate ("native", any HF causal LM, CPU or
-    GPU) or a vLLM engine that gets the policy's weights before each rollout ("vllm", GPU only)."""
+    GPU) or a vLLM engine for `model_path` built with `engine` (sampling/vllm.EngineSettings'
+    fields) that gets the policy's weights before each rollout ("vllm")."""
     if backend == "native":
         return generate
     if backend == "vllm":
-        from r1lab.sampling.vllm import VLLMSampler
+        from r1lab.sampling.vllm import EngineSettings, VLLMSampler
 
-        return VLLMSampler(model_path, seed=seed)
+        return VLLMSampler(model_path, EngineSettings(**(engine or {})))
     raise ValueError(f"rollout_backend must be native or vllm; got '{backend}'")
 
 

@@ -20,6 +20,7 @@ adapters, ``final-merged/`` the base with the adapters merged in (a plain Huggin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -38,7 +39,7 @@ from r1lab.grpo.advantages import ADVANTAGES
 from r1lab.grpo.step_metrics import MetricsLog, step_metrics, write_samples
 from r1lab.grpo.parallel import gather_lists, gather_scored, group_seed, share
 from r1lab.grpo.rollout import (RolloutSettings, Scored, informative_groups, pack, rollout_hook, rollout_sampler,
-                                sample_and_score)
+                                sample_and_score, weights_changed)
 from r1lab.grpo.reference import check_reference_tokenizer, frozen_copy, load_reference
 from r1lab.grpo.update import UpdateSettings, reference_logprobs, update_policy
 from r1lab.files import remove_dir
@@ -58,10 +59,17 @@ __all__ = ["GRPOConfig", "main"]
 
 @distributed.launched  # under torchrun: one process of N (see grpo/parallel.py; a no-op otherwise)
 def main(config: GRPOConfig) -> dict:
+    with contextlib.ExitStack() as on_exit:  # a vLLM engine is shut down before the process group goes
+        return _grpo(config, on_exit)
+
+
+def _grpo(config: GRPOConfig, on_exit: contextlib.ExitStack) -> dict:
     out = _start(config)
     is_main = distributed.is_main()
     tokenizer = load_tokenizer(config.model, config.revision, config.trust_remote_code)
     stream, fingerprint, eval_rows, rollout_settings = _prepare(config, tokenizer)  # before the model
+    if hasattr(rollout_settings.sampler, "close"):
+        on_exit.callback(rollout_settings.sampler.close)
     policy, reference, sampler = load_policy(config)
     device = next(policy.parameters()).device
     check_supported(config.precision, device)
@@ -86,6 +94,7 @@ def main(config: GRPOConfig) -> dict:
         policy.train()
         stats = update_policy(policy, optimizer, rollout, _update_settings(config), seed=config.seed + step,
                               first_row=mine.start * g, total_rows=len(scored.rows) * g)
+        weights_changed(rollout_settings.sampler)  # vLLM: its engine gets the new weights before the next rollout
         scheduler.step()
         t2 = time.perf_counter()
 
@@ -177,7 +186,7 @@ def _rollout_settings(config: GRPOConfig) -> RolloutSettings:
         reward_fns=[(spec, load_reward(spec)) for spec in config.rewards],
         reward_weights=config.weights, overlong_cache=config.overlong_cache,
         batch_size=config.rollout_batch_size,
-        sampler=rollout_sampler(config.rollout_backend, config.model, config.seed), hook=rollout_hook(config),
+        sampler=rollout_sampler(config.rollout_backend, config.model, config.vllm_engine), hook=rollout_hook(config),
         precision=config.precision, failures=FailurePolicy(config.reward_failures, config.max_reward_failures))
 
 
@@ -229,9 +238,9 @@ def _check_world_size(config: GRPOConfig) -> None:
     if config.prompts_per_step % world:
         raise R1labError(f"prompts_per_step ({config.prompts_per_step}) must be divisible by the number of "
                          f"processes ({world})")
-    if world > 1 and config.rollout_backend == "vllm":
-        raise R1labError("rollout_backend=vllm under torchrun is not supported yet (untested): use "
-                         "rollout_backend=native, or one process")
+    if world > 1 and config.rollout_backend == "vllm" and config.vllm_tensor_parallel_size > 1:
+        raise R1labError(f"vllm_tensor_parallel_size={config.vllm_tensor_parallel_size} under torchrun: every "
+                         "process has its own engine on its own device; use vllm_tensor_parallel_size=1")
 
 
 def _write_step(out: Path, config: GRPOConfig, step: int, metrics: dict, scored: Scored, log: MetricsLog,
@@ -334,7 +343,9 @@ def _update_settings(config: GRPOConfig) -> UpdateSettings:
         precision=config.precision, max_tokens_per_micro_batch=config.max_tokens_per_micro_batch,
         loss_type=config.loss_type, entropy_coef=config.entropy_coef,
         kl_cov_ratio=config.kl_cov_ratio if config.entropy_control == "kl_cov" else 0.0,
-        kl_cov_coef=config.kl_cov_coef)
+        kl_cov_coef=config.kl_cov_coef,
+        importance_sampling=config.vllm_importance_sampling if config.rollout_backend == "vllm" else None,
+        importance_sampling_cap=config.vllm_importance_sampling_cap)
 
 
 def _collect(policy, tokenizer, stream: PromptStream, config: GRPOConfig, settings: RolloutSettings, step: int):

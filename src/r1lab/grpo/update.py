@@ -19,6 +19,11 @@ gradients before the first optimiser step. The ratio is then exactly 1 until the
 (tests/test_precision.py). Passes after the first (mu > 1) regroup the rows into other
 micro-batches, and a bf16 forward depends slightly on its batch's shape: with unchanged weights
 a log-prob moved by up to 3e-3 there (fp32: ~1e-6).
+
+With a sampler other than the trainer (``rollout_backend: vllm``) the old log-probs are the
+training forward's too, as with bf16, and the sampler's log-probs only enter through truncated
+importance weights on each token's policy-gradient term (grpo/importance.py); the mismatch
+between the two is reported as vllm/logp_diff_mean, vllm/logp_diff_max, vllm/is_capped_fraction.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from r1lab.training import distributed, fsdp
+from r1lab.grpo.importance import importance_weights
 from r1lab.grpo.losses import Normalisers, count_normalisers, grpo_loss
 from r1lab.grpo.parallel import sum_gradients, sum_over_processes
 from r1lab.grpo.rollout import Rollout
@@ -37,6 +43,8 @@ from r1lab.models.logprobs import sequence_logprobs
 
 
 STAT_KEYS = ("kl", "clip/low", "clip/high", "clip/fraction", "ratio", "entropy", "kl_cov")  # what `_backward` reports
+MISMATCH_KEYS = ("vllm/logp_diff_mean", "vllm/is_capped_fraction")  # and, with another sampler, these
+MISMATCH_MAX = "vllm/logp_diff_max"
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,10 @@ class UpdateSettings:
     entropy_coef: float = 0.0  # entropy bonus; 0: the entropy is only measured (no gradient)
     kl_cov_ratio: float = 0.0  # KL-Cov's share of tokens; 0 = off
     kl_cov_coef: float = 1.0
+    # None: the sampler is the policy itself (its log-probs are the old ones). tis | mask | none: another
+    # sampler (vLLM): old log-probs from the training forward, importance weights of grpo/importance.py
+    importance_sampling: str | None = None
+    importance_sampling_cap: float = 2.0
 
 
 def update_policy(policy, optimizer, rollout: Rollout, settings: UpdateSettings, seed: int,
@@ -77,12 +89,13 @@ def update_policy(policy, optimizer, rollout: Rollout, settings: UpdateSettings,
     # bf16: the sampler's log-probs differ from the training forward's by bf16 rounding (micro
     # base: mean 1e-3, max 0.09 per token), which would bias the ratio; the old log-probs are
     # those of the training forward itself.
-    fresh_old = settings.precision != "fp32"
+    fresh_old = settings.precision != "fp32" or settings.importance_sampling is not None
     lengths = row_lengths(rollout)
+    rollout = _keep_sampler_logp(rollout, settings)
     if fresh_old:
         rollout = _training_old_logp(policy, rollout, _micro_batches(orders[0], settings, mine, lengths)[1:], settings)
-    totals = dict.fromkeys(STAT_KEYS, 0.0)  # every process sums the same keys, even with no rows
-    weight = 0.0
+    totals = dict.fromkeys(_stat_keys(settings), 0.0)  # every process sums the same keys, even with no rows
+    weight, diff_max = 0.0, 0.0
     grad_norms, losses = [], []
     for iteration, order in enumerate(orders):
         for k, micro in enumerate(_micro_batches(order, settings, mine, lengths)):
@@ -99,6 +112,7 @@ def update_policy(policy, optimizer, rollout: Rollout, settings: UpdateSettings,
                     lo, hi = rollout.span(idx)
                     rollout.old_logp[idx, lo:hi - 1] = logp  # for the passes after the first (mu > 1)
                 minibatch_loss += loss  # chunk losses carry the minibatch's normalisers: they add up
+                diff_max = max(diff_max, stats.pop(MISMATCH_MAX, 0.0))
                 w = float(part.completion_mask.sum())
                 weight += w
                 for key, value in stats.items():
@@ -117,7 +131,27 @@ def update_policy(policy, optimizer, rollout: Rollout, settings: UpdateSettings,
     out["loss"] = sum(losses) / len(losses)
     if grad_norms:
         out["grad_norm"] = sum(grad_norms) / len(grad_norms)
-    return out
+    return out | _largest_mismatch(diff_max, settings, device)
+
+
+def _stat_keys(settings: UpdateSettings) -> tuple[str, ...]:
+    """The statistics `_backward` reports: the loss's, and the mismatch's with another sampler."""
+    return STAT_KEYS + (MISMATCH_KEYS if settings.importance_sampling is not None else ())
+
+
+def _largest_mismatch(diff_max: float, settings: UpdateSettings, device) -> dict[str, float]:
+    """With another sampler: vllm/logp_diff_max, the largest over all processes (else nothing)."""
+    if settings.importance_sampling is None:
+        return {}
+    return {MISMATCH_MAX: distributed.all_reduce_max(torch.tensor(diff_max, device=device)).item()}
+
+
+def _keep_sampler_logp(rollout: Rollout, settings: UpdateSettings) -> Rollout:
+    """With another sampler (importance_sampling set), the rollout with its log-probs kept as
+    `sampler_logp`: `old_logp` is about to become the training forward's."""
+    if settings.importance_sampling is None:
+        return rollout
+    return dataclasses.replace(rollout, sampler_logp=rollout.old_logp.clone())
 
 
 def _idle_calls(model, calls: int, device) -> int:
@@ -235,16 +269,29 @@ def _backward(policy, part: Rollout, settings: UpdateSettings, norm,
     (detached) are the old ones and the ratio is exactly 1."""
     logp, entropy = _logprobs_entropy(policy, part, settings)
     old_logp = logp.detach() if current_is_old else part.old_logp
+    weights, mismatch = None, {}
+    if part.sampler_logp is not None:
+        weights, mismatch = _importance(old_logp, part, settings)
     loss, stats = grpo_loss(
         logp, old_logp, part.ref_logp, part.advantages, part.completion_mask,
         eps_low=settings.eps_low, eps_high=settings.eps_high, beta=settings.beta, loss_type=settings.loss_type,
         aggregation=settings.aggregation, kl_estimator=settings.kl_estimator, max_len=settings.max_len,
         num_sequences=norm.num_sequences, num_tokens=norm.num_tokens, entropy=entropy,
-        entropy_coef=settings.entropy_coef, kl_cov_ratio=settings.kl_cov_ratio, kl_cov_coef=settings.kl_cov_coef)
+        entropy_coef=settings.entropy_coef, kl_cov_ratio=settings.kl_cov_ratio, kl_cov_coef=settings.kl_cov_coef,
+        token_weights=weights)
     loss.backward()
     values = (stats.kl, stats.clip_low, stats.clip_high, stats.clip_fraction, stats.ratio_mean, stats.entropy,
               stats.kl_cov)
-    return float(loss.detach()), {key: float(v) for key, v in zip(STAT_KEYS, values)}, logp.detach()
+    return float(loss.detach()), {**{key: float(v) for key, v in zip(STAT_KEYS, values)}, **mismatch}, logp.detach()
+
+
+def _importance(old_logp: torch.Tensor, part: Rollout, settings: UpdateSettings) -> tuple[torch.Tensor, dict]:
+    """The micro-batch's importance weights [n, L-1] and its mismatch statistics (token means, and the max)."""
+    weights, m = importance_weights(old_logp, part.sampler_logp, part.completion_mask, settings.importance_sampling,
+                                    settings.importance_sampling_cap)
+    tokens = max(float(m.tokens), 1.0)
+    return weights, {"vllm/logp_diff_mean": float(m.abs_diff_sum) / tokens,
+                     "vllm/is_capped_fraction": float(m.over_cap) / tokens, MISMATCH_MAX: float(m.abs_diff_max)}
 
 
 def reference_logprobs(reference, rollout: Rollout, temperature: float, micro_batch_size: int,

@@ -84,6 +84,30 @@ def disabled_adapters(model) -> Iterator[None]:
         yield
 
 
+def merged_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) of every weight under its plain Hugging Face name, a LoRA model's with the
+    adapters folded in (base + B A * alpha / r), without touching the model (a copy per LoRA
+    weight). What a vLLM engine loads after each step (sampling/vllm.py)."""
+    if not is_lora(model):
+        yield from ((name, p.detach()) for name, p in model.named_parameters())
+        return
+    base = model.get_base_model()
+    for name, p in base.named_parameters():
+        if "lora_" in name:
+            continue
+        if ".base_layer." not in name:
+            yield name, p.detach()
+            continue
+        path, leaf = name.rsplit(".base_layer.", 1)
+        layer = base.get_submodule(path)
+        weight = p.detach()
+        if leaf == "weight" and not layer.disable_adapters:
+            for adapter in layer.active_adapters:
+                if adapter in layer.lora_A:
+                    weight = weight + layer.get_delta_weight(adapter).to(weight.dtype)
+        yield f"{path}.{leaf}", weight
+
+
 def adapter_parameters(model) -> dict[str, torch.Tensor]:
     """The trainable (adapter) parameters by name."""
     return {name: p for name, p in model.named_parameters() if p.requires_grad}

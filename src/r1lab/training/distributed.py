@@ -94,6 +94,13 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise max of `tensor` over all processes, in place; returns it."""
+    if _active():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
 def data_parallel(model):
     """`model` wrapped in DistributedDataParallel under torchrun; `model` itself otherwise.
 
