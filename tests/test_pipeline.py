@@ -52,6 +52,7 @@ def tiny_config(out, base) -> PipelineConfig:
         stage4_rl=dataclasses.replace(config.stage4_rl, **rl),
         distill=dataclasses.replace(config.distill, traces=dataclasses.replace(config.distill.traces, **sampling),
                                     sft=dataclasses.replace(config.distill.sft, **tiny_sft)),
+        on_policy=dataclasses.replace(config.on_policy, **rl),
         rl_only=dataclasses.replace(config.rl_only, **rl),
         eval=dataclasses.replace(config.eval, tasks=("addition",), num_problems=2, k=2, max_new_tokens=8),
     )
@@ -63,9 +64,9 @@ def test_pipeline_end_to_end_and_resume(tiny_model_dir, tmp_path, monkeypatch):
     result = graph.main(config)
 
     for stage in ("r1_zero", "stage1_sft", "stage2_rl", "stage3_sft", "rm_helpful", "rm_harmless", "stage4_rl",
-                  "distilled", "rl_only"):
+                  "distilled", "on_policy", "rl_only"):
         assert (out / stage / "final" / "config.json").is_file(), stage
-    for stage in ("r1_zero", "stage2_rl", "stage4_rl", "rl_only"):
+    for stage in ("r1_zero", "stage2_rl", "stage4_rl", "on_policy", "rl_only"):
         assert (out / stage / "curves.png").is_file() and (out / "curves" / f"{stage}.png").is_file()
     for key in ROW_KEYS:
         assert (out / "eval" / key / "general.json").is_file(), key
@@ -84,6 +85,11 @@ def test_pipeline_end_to_end_and_resume(tiny_model_dir, tmp_path, monkeypatch):
     assert any(spec.endswith("stage4_rewards.py:helpfulness") for spec in stage4.rewards)
     metrics = [json.loads(line) for line in (out / "stage4_rl" / "metrics.jsonl").read_text().splitlines()]
     assert any("helpfulness" in key for key in metrics[-1]), metrics[-1].keys()
+    # on-policy distillation: R1 (stage 4) is the student's reference, the KL its only signal
+    on_policy = load_config(grpo.config.GRPOConfig, str(out / "on_policy" / "config.yaml"))
+    assert (on_policy.reference_model, on_policy.advantage) == (str(out / "stage4_rl" / "final"), "zero")
+    steps = [json.loads(line) for line in (out / "on_policy" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps if "kl" in r] == [1, 2]
 
     # every model evaluated, every row in the table, the report written
     assert result["rows"] == ROW_KEYS
@@ -93,15 +99,20 @@ def test_pipeline_end_to_end_and_resume(tiny_model_dir, tmp_path, monkeypatch):
         assert cells["pass@1"] == 0.0 and not math.isnan(cells["mean length"])
     saved = json.loads((out / "results.json").read_text())
     assert saved["rows"] == ROW_KEYS
+    # a random model passes nothing: every finding's margin is below what it needs, none is shown
+    assert {key: (c["shown"], c["spread"]) for key, c in saved["comparisons"].items()} == {
+        key: (False, 0.0) for key in "abcd"}
+    assert saved["comparisons"]["c"]["margin"] == -5.0  # distilled 0 - RL-only 0 - the 5 points needed
     markdown = (out / "results.md").read_text()
     assert all(label in markdown for _, label in report.ROWS) and "### general and unsafe requests" in markdown
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4 and "http" not in page.replace("<!DOCTYPE html>", "")
+    assert page.count("data:image/png;base64,") == 5 and "http" not in page.replace("<!DOCTYPE html>", "")
     timings = json.loads((out / "timings.json").read_text())
     assert list(timings) == ["base", "r1_zero", "cold_start", "stage1_sft", "stage2_rl", "rejection_sample",
                              "stage3_sft", "rm_helpful", "rm_harmless", "stage4_rl", "student_base", "distilled",
-                             "rl_only", "eval/stage4_rl", "eval/distilled", "eval/base", "eval/r1_zero",
-                             "eval/stage1_sft", "eval/stage2_rl", "eval/stage3_sft", "eval/rl_only", "wall"]
+                             "on_policy", "rl_only", "eval/stage4_rl", "eval/distilled", "eval/base", "eval/r1_zero",
+                             "eval/stage1_sft", "eval/stage2_rl", "eval/stage3_sft", "eval/on_policy", "eval/rl_only",
+                             "wall"]
     assert timings["r1_zero"] > 0
 
     # resume: a second run trains nothing; with one evaluation deleted, only that one runs again
@@ -111,6 +122,7 @@ def test_pipeline_end_to_end_and_resume(tiny_model_dir, tmp_path, monkeypatch):
     for module in (grpo.train, sft, cold_start, rejection_sample, reward_model, distill):
         monkeypatch.setattr(module, "main", refuse)
     monkeypatch.setattr(distill, "rl_only_student", refuse)
+    monkeypatch.setattr(distill, "on_policy_student", refuse)
     calls = []
     real_eval = evaluate.main
     monkeypatch.setattr(evaluate, "main", lambda c: calls.append(c.model) or real_eval(c))

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "distill": ("r1lab.stages.distill", "DistillConfig", "SFT of a student on a teacher's verified traces"),
     "pipeline": ("r1lab.pipeline.graph", "PipelineConfig", "the whole R1 recipe, stage by stage, resumable"),
     "report": ("r1lab.stages.report", "ReportConfig", "results table, curves and HTML report of a pipeline run"),
+    "paper": ("r1lab.stages.paper", "PaperConfig", "pipelines of several seeds: mean +- sd, findings (a)-(d)"),
     "plot": ("r1lab.stages.plot", "PlotConfig", "curves of a run's metrics.jsonl as a PNG"),
     "init-model": ("r1lab.stages.init_model", "InitModelConfig",
                    "a random-initialised Qwen2.5 / Llama-3.2-shaped model and tokenizer, offline"),

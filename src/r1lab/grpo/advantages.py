@@ -146,6 +146,16 @@ def pass_at_k_advantages(rewards: Tensor, eps: float = 1e-4, *, pass_k: int = 1)
     return torch.where(flat[:, None] | zero_variance_groups(rewards)[:, None], torch.zeros_like(adv), adv).to(dtype)
 
 
+def zero_advantages(rewards: Tensor, eps: float = 1e-4, *, pass_k: int = 1) -> Tensor:
+    """No reward signal: A = 0 for every completion, so only the KL term to the reference trains.
+
+    With `reference_model` a teacher and kl_estimator=k2 this is on-policy distillation: the student
+    samples and is pulled toward the teacher's log-probs on its own tokens (reverse KL). The rewards
+    are still computed and logged, to watch the task while the student learns.
+    """
+    return torch.zeros_like(rewards)
+
+
 ADVANTAGES: dict[str, Callable[..., Tensor]] = {
     "group": group_advantages,
     "batch": batch_advantages,
@@ -153,4 +163,5 @@ ADVANTAGES: dict[str, Callable[..., Tensor]] = {
     "rloo": rloo_advantages,
     "reinforce_pp": reinforce_pp_advantages,
     "pass_at_k": pass_at_k_advantages,
+    "zero": zero_advantages,
 }

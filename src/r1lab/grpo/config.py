@@ -125,6 +125,7 @@ class GRPOConfig:
     #   reinforce_pp (r - mean_batch) / (std_batch + 1e-4)          (REINFORCE++, arXiv 2501.03262)
     #   pass_at_k    (E[R | i in the k-subset] - E[R]) / std(R), R = the best reward of a random
     #                k-subset of the group, k = pass_k             (pass@k training, arXiv 2508.10751)
+    #   zero         0: only the KL term trains (on-policy distillation, see reference_model)
     advantage: str = "group"
     pass_k: int = 4  # k of advantage=pass_at_k, 1 <= pass_k <= num_generations
     aggregation: str = ""  # seq_mean | token_mean | constant; empty: the loss type's (see above)
@@ -133,6 +134,11 @@ class GRPOConfig:
     beta: float = 0.001  # KL coefficient; 0 keeps no reference model
     kl_estimator: str = "k3"
     ref_update_every: int = 400  # steps between copies of the policy into the reference; 0 = never
+    # The reference: empty = the policy's starting weights. A model folder (same tokenizer) = a
+    # teacher: on-policy distillation is reference_model=TEACHER advantage=zero kl_estimator=k2
+    # ref_update_every=0, beta its weight (k2 on the policy's own samples has the gradient of the
+    # per-token reverse KL to the teacher; k3's is the forward KL's: see grpo/losses.py).
+    reference_model: str = ""
     num_iterations: int = 1  # mu: passes over each rollout
     minibatches: int = 1  # optimiser steps per pass (the rollout split into this many parts)
     micro_batch_size: int = 64  # sequences per forward/backward (memory only: same gradient)
@@ -245,7 +251,24 @@ class GRPOConfig:
         if not self.data.train and not self.data.tasks:
             raise ValueError("set data.train (a JSONL of prompt/answer rows) or data.tasks (micro tasks)")
 
+    def _check_reference(self) -> None:
+        if self.advantage == "zero" and self.beta == 0:
+            raise ValueError("advantage=zero with beta=0 trains nothing: set beta > 0 (and reference_model, "
+                             "for on-policy distillation)")
+        if not self.reference_model:
+            return
+        if self.beta == 0:
+            raise ValueError(f"reference_model={self.reference_model} needs beta > 0 (its weight in the loss)")
+        if 0 < self.ref_update_every <= self.max_steps:
+            raise ValueError(f"reference_model={self.reference_model} with ref_update_every="
+                             f"{self.ref_update_every}: a refresh would replace it with the policy; set "
+                             "ref_update_every=0")
+        if self.lora_r > 0:
+            raise ValueError("reference_model with LoRA: a LoRA run's reference is its base model "
+                             "(adapters disabled); train without lora_r, or drop reference_model")
+
     def _check_objective(self) -> None:
+        self._check_reference()
         implied = LOSS_TYPES[self.loss_type].aggregation
         if self.loss_type in ("dapo", "dr_grpo") and self.aggregation not in ("", implied):
             raise ValueError(f"loss_type={self.loss_type} is the {implied} aggregation; got aggregation="

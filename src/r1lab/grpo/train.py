@@ -21,7 +21,6 @@ adapters, ``final-merged/`` the base with the adapters merged in (a plain Huggin
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import time
 from pathlib import Path
@@ -41,6 +40,7 @@ from r1lab.grpo.step_metrics import MetricsLog, step_metrics, write_samples
 from r1lab.grpo.parallel import gather_lists, gather_scored, group_seed, share
 from r1lab.grpo.rollout import (RolloutSettings, Scored, informative_groups, pack, rollout_hook, rollout_sampler,
                                 sample_and_score, weights_changed)
+from r1lab.grpo.reference import check_reference_tokenizer, frozen_copy, load_reference
 from r1lab.grpo.update import UpdateSettings, reference_logprobs, update_policy
 from r1lab.files import remove_dir
 from r1lab.models.loading import load_model, load_tokenizer
@@ -154,6 +154,7 @@ def _prepare(config: GRPOConfig, tokenizer) -> tuple[PromptStream, dict, list[di
                          "(a JSONL/Parquet file, a datasets folder or a hub dataset); the micro tasks are for "
                          "micro models")
     check_trackers(config.report_to)
+    check_reference_tokenizer(config, tokenizer)
     rows = load_train_rows(config.data, config.seed)
     eval_rows = load_eval_rows(config.data, config.seed)
     _prompt_ids(rows[:1] + eval_rows[:1], tokenizer, config)
@@ -308,10 +309,10 @@ def _load_policy(config: GRPOConfig):
     if config.lora_r > 0:
         policy = apply_lora(policy, config.lora_r, config.lora_alpha, config.lora_dropout,
                             config.lora_target_modules, seed=config.seed)
-    reference = _frozen_copy(policy) if config.beta > 0 and not is_lora(policy) else None
+    reference = load_reference(policy, config, distributed.device(config.device))
     if config.sharding != "fsdp":
         return policy, reference, policy
-    sampler = _frozen_copy(policy)
+    sampler = frozen_copy(policy)
     for model in (policy, reference) if reference is not None else (policy,):
         fsdp.shard(model, config.precision, config.fsdp_cpu_offload)
     return policy, reference, sampler
@@ -320,12 +321,6 @@ def _load_policy(config: GRPOConfig):
 def _sampling(sampler, policy):
     """The model to sample from: the policy, or its unsharded copy given the current weights."""
     return sampler if sampler is policy else fsdp.refresh(sampler, policy)
-
-
-def _frozen_copy(model):
-    ref = copy.deepcopy(model).eval()
-    ref.requires_grad_(False)
-    return ref
 
 
 def _reference_logprobs(policy, reference, rollout, config: GRPOConfig) -> torch.Tensor:

@@ -20,7 +20,9 @@ resumes from the last finished stage (and a killed training stage from its newes
  8. ``stage4_rl/``       stage 4: GRPO for all scenarios on ``stage4_data.jsonl`` (micro problems,
     general and unsafe requests); rewards from ``stage4_rewards.py`` (below)
  9. ``student_base/``    the student's pretrained base (the base itself when ``student_size`` is the
-    base's size), ``distilled/`` SFT of it on R1's traces + the stage-3 set, ``rl_only/`` R1-Zero on it
+    base's size), ``distilled/`` SFT of it on R1's traces + the stage-3 set, ``on_policy/`` on-policy
+    distillation (the student samples, R1's log-probs of its tokens are the target: reverse KL),
+    ``rl_only/`` R1-Zero on it
 10. ``eval/<stage>/``    every model by the paper's protocol (`r1lab.evaluation.evaluate`)
 11. ``results.md``, ``results.json``, ``curves/``, ``report.html`` (`r1lab.stages.report`), ``timings.json``
 
@@ -67,16 +69,17 @@ import torch
 
 from r1lab.evaluation import evaluate
 from r1lab.micro import general_eval, tasks
-from r1lab.pipeline import runner
+from r1lab.pipeline import findings, runner
+from r1lab.pipeline.seeds import offset_seeds
 from r1lab.pipeline.stage4 import stage4_config
-from r1lab.stages import cold_start, distill, pretrain, rejection_sample, report, reward_model, sft
+from r1lab.stages import cold_start, distill, paper, pretrain, rejection_sample, report, reward_model, sft
 from r1lab.training.checkpoint import latest_checkpoint
 from r1lab.recipe import check_choices, save_config
 from r1lab.errors import R1labError
 from r1lab.stages.sample_filters import format_readable
 from r1lab.grpo import train as grpo_train
 from r1lab.grpo.config import GRPOConfig, GRPOData
-from r1lab.files import read_jsonl, write_json, write_jsonl
+from r1lab.files import json_safe, read_jsonl, write_json, write_jsonl
 from r1lab.micro.sizes import MODEL_SIZES
 
 
@@ -124,6 +127,9 @@ class PipelineConfig:
     threads: int = 1
     # worker processes for stages that don't wait on each other (r1lab.pipeline.runner), and the base's
     # pretraining runs data parallel over as many (torchrun); 1: every stage in turn, in this process
+    # added to every stage's seed (the evaluation's problems and samples stay the same), so seeds
+    # 0, 1, 2 are three independent runs of the whole recipe (`make paper`)
+    seed: int = 0
     workers: int = 2
 
     # 5% requests in the corpus: without them the base had no English, and after stage 3 (200 general
@@ -171,6 +177,11 @@ class PipelineConfig:
         traces=rejection_sample.RejectionSampleConfig(tasks=tasks.DEFAULT_TASKS, num_problems=500, n=4,
                                                       non_reasoning=0, progress=False)))
     rl_only: GRPOConfig = field(default_factory=lambda: micro_grpo(max_steps=100))
+    # on-policy distillation: the student samples on the distillation tasks and is pulled toward R1's
+    # log-probs of its own tokens (reverse KL per token); rl_only's steps, so the same student compute
+    on_policy: GRPOConfig = field(default_factory=lambda: micro_grpo(
+        data=GRPOData(tasks=tasks.DEFAULT_TASKS, num_train=20000, num_eval=50), advantage="zero",
+        kl_estimator="k2", beta=1.0, ref_update_every=0, max_steps=100))
     eval: evaluate.EvalConfig = field(default_factory=lambda: evaluate.EvalConfig(
         tasks=("addition", "subtraction", "multiplication", "countdown"), num_problems=100, k=8,
         max_new_tokens=256, template="micro", progress=False))
@@ -189,11 +200,16 @@ def main(config: PipelineConfig) -> dict:
         torch.set_num_threads(config.threads)
     root = Path(config.output_dir)
     save_config(config, root / "pipeline.yaml")
+    config = offset_seeds(config, config.seed, keep=("eval", "seed"))
     clock = StageClock(root / "timings.json")
     started = time.perf_counter()
     runner.run(plan(config, root), config.workers, config.threads, root / "logs", clock.record)
     summaries = {key: report.load_summary(root / "eval" / key) for key in EVALUATED}
     result = report.write_report(root, summaries, report.curve_images(root), report.load_general(root))
+    seed = paper.seed_results(root)
+    result["comparisons"] = findings.comparisons([seed])  # one seed: spread 0 (make paper: several)
+    write_json(root / "results.json", json_safe(result))
+    print(paper.to_markdown(paper.summarize({str(config.seed): seed})))
     clock.finish(time.perf_counter() - started)
     print(clock.table())
     print(f"this invocation: {(time.perf_counter() - started) / 60:.1f} min wall")
@@ -201,7 +217,8 @@ def main(config: PipelineConfig) -> dict:
 
 
 # the models evaluated, in the results table's order: stage name -> its model folder under output_dir
-EVALUATED = ("base", "r1_zero", "stage1_sft", "stage2_rl", "stage3_sft", "stage4_rl", "distilled", "rl_only")
+EVALUATED = ("base", "r1_zero", "stage1_sft", "stage2_rl", "stage3_sft", "stage4_rl", "distilled", "on_policy",
+             "rl_only")
 
 
 def plan(config: PipelineConfig, root: Path) -> list[runner.Stage]:
@@ -227,6 +244,8 @@ def plan(config: PipelineConfig, root: Path) -> list[runner.Stage]:
         # the student's own base needs nothing but compute, unless it is the base itself
         Stage("student_base", stage_student_base, (config, root, base), () if student != base else ("base",)),
         Stage("distilled", stage_distill, (config, root, final["stage4_rl"], student, stage3_data),
+              ("stage4_rl", "student_base")),
+        Stage("on_policy", stage_on_policy, (config, root, final["stage4_rl"], student),
               ("stage4_rl", "student_base")),
         Stage("rl_only", stage_rl_only, (config, root, student), ("student_base",)),
     ]
@@ -384,6 +403,13 @@ def stage_rl_only(config: PipelineConfig, root: Path, student_base: str) -> str:
     out = root / "rl_only"
     if not _done(out / "final" / "config.json", f"rl_only: R1-Zero on the student base {student_base}"):
         distill.rl_only_student(config.rl_only, student_base, str(out))
+    return str(out / "final")
+
+
+def stage_on_policy(config: PipelineConfig, root: Path, teacher: str, student_base: str) -> str:
+    out = root / "on_policy"
+    if not _done(out / "final" / "config.json", f"on_policy: {teacher} scores the student's own samples"):
+        distill.on_policy_student(config.on_policy, teacher, student_base, str(out))
     return str(out / "final")
 
 

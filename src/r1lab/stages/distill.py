@@ -124,3 +124,11 @@ def rl_only_student(config: GRPOConfig, student_base: str, output_dir: str) -> d
     *pretrained* base of the student's size (RL from random weights finds no reward to follow).
     """
     return grpo_train.train_from(config, student_base, output_dir)
+
+
+def on_policy_student(config: GRPOConfig, teacher: str, student_base: str, output_dir: str) -> dict:
+    """On-policy distillation of `teacher` into `student_base`: GRPO with the teacher as the
+    reference and no reward signal (``advantage=zero kl_estimator=k2``, the pipeline's `on_policy`
+    section), so the student learns from the teacher's log-probs of the student's own samples.
+    Resumes from `output_dir`'s newest checkpoint like `rl_only_student`."""
+    return grpo_train.train_from(dataclasses.replace(config, reference_model=teacher), student_base, output_dir)

@@ -6,9 +6,10 @@
 A folder with ``metrics.jsonl`` and no pipeline evaluations is a single run: its report is the first
 and last logged value of every metric, and its training curves (RL runs).
 
-One row per model of the recipe (base, R1-Zero, each R1 stage, the distilled and the RL-only
-student), one column per metric of the paper's protocol (`r1lab.evaluation.evaluate`: k samples per
-problem at T=0.6, top-p 0.95), one table per task plus ``all``. Language consistency is the
+One row per model of the recipe (base, R1-Zero, each R1 stage, the distilled, the on-policy
+distilled and the RL-only student), one column per metric of the paper's protocol
+(`r1lab.evaluation.evaluate`: k samples per problem at T=0.6, top-p 0.95), one table per task plus
+``all``. Language consistency is the
 mean of R1's language-consistency reward over every evaluation sample (it is not part of
 ``evaluate``'s summary, so it is computed here from ``samples.jsonl``).
 
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from r1lab.errors import R1labError
-from r1lab.files import read_jsonl, write_json, write_text
+from r1lab.files import json_safe, read_jsonl, write_json, write_text
 
 # (key, label): the key is the pipeline's folder name of the stage that made the model
 ROWS: tuple[tuple[str, str], ...] = (
@@ -42,9 +43,10 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("stage3_sft", "R1 stage 3: rejection-sampling SFT"),
     ("stage4_rl", "R1 stage 4: all-scenario RL (R1)"),
     ("distilled", "distilled student"),
+    ("on_policy", "on-policy distilled student"),
     ("rl_only", "RL-only student"),
 )
-RL_STAGES = ("r1_zero", "stage2_rl", "stage4_rl", "rl_only")
+RL_STAGES = ("r1_zero", "stage2_rl", "stage4_rl", "on_policy", "rl_only")
 # (label, summary key); "cons@k" stands for the summary's cons@<k> key, whatever its k
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("pass@1", "pass@1"),
@@ -210,7 +212,7 @@ def write_report(run: Path, summaries: Mapping[str, Mapping], curves: Mapping[st
     markdown = to_markdown(result)
     print(markdown)
     write_text(run / "results.md", f"# Results: {run}\n\n{markdown}")
-    write_json(run / "results.json", _json_safe(result))
+    write_json(run / "results.json", json_safe(result))
     write_text(run / "report.html", to_html(run, result, curves))
     print(f"report: {run / 'results.md'}, {run / 'results.json'}, {run / 'report.html'}")
     return result
@@ -242,7 +244,7 @@ def write_run_report(run: Path, rows: Sequence[Mapping]) -> dict:
     write_text(run / "results.md", f"# Results: {run}\n\n{markdown}\n")
     result = {"steps": int(rows[-1].get("step", 0)),
               "metrics": {key: {"first": first, "last": last} for key, first, last, _, _ in table}}
-    write_json(run / "results.json", _json_safe(result))
+    write_json(run / "results.json", json_safe(result))
     curves = {}
     if any("reward/mean" in r for r in rows):  # the RL panels (r1lab.plots)
         from r1lab.stages.plot import plot_run
@@ -280,14 +282,3 @@ def _html_table(title: str, columns: list[str], rows: list[tuple[str, Mapping[st
     body = "".join(f"<tr><td>{html.escape(label)}</td>" + "".join(f"<td>{format_cell(c, cells[c])}</td>" for c in columns)
                    + "</tr>" for label, cells in rows)
     return f"<h2>{html.escape(title)}</h2><table><tr><th>model</th>{head}</tr>{body}</table>"
-
-
-def _json_safe(value):
-    """NaN -> None, so results.json is strict JSON."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, Mapping):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value

@@ -253,7 +253,7 @@ def _save_checkpoint(output_dir: Path, step: int, trainer: tuple, state: dict, s
 
 
 class _MetricsLog:
-    """Appends rows to metrics.jsonl, adding the tokens/s since the previous row."""
+    """Appends rows to metrics.jsonl, adding the tokens trained on since the previous row and their rate."""
 
     def __init__(self, path: Path, tracker: Tracker):
         self.path, self.clock, self.tokens, self.tracker = path, time.perf_counter(), 0, tracker
@@ -263,6 +263,7 @@ class _MetricsLog:
 
     def write(self, row: dict) -> None:
         now = time.perf_counter()
+        row["tokens"] = self.tokens
         row["tokens_per_s"] = round(self.tokens / max(now - self.clock, 1e-9), 1)
         row["peak_memory_mb"] = distributed.peak_memory_mb()
         append_jsonl(self.path, row)
