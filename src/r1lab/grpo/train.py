@@ -21,6 +21,7 @@ adapters, ``final-merged/`` the base with the adapters merged in (a plain Huggin
 from __future__ import annotations
 
 import contextlib
+import functools
 import dataclasses
 import time
 from pathlib import Path
@@ -40,6 +41,7 @@ from r1lab.grpo.step_metrics import MetricsLog, step_metrics, write_samples
 from r1lab.grpo.parallel import gather_lists, gather_scored, group_seed, share
 from r1lab.grpo.rollout import (RolloutSettings, Scored, informative_groups, pack, rollout_hook, rollout_sampler,
                                 sample_and_score, weights_changed)
+from r1lab.grpo.overlap import RolloutAhead
 from r1lab.grpo.reference import check_reference_tokenizer, frozen_copy, load_reference
 from r1lab.grpo.update import UpdateSettings, reference_logprobs, update_policy
 from r1lab.files import remove_dir
@@ -82,12 +84,15 @@ def _grpo(config: GRPOConfig, on_exit: contextlib.ExitStack) -> dict:
             log.write({"step": 0, **evaluation})
 
     progress = _progress(config, start) if is_main else None
+    collect = functools.partial(_collect_step, tokenizer=tokenizer, stream=stream, config=config,
+                                settings=rollout_settings)
+    ahead = _rollout_ahead(config, policy, collect, on_exit)
     for step in range(start + 1, config.max_steps + 1):
         t0 = time.perf_counter()
-        settings = dataclasses.replace(rollout_settings, reward_weights=config.weights_at(step),
-                                       trainer_state=_trainer_state(step, config, stream))
-        scored, sampled, rollout, mine = _rollout(_sampling(sampler, policy), reference, tokenizer, stream, config,
-                                                  settings, step, device)
+        collected = (ahead and ahead.take(step)) or collect(_sampling(sampler, policy), step)
+        scored, sampled, rollout, mine = _rollout(policy, reference, tokenizer, config, collected, device)
+        if ahead and step < config.max_steps and not _saves(config, step):
+            ahead.start(step + 1, policy)  # the weights before this step's update: one update old
         g = config.num_generations
         t1 = time.perf_counter()
         policy.train()
@@ -203,13 +208,34 @@ def _optimizer(policy, config: GRPOConfig):
     return optimizer, scheduler
 
 
-def _rollout(policy, reference, tokenizer, stream: PromptStream, config: GRPOConfig, settings: RolloutSettings,
-             step: int, device):
-    """(the step's scored groups, all groups sampled, this process's packed rollout, its share).
+def _collect_step(sampler, step: int, *, tokenizer, stream: PromptStream, config: GRPOConfig,
+                  settings: RolloutSettings):
+    """Step `step`'s groups sampled by `sampler` and scored (with that step's reward weights)."""
+    settings = dataclasses.replace(settings, reward_weights=config.weights_at(step),
+                                   trainer_state=_trainer_state(step, config, stream))
+    sampler.eval()
+    return _collect(sampler, tokenizer, stream, config, settings, step)
+
+
+def _rollout_ahead(config: GRPOConfig, policy, collect, on_exit: contextlib.ExitStack) -> RolloutAhead | None:
+    """With max_off_policy_steps=1, the thread that samples a step ahead (grpo/overlap.py)."""
+    if not config.max_off_policy_steps:
+        return None
+    if distributed.world_size() > 1:
+        raise R1labError("max_off_policy_steps=1 under torchrun is not supported yet: the rollout's and the "
+                         "update's collectives would interleave; use one process, or max_off_policy_steps=0")
+    ahead = RolloutAhead(policy, collect)
+    on_exit.callback(ahead.close)
+    return ahead
+
+
+def _rollout(policy, reference, tokenizer, config: GRPOConfig, collected, device):
+    """(the step's scored groups, all groups sampled, this process's packed rollout, its share)
+    from the `collected` groups (`_collect`'s result).
 
     Every process gets the step's whole scored batch; it trains on its share `mine` of the groups."""
     policy.eval()
-    scored, prompt_ids, sampled = _collect(policy, tokenizer, stream, config, settings, step)
+    scored, prompt_ids, sampled = collected
     mine = share(len(scored.rows))
     # on the whole batch ("batch" and "reinforce_pp" need all of it)
     advantages = ADVANTAGES[config.advantage](scored.rewards, pass_k=config.pass_k)
@@ -341,7 +367,8 @@ def _update_settings(config: GRPOConfig) -> UpdateSettings:
         precision=config.precision, loss_type=config.loss_type, entropy_coef=config.entropy_coef,
         kl_cov_ratio=config.kl_cov_ratio if config.entropy_control == "kl_cov" else 0.0,
         kl_cov_coef=config.kl_cov_coef,
-        importance_sampling=config.vllm_importance_sampling if config.rollout_backend == "vllm" else None,
+        importance_sampling=(config.vllm_importance_sampling if config.rollout_backend == "vllm"
+                             else "tis" if config.max_off_policy_steps else None),
         importance_sampling_cap=config.vllm_importance_sampling_cap)
 
 
