@@ -50,7 +50,7 @@ class Gate:
 
 
 def run_r1lab(spec: dict) -> None:
-    from r1lab.grpo import train
+    from r1lab.grpo import collect as grpo_collect, train
     from r1lab.grpo.config import GRPOConfig, GRPOData
 
     config = GRPOConfig(
@@ -60,13 +60,13 @@ def run_r1lab(spec: dict) -> None:
         aggregation="token_mean", stop=(), rollout_backend="native", seed=0, learning_rate=1e-6, warmup_steps=0,
         max_steps=spec["max_steps"], eval_every=0, sample_every=0, save_every=10**9, progress=False,
         threads=spec["threads"], micro_batch_size=spec["micro_batch_size"], precision=spec.get("precision", "fp32"))
-    gate, collect = Gate(), train._collect
+    gate, collect = Gate(), grpo_collect.collect
 
     def gated_collect(*args, **kwargs):
         gate()
         return collect(*args, **kwargs)
 
-    train._collect = gated_collect
+    grpo_collect.collect = gated_collect  # collect_step looks it up in its module at each step
     train.main(config)
     gate()  # report the last step
 
