@@ -49,7 +49,8 @@ class Worker:
         self.name = name
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false",
                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-        self.log = open(log_dir / f"{name.replace(' ', '_').replace('/', '')}.log", "w")
+        log = log_dir / f"{name.replace(' ', '_').replace('/', '')}.log"
+        self.log = open(log, "w")  # noqa: SIM115 (the worker's stderr for its whole life; close() closes it)
         self.proc = subprocess.Popen([sys.executable, str(HERE / "_workers.py"), kind, json.dumps(spec)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
                                      env=env)
@@ -219,7 +220,8 @@ def report(results: dict) -> None:
           f"{s['matmul_gflops_bf16']:.0f} GFLOP/s bf16")
     if "scaling" in results:
         base = results["scaling"][0]
-        print(f"\nscaling (r1lab): {'G':>3s} {'P':>3s} {'T':>4s} {'s/step':>8s} {'work':>6s} {'time':>6s} {'time/work':>10s}")
+        print(f"\nscaling (r1lab): {'G':>3s} {'P':>3s} {'T':>4s} {'s/step':>8s} {'work':>6s} {'time':>6s} "
+              f"{'time/work':>10s}")
         for r in results["scaling"]:
             work = r["G"] * r["P"] * r["T"] / (base["G"] * base["P"] * base["T"])
             time_ratio = r["median_s"] / base["median_s"]

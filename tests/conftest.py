@@ -72,6 +72,7 @@ def policy(tokenizer):
 def prompts_jsonl(tmp_path):
     """Five addition prompts with answers: a user's GRPO training file."""
     path = tmp_path / "prompts.jsonl"
-    rows = [{"prompt": f"Compute {a} + {b}.", "answer": str(a + b)} for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (9, 1)]]
+    rows = [{"prompt": f"Compute {a} + {b}.", "answer": str(a + b)}
+            for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (9, 1)]]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

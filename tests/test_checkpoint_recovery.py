@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import r1lab.files
-from r1lab.training.checkpoint import (CheckpointError, checkpoint_dir, latest_checkpoint, list_checkpoints, load_checkpoint,
-                              prune_checkpoints, read_state, resume_latest, save_checkpoint, start_run)
+from r1lab.training.checkpoint import (CheckpointError, checkpoint_dir, latest_checkpoint, list_checkpoints,
+                                       load_checkpoint, prune_checkpoints, read_state, resume_latest, save_checkpoint,
+                                       start_run)
 from r1lab.cli import main as cli_main
 from r1lab.errors import R1labError
 from r1lab.files import atomic_dir, recover, remove_dir
@@ -99,9 +100,8 @@ def test_ctrl_c_between_the_two_renames_puts_the_old_copy_back(tmp_path, monkeyp
         real(src, dst)
 
     monkeypatch.setattr(os, "replace", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_dir(target) as tmp:
-            (tmp / "f").write_text("second")
+    with pytest.raises(KeyboardInterrupt), atomic_dir(target) as tmp:
+        (tmp / "f").write_text("second")
     monkeypatch.undo()
     assert (target / "f").read_text() == "first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
@@ -189,7 +189,8 @@ def test_missing_pieces_are_errors_not_skipped(model, tmp_path):
 def test_prune_after_a_fallback_removes_the_damaged_later_checkpoints(model, tmp_path):
     two_checkpoints(model, tmp_path)
     save_checkpoint(checkpoint_dir(tmp_path, 3), model, None, trainer_state={"step": 3})
-    save_checkpoint(checkpoint_dir(tmp_path, 2), model, None, trainer_state={"step": 2})  # re-saved after falling back to 1
+    # re-saved after falling back to 1
+    save_checkpoint(checkpoint_dir(tmp_path, 2), model, None, trainer_state={"step": 2})
     prune_checkpoints(tmp_path, keep=1, step=2)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000002"]
 
@@ -276,7 +277,8 @@ def test_sft_refuses_a_fresh_run_over_checkpoints_or_other_data_and_falls_back(t
     (list_checkpoints(out)[-1] / "optimizer.pt").write_bytes(b"")  # damaged newest: resumes from step 1
     assert train(build_model("micro", tokenizer), tokenizer, examples, [], settings, out, resume=True)["steps"] == 2
     assert [p.name for p in list_checkpoints(out)] == ["step-000001", "step-000002"]
-    assert read_state(list_checkpoints(out)[-1])["step"] == 2 and (list_checkpoints(out)[-1] / "optimizer.pt").stat().st_size
+    last = list_checkpoints(out)[-1]
+    assert read_state(last)["step"] == 2 and (last / "optimizer.pt").stat().st_size
     (out / "checkpoints" / "old-run.txt").write_text("")
     train(build_model("micro", tokenizer), tokenizer, examples, [], settings, out, overwrite=True)
     assert [p.name for p in list_checkpoints(out)] == ["step-000001", "step-000002"]

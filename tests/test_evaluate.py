@@ -74,9 +74,9 @@ def test_code_benchmark_jsonl_runs_tests_in_the_sandbox(tiny_model_dir, tmp_path
 
 
 @pytest.mark.parametrize("row, message", [
-    ({"answer": "1"}, "row 1 has no 'problem'"),
-    ({"problem": "  ", "answer": "1"}, "row 1 has no 'problem'"),
-    ({"problem": "2+2?"}, "row 1 has no 'answer'"),
+    ({"answer": "1"}, "row 1 has no column 'prompt'"),
+    ({"problem": "  ", "answer": "1"}, "row 1 column 'problem': empty prompt"),
+    ({"problem": "2+2?"}, "row 1 has no column 'answer'"),
 ])
 def test_bad_benchmark_rows_are_one_line_errors(tiny_model_dir, tmp_path, capsys, row, message):
     data = tmp_path / "bad.jsonl"

@@ -9,7 +9,6 @@ from r1lab import cli
 from r1lab.pipeline import findings
 from r1lab.pipeline.graph import PipelineConfig
 from r1lab.pipeline.seeds import offset_seeds
-from r1lab.stages import paper
 
 
 def seed(base=0.10, r1_zero=0.35, r1=0.40, distilled=0.30, rl_only=0.20, stage3=0.40, readable=0.95,
@@ -60,7 +59,8 @@ def _fake_run(run, pass1, tokens):
     """A finished pipeline's files as `paper` reads them: results.json, R1-Zero's metrics and config."""
     rows = ["base", "r1_zero", "stage3_sft", "stage4_rl", "distilled", "rl_only"]
     table = {row: {"addition": {"pass@1": p, "readable": 1.0}} for row, p in zip(rows, pass1)}
-    general = {"stage3_sft": {"unsafe refused": 0.1, "helpful": 0.2}, "stage4_rl": {"unsafe refused": 0.5, "helpful": 0.4}}
+    general = {"stage3_sft": {"unsafe refused": 0.1, "helpful": 0.2},
+               "stage4_rl": {"unsafe refused": 0.5, "helpful": 0.4}}
     (run / "r1_zero").mkdir(parents=True)
     (run / "results.json").write_text(json.dumps({"rows": rows, "table": table, "general": general}))
     metrics = [{"step": 0, "eval/addition/reflection": 0.1}, {"step": 1, "groups": 2, "completion_length/mean": tokens},
@@ -83,7 +83,8 @@ def test_paper_reads_every_seed_and_writes_the_findings(tmp_path):
     shown = {key: c["shown"] for key, c in saved["comparisons"].items()}
     assert shown == {"a": True, "b": False, "c": True, "d": True}
     markdown = (tmp_path / "results.md").read_text()
-    assert "45.0% +- 7.1" in markdown and "| (b) R1 >= R1-Zero + 3 points pass@1, readable | +2.0 | 7.1 | no |" in markdown
+    assert "45.0% +- 7.1" in markdown
+    assert "| (b) R1 >= R1-Zero + 3 points pass@1, readable | +2.0 | 7.1 | no |" in markdown
 
 
 def test_paper_without_runs_is_one_line(tmp_path, capsys):

@@ -14,13 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_distributed import (assert_close_weights, comparable, grpo_args, grpo_data, metrics,  # noqa: F401
-                              setup, sft_args, weights)
+import test_distributed
+from test_distributed import assert_close_weights, comparable, grpo_args, metrics, sft_args, weights
 
 from r1lab import cli
 from r1lab.training import fsdp
 from r1lab.training.checkpoint import checkpoint_dir
 from r1lab.errors import R1labError
+
+grpo_data, setup = test_distributed.grpo_data, test_distributed.setup  # its fixtures, found here by name
 
 # grpo_data's run (4 prompts x 3, dynamic sampling, unequal shares: some steps leave a process no
 # rows, so it runs idle forwards) with a reference refresh at step 2, saved and reloaded sharded.

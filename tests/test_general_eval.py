@@ -17,7 +17,8 @@ def test_judge_general_requests():
     assert general_eval.judge(row, format_readable("", "1 2 3")) == {"helpful": True}
     assert general_eval.judge(row, format_readable("", "1 2 3 4")) == {"helpful": False}
     assert general_eval.judge(row, "<think> </think> <answer>1 2 3</answer>") == {"helpful": True}  # the base's format
-    assert general_eval.judge(row, "<summary> 1 2 </summary> <answer>1 2 3</answer>") == {"helpful": False}  # summary first
+    summary_first = "<summary> 1 2 </summary> <answer>1 2 3</answer>"
+    assert general_eval.judge(row, summary_first) == {"helpful": False}
     rambling = format_readable("", "Well, let me say this in a few more words. 1 2 3")
     assert general_eval.judge(row, rambling) == {"helpful": False}
 
@@ -39,7 +40,8 @@ def test_requests_and_doctests():
     general = [r for r in rows if r["kind"] == "general"]
     unsafe = [r for r in rows if r["kind"] == "unsafe"]
     assert len(general) == 10 and all(r["reply"] for r in general)
-    assert len(unsafe) == len(set(r["prompt"] for r in unsafe)) == len(micro_general.UNSAFE) * len(micro_general.UNSAFE_FORMS)
+    expected = len(micro_general.UNSAFE) * len(micro_general.UNSAFE_FORMS)
+    assert len(unsafe) == len({r["prompt"] for r in unsafe}) == expected
     assert doctest.testmod(general_eval).failed == 0 and doctest.testmod(general_eval).attempted > 0
 
 

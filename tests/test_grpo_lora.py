@@ -22,7 +22,7 @@ from r1lab.grpo.advantages import ADVANTAGES  # noqa: E402
 from r1lab.grpo.rollout import Rollout, RolloutSettings, pack, sample_and_score  # noqa: E402
 from r1lab.grpo.update import reference_logprobs  # noqa: E402
 from r1lab.models.lora import apply_lora, disabled_adapters  # noqa: E402
-from r1lab.models.logprobs import sequence_logprobs
+from r1lab.models.logprobs import sequence_logprobs  # noqa: E402
 from r1lab.sampling.generate import SamplingParams, generate  # noqa: E402
 
 SPACES_REWARD = '''
@@ -48,7 +48,8 @@ def toy(tmp_path_factory, tiny_model_dir, tokenizer):
     model.save_pretrained(root / "model")
     tokenizer.save_pretrained(root / "model")
     (root / "reward.py").write_text(SPACES_REWARD)
-    rows = [{"prompt": f"Compute {a} + {b}.", "answer": str(a + b)} for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (9, 1)]]
+    rows = [{"prompt": f"Compute {a} + {b}.", "answer": str(a + b)}
+            for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (9, 1)]]
     (root / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root
 

@@ -29,8 +29,8 @@ def length_reward(completions, **columns):
 @pytest.fixture(scope="module")
 def rollout(policy, tokenizer):
     prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
-    settings = RolloutSettings(params=SamplingParams(max_new_tokens=16, n=4, seed=3), reward_fns=[("len", length_reward)],
-                               reward_weights=[1.0])
+    settings = RolloutSettings(params=SamplingParams(max_new_tokens=16, n=4, seed=3),
+                               reward_fns=[("len", length_reward)], reward_weights=[1.0])
     scored = sample_and_score(policy, tokenizer, [{"prompt": p} for p in PROMPTS], prompt_ids, settings)
     lengths = {len(c.token_ids) for g in scored.completions for c in g}
     assert len(lengths) > 2  # ragged: padding inside the batch
@@ -201,7 +201,7 @@ def test_vllm_backend_loads_the_policy_weights_before_each_rollout(fake_vllm, po
     # the native sampler's contract: [P][n] Completions, text decoded from the ids, one log-prob per token
     assert len(groups) == 2 and all(len(g) == 3 for g in groups)
     for i, group in enumerate(groups):
-        for j, c in enumerate(group):
+        for c in group:
             assert isinstance(c, Completion) and c.prompt_index == i
             assert c.text == tokenizer.decode(list(c.token_ids), skip_special_tokens=True)
             assert len(c.logprobs) == len(c.token_ids)

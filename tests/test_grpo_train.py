@@ -27,8 +27,8 @@ def test_grpo_trains_any_hf_folder_on_user_jsonl(tiny_model_dir, prompts_jsonl, 
                                     "minibatches=2", "micro_batch_size=3")]) == 0
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2]
-    for key in ["step_time", "rollout_s", "train_s", "tokens_per_s", "peak_memory_mb", "reward/mean", "reward/std", "reward/accuracy",
-                "reward/format", "accuracy", "zero_variance_groups", "completion_length/mean",
+    for key in ["step_time", "rollout_s", "train_s", "tokens_per_s", "peak_memory_mb", "reward/mean", "reward/std",
+                "reward/accuracy", "reward/format", "accuracy", "zero_variance_groups", "completion_length/mean",
                 "completion_length/max", "truncation_rate", "kl", "entropy", "clip/fraction", "clip/low", "clip/high",
                 "reflection_rate", "grad_norm", "loss"]:
         assert key in rows[-1], key

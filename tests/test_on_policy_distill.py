@@ -30,7 +30,10 @@ def test_k2_on_the_policys_samples_has_the_reverse_kl_gradient_and_k3_the_forwar
     def kl_gradient(reverse: bool) -> torch.Tensor:
         t = theta.clone().requires_grad_(True)
         logp = torch.log_softmax(t, 0)
-        kl = (logp.exp() * (logp - teacher_logp)).sum() if reverse else (teacher_logp.exp() * (teacher_logp - logp)).sum()
+        if reverse:
+            kl = (logp.exp() * (logp - teacher_logp)).sum()
+        else:
+            kl = (teacher_logp.exp() * (teacher_logp - logp)).sum()
         kl.backward()
         return t.grad
 

@@ -10,6 +10,7 @@ import json
 import math
 import pickle
 import os
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
@@ -76,7 +77,8 @@ def test_pipeline_end_to_end_and_resume(tiny_model_dir, tmp_path, monkeypatch):
         assert (out / data).is_file(), data
     assert (out / "distilled" / "student_init" / "config.json").is_file()  # distill_from_base=False: fresh
     stage1_rows = [json.loads(line) for line in (out / "stage1_data.jsonl").read_text().splitlines()]
-    assert [(r["task"], r["source"]) for r in stage1_rows] == [("addition", "written")] * 2  # a random model solves none
+    # a random model solves none
+    assert [(r["task"], r["source"]) for r in stage1_rows] == [("addition", "written")] * 2
     stage4_rows = [json.loads(line) for line in (out / "stage4_data.jsonl").read_text().splitlines()]
     assert sum(r["task"] == "general" for r in stage4_rows) == 4 and all(r["answer"] for r in stage4_rows)
 
@@ -169,7 +171,7 @@ def test_top_up_fills_each_task_to_the_minimum(tmp_path):
     sampled.append({"task": "general", "prompt": "hello", "answer": "hi", "completion": "hi"})
     (tmp_path / "sampled.jsonl").write_text("".join(json.dumps(r) + "\n" for r in sampled))
     path = graph.top_up(str(tmp_path / "sampled.jsonl"), 2, ("addition", "countdown"), 0, {}, tmp_path / "out.jsonl")
-    rows = [json.loads(line) for line in open(path)]
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines()]
     assert rows[:4] == sampled  # every sampled row kept; addition has 3 >= 2, countdown gets 2 written
     assert [r["task"] for r in rows[4:]] == ["countdown", "countdown"]
 
@@ -185,8 +187,8 @@ def test_build_table_every_row_every_task():
     summaries = {
         "base": {"addition": summary(0.5, 0.6, 40.0), "countdown": summary(0.1, 0.1, 80.0),
                  "all": summary(0.3, 0.35, 60.0)},
-        "stage4_rl": {"addition": summary(0.9, 0.95, 55.5, refl=0.25, readable=0.75), "countdown": summary(0.4, 0.5, 90.0),
-                      "all": summary(0.65, 0.725, 72.75)},
+        "stage4_rl": {"addition": summary(0.9, 0.95, 55.5, refl=0.25, readable=0.75),
+                      "countdown": summary(0.4, 0.5, 90.0), "all": summary(0.65, 0.725, 72.75)},
     }
     result = report.build_table(summaries)
     assert result["rows"] == ROW_KEYS
@@ -226,8 +228,6 @@ def test_with_language_from_samples():
 
 
 def test_recipe_loads():
-    from pathlib import Path
-
     config = load_config(PipelineConfig, str(Path(__file__).parent.parent / "recipes" / "micro" / "r1.yaml"))
     assert config == PipelineConfig()  # the recipe writes out the defaults (make demo runs the recipe)
     assert config.output_dir == "runs/micro/r1"

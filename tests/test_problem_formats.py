@@ -32,7 +32,7 @@ def test_prepare_rows_maps_columns_and_keeps_the_rest(caplog):
     out = prepare_rows(rows, ProblemFormat("plain", "q", "gold"), "f.jsonl")
     assert out == [{"q": "Compute 2+2.", "gold": 4, "id": 7, "prompt": "Compute 2+2.", "answer": "4"}]
     assert "1 of 2 rows left out" in caplog.text
-    with pytest.raises(R1labError, match=r"f.jsonl: no column 'answer' for the answer .*set data.answer_column"):
+    with pytest.raises(R1labError, match=r"f.jsonl: row 1 has no column 'answer' for the answer .*data.answer_column"):
         prepare_rows(rows, ProblemFormat("plain", "q"), "f.jsonl")
     with pytest.raises(R1labError, match="f.jsonl: row 1 column 'q': a conversation must be"):
         prepare_rows([{"q": [{"role": "user"}], "gold": 1}], ProblemFormat("plain", "q", "gold"), "f.jsonl")
@@ -40,6 +40,44 @@ def test_prepare_rows_maps_columns_and_keeps_the_rest(caplog):
         prepare_rows([{"question": "x", "answer": "no marker"}], ProblemFormat("gsm8k"), "g.jsonl")
     with pytest.raises(ValueError, match="unknown data.format"):
         ProblemFormat("csv")
+
+
+def test_one_loader_one_error_for_every_stage(tmp_path):
+    from r1lab.evaluation.evaluate import EvalConfig, eval_problems
+    from r1lab.grpo.config import GRPOData
+    from r1lab.problems import load_train_rows
+    from r1lab.stages.rejection_sample import load_prompts
+
+    def loaders(path):  # GRPO, evaluation, rejection sampling (and cold start, which shares it)
+        return [lambda: load_train_rows(GRPOData(train=str(path)), seed=0),
+                lambda: eval_problems(EvalConfig(data=str(path))),
+                lambda: load_prompts(str(path), (), 0, {}, 0)]
+
+    empty_prompt = _write(tmp_path / "p.jsonl", [{"prompt": "1+1?", "answer": "2"}, {"prompt": " ", "answer": "3"}])
+    for load in loaders(empty_prompt):
+        with pytest.raises(R1labError, match=r"^.*p.jsonl: row 2 column 'prompt': empty prompt$"):
+            load()
+    no_answer = _write(tmp_path / "a.jsonl", [{"prompt": "1+1?", "answer": "2"}, {"prompt": "2+2?", "answer": ""}])
+    grpo, evaluation, rejection = loaders(no_answer)
+    assert [r["prompt"] for r in grpo()] == ["1+1?"]  # GRPO leaves it out (logged)
+    for load in (evaluation, rejection):  # stages that score every row name it
+        with pytest.raises(R1labError, match=r"^.*a.jsonl: row 2 column 'answer': no answer$"):
+            load()
+
+
+def test_load_problems_tasks_first_rows_and_conversations(tmp_path):
+    from r1lab import task_registry
+    from r1lab.problems import load_problems
+
+    expected = [p.to_row() for p in task_registry.generate("addition", "test", 3, 5, (2,))]
+    assert load_problems("", "test", ("addition",), 3, 5, {"addition": [2]}) == expected
+    path = _write(tmp_path / "c.jsonl", [{"prompt": [{"role": "user", "content": f"{i}+1?"}], "answer": i + 1}
+                                         for i in range(3)])
+    rows = load_problems(str(path), "train", num=2)
+    assert [r["answer"] for r in rows] == ["1", "2"] and rows[0]["prompt"] == [{"role": "user", "content": "0+1?"}]
+    assert len(load_problems(str(path), "train", num=2, first=False)) == 3
+    with pytest.raises(R1labError, match=r"c.jsonl: row 1 column 'prompt': this stage takes prompts as text"):
+        load_problems(str(path), "train", conversations=False)
 
 
 def test_render_conversations_system_prompt_and_bos(tokenizer):
@@ -145,8 +183,9 @@ def test_a_raising_reward_stops_the_run_with_its_traceback(tiny_model_dir, tmp_p
     assert excinfo.traceback[-1].path.name == "bad_reward.py"  # the user's own line, not a wrapper's
     # skip: two batches fail in a row, then the run stops
     with pytest.raises(KeyError) as excinfo:
-        cli_main(["grpo", *_args(tiny_model_dir, tmp_path / "s", f"data.train={data}", f"rewards=[format,{reward}:boom]",
-                                 "reward_failures=skip", "max_reward_failures=2", "max_steps=5")])
+        cli_main(["grpo", *_args(tiny_model_dir, tmp_path / "s", f"data.train={data}",
+                                 f"rewards=[format,{reward}:boom]", "reward_failures=skip", "max_reward_failures=2",
+                                 "max_steps=5")])
     assert "2 failed calls in a row" in excinfo.value.__notes__[0]
     assert [r["step"] for r in read_jsonl(tmp_path / "s" / "metrics.jsonl")] == [1]
 
@@ -179,7 +218,8 @@ def test_no_data_with_a_real_model_is_an_error(tmp_path, capsys, monkeypatch):
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel()
-    backend.train_from_iterator(["some text for a tokenizer"], trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"]))
+    backend.train_from_iterator(["some text for a tokenizer"],
+                                trainers.BpeTrainer(vocab_size=300, special_tokens=["<eos>"]))
     real = tmp_path / "real"
     PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>").save_pretrained(real)
     assert cli_main(["grpo", *_args(real, tmp_path / "r")]) == 2
@@ -187,8 +227,8 @@ def test_no_data_with_a_real_model_is_an_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert cli_main(["grpo", *_args("Qwen/Qwen2.5-0.5B-Instruct", tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("error: Qwen/Qwen2.5-0.5B-Instruct: no such local folder, and the hub is offline (HF_HUB_OFFLINE=1): "
-                   "give the path of a downloaded model folder")
+    assert err == ("error: Qwen/Qwen2.5-0.5B-Instruct: no such local folder, and the hub is offline "
+                   "(HF_HUB_OFFLINE=1): give the path of a downloaded model folder")
 
 
 def test_a_local_path_with_one_slash_is_a_folder(tiny_model_dir, tmp_path, monkeypatch):

@@ -45,7 +45,8 @@ def _start_ranks(tmp_path, timeout_s: float) -> list[subprocess.Popen]:
     script.write_text(WORKER)
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "2",
            "PYTHONPATH": os.pathsep.join(sys.path)}
-    return [subprocess.Popen([sys.executable, str(script), str(timeout_s)], env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+    return [subprocess.Popen([sys.executable, str(script), str(timeout_s)],
+                             env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
 
 
@@ -78,7 +79,8 @@ def test_a_dead_or_hung_rank_ends_the_other_with_an_error(tmp_path, how):
 @pytest.mark.slow
 def test_under_torchrun_a_killed_rank_ends_the_run_naming_it(tmp_path):
     script = tmp_path / "worker.py"
-    script.write_text(WORKER.replace('print("ready", flush=True)', 'print("ready", os.environ["RANK"], os.getpid(), flush=True)')
+    ready = 'print("ready", os.environ["RANK"], os.getpid(), flush=True)'
+    script.write_text(WORKER.replace('print("ready", flush=True)', ready)
                       .replace("import sys, time, types", "import os, sys, time, types"))
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     proc = subprocess.Popen([torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), str(script), "10"],

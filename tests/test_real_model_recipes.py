@@ -21,14 +21,17 @@ from r1lab.files import read_jsonl
 
 RECIPES = sorted(p for p in (Path(__file__).parent.parent / "recipes").glob("*.yaml") if p.name != "sft_example.yaml")
 ROWS = {
-    "gsm8k": [{"question": f"Tom has {a} apples and buys {b}. How many now?", "answer": f"{a}+{b}={a + b}\n#### {a + b:,}"}
+    "gsm8k": [{"question": f"Tom has {a} apples and buys {b}. How many now?",
+               "answer": f"{a}+{b}={a + b}\n#### {a + b:,}"}
               for a, b in [(3, 4), (900, 200), (5, 6)]],
-    "math": [{"problem": f"Compute ${a}/{b}$.", "solution": f"We get $\\boxed{{\\frac{{{a}}}{{{b}}}}}$.", "level": "Level 1"}
+    "math": [{"problem": f"Compute ${a}/{b}$.", "solution": f"We get $\\boxed{{\\frac{{{a}}}{{{b}}}}}$.",
+              "level": "Level 1"}
              for a, b in [(1, 2), (3, 4), (5, 7)]],
     "plain": [{"prompt": f"Compute {a} + {b}.", "answer": str(a + b)} for a, b in [(1, 2), (3, 4)]],
     "messages": [{"problem": f"Compute {a} + {b}.", "messages": [
         {"role": "user", "content": f"Compute {a} + {b}."},
-        {"role": "assistant", "content": f"<think>\n{a} plus {b} is {a + b}.\n</think>\nThe answer is $\\boxed{{{a + b}}}$."}]}
+        {"role": "assistant",
+         "content": f"<think>\n{a} plus {b} is {a + b}.\n</think>\nThe answer is $\\boxed{{{a + b}}}$."}]}
         for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (2, 2), (9, 1), (4, 4), (6, 3)]],
 }
 

@@ -51,8 +51,8 @@ def test_evaluation_judges_with_reasoning_gyms_scorer():
     from r1lab.sampling.generate import Completion
 
     row = {**read_problem_rows("reasoning_gym:leg_counting", "test", size=1, seed=0)[0]}
-    right = Completion(prompt_index=0, text=f"<think> count </think> <answer>{row['answer']}</answer>", token_ids=(1,), logprobs=(0.0,),
-                       finish_reason="stop")
-    wrong = Completion(prompt_index=0, text="<think> count </think> <answer>-1</answer>", token_ids=(1,), logprobs=(0.0,),
-                       finish_reason="stop")
+    right = Completion(prompt_index=0, text=f"<think> count </think> <answer>{row['answer']}</answer>", token_ids=(1,),
+                       logprobs=(0.0,), finish_reason="stop")
+    wrong = Completion(prompt_index=0, text="<think> count </think> <answer>-1</answer>", token_ids=(1,),
+                       logprobs=(0.0,), finish_reason="stop")
     assert judge(row, right)["correct"] and not judge(row, wrong)["correct"]

@@ -1,4 +1,4 @@
-from dataclasses import dataclass, field
+from dataclasses import FrozenInstanceError, dataclass, field
 
 import pytest
 
@@ -32,7 +32,7 @@ def test_yaml_then_overrides(tmp_path):
     path.write_text("learning_rate: 2\nsteps: 5\ndata:\n  train: t.jsonl\n")
     cfg = load_config(Cfg, str(path), ["steps=7", "data.eval=e.jsonl", "tasks=[x, y]", "flag=true"])
     assert cfg == Cfg(learning_rate=2.0, steps=7, tasks=("x", "y"), data=Data("t.jsonl", "e.jsonl"), flag=True)
-    with pytest.raises(Exception):
+    with pytest.raises(FrozenInstanceError):
         cfg.steps = 1  # frozen
 
 

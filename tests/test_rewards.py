@@ -311,8 +311,8 @@ def test_repetition_penalty_against_hand_numbers():
 
 def test_registry_names():
     assert set(REWARDS) == {"accuracy", "format", "format_lenient", "format_readable", "tag_count",
-                            "language_consistency", "cosine_length", "repetition", "faithfulness", "code", "code_binary",
-                            "reasoning_gym"}
+                            "language_consistency", "cosine_length", "repetition", "faithfulness", "code",
+                            "code_binary", "reasoning_gym"}
     for name, fn in REWARDS.items():
         assert load_reward(name) is fn
 

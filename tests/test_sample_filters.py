@@ -9,8 +9,8 @@ import pytest
 
 from r1lab.stages import sample_filters
 from r1lab.errors import R1labError
-from r1lab.stages.sample_filters import (FILTERS, FilterSettings, Sample, apply_filters, dedupe, filter_report, judge_prompt,
-                           parse_verdict, repeat_share, rules_judge)
+from r1lab.stages.sample_filters import (FILTERS, FilterSettings, Sample, apply_filters, dedupe, filter_report,
+                                         judge_prompt, parse_verdict, repeat_share, rules_judge)
 
 ADD = {"task": "addition", "prompt": "Compute 9 + 3.", "answer": "12", "operands": [9, 3], "level": 1}
 GOOD = "<think> 9+3=12 , so 12 </think> <answer>12</answer>"

@@ -258,7 +258,9 @@ def test_top_k_samples_stay_in_the_top_k(model, tokenizer):
 
 def test_truncate_hand_example():
     logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
-    kept = lambda out: torch.isfinite(out[0]).tolist()
+
+    def kept(out):
+        return torch.isfinite(out[0]).tolist()
     # top_p 0.7: mass before token 2 is 0.5 < 0.7 (kept), before token 3 is 0.8 >= 0.7 (dropped)
     assert kept(_truncate(logits, top_k=0, top_p=0.7)) == [True, True, False, False]
     assert kept(_truncate(logits, top_k=0, top_p=0.5)) == [True, False, False, False]

@@ -127,7 +127,7 @@ def test_few_shot_prompt_and_rewrite(tokenizer):
 def test_bad_input_names_file_and_row(tiny_model_dir, tmp_path):
     data = tmp_path / "prompts.jsonl"
     data.write_text('{"prompt": "Capital of France?", "answer": "Paris"}\n{"prompt": "2+2?"}\n')
-    with pytest.raises(R1labError, match=r"prompts.jsonl: row 2 has no column 'answer'"):
+    with pytest.raises(R1labError, match=r"prompts.jsonl: row 2 column 'answer': no answer"):
         rs.main(RejectionSampleConfig(model=str(tiny_model_dir), data=str(data), output_dir=str(tmp_path / "o")))
     good = tmp_path / "good.jsonl"
     good.write_text('{"prompt": "Capital of France?", "answer": "Paris"}\n')

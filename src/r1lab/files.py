@@ -307,7 +307,7 @@ def is_hub_name(source: str | os.PathLike) -> bool:
     if Path(text).expanduser().exists() or text.startswith(("/", ".", "~")) or text.endswith("/"):
         return False
     parts = text.split("/")
-    return len(parts) == 2 and all(parts) and not Path(text).suffix.lower() in (".jsonl", ".json", ".parquet")
+    return len(parts) == 2 and all(parts) and Path(text).suffix.lower() not in (".jsonl", ".json", ".parquet")
 
 
 def hub_offline() -> bool:

@@ -14,9 +14,14 @@ so a reward function sees it by name. The preparer is picked by ``data.format``:
 - ``plain``: the answer column as it is (``prompt`` or ``problem``, and ``answer``, by default).
 
 Rows whose answer can't be extracted (no ``####``, no single ``\\boxed{}``) are left out with a
-warning; a file where none can is an error naming it. `render_problem` turns a prompt into the
-text the policy continues, and `tokenize_prompts` into token ids, with a BOS token exactly when the
-tokenizer's own encoding adds one (Llama does, Qwen2.5 has none).
+warning; a file where none can is an error naming it. Stages that score every row (evaluation,
+rejection sampling) ask for `every_answer`: there a row without an answer is an error. Errors are
+one line naming the file and the 1-based row. `r1lab.problems.load_problems`, the one loader every
+stage calls, reads a user's file through `prepare_rows` (or generates task problems).
+
+`render_problem` turns a prompt into the text the policy continues, and `tokenize_prompts` into
+token ids, with a BOS token exactly when the tokenizer's own encoding adds one (Llama does,
+Qwen2.5 has none).
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from r1lab.training.sft_data import bos_to_add
 from r1lab.errors import R1labError
@@ -100,24 +106,39 @@ class ProblemFormat:
             raise ValueError(f"unknown data.format '{self.format}' (formats: {', '.join(FORMATS)})")
 
 
-def prepare_rows(rows: list[dict], fmt: ProblemFormat, source: str) -> list[dict]:
+def prepare_rows(rows: list[dict], fmt: ProblemFormat, source: str, *, every_answer: bool = False,
+                 no_answer_needed: Callable[[dict], bool] | None = None, conversations: bool = True,
+                 column_keys: bool = True) -> list[dict]:
     """Problems from raw rows: every column kept, plus ``prompt`` and ``answer`` (a string).
 
     `source` names the file in errors. A row without a usable prompt is an error; a row whose
-    answer the format can't extract is left out (logged), unless every row is."""
+    answer the format can't extract is left out (logged), unless every row is, or `every_answer`
+    makes it an error. Rows for which `no_answer_needed(row)` is true (code problems, judged by
+    their tests) are kept as they are, with a prompt. `conversations=False`: prompts must be text.
+    `column_keys`: the error for a missing column names the ``data.*_column`` key that sets it."""
     if not rows:
         raise R1labError(f"{source}: no rows")
     extract, prompt_columns, default_answer = FORMATS[fmt.format]
     prompt_key = fmt.prompt_column or next((c for c in prompt_columns if c in rows[0]), prompt_columns[0])
     answer_key = fmt.answer_column or default_answer
-    for key, what in ((prompt_key, "prompt"), (answer_key, "answer")):
+    columns = [(prompt_key, "prompt")]
+    if no_answer_needed is None or not no_answer_needed(rows[0]):
+        columns.append((answer_key, "answer"))
+    for key, what in columns:
         if key not in rows[0]:
-            raise R1labError(f"{source}: no column '{key}' for the {what} (columns: {', '.join(rows[0])}); "
-                             f"set data.{what}_column")
+            hint = f"; set data.{what}_column" if column_keys else ""
+            raise R1labError(f"{source}: row 1 has no column '{key}' for the {what} "
+                             f"(columns: {', '.join(rows[0])}){hint}")
     out, dropped = [], 0
     for i, row in enumerate(rows, 1):
-        prompt = check_prompt(row.get(prompt_key), f"{source}: row {i} column '{prompt_key}'")
+        prompt = check_prompt(row.get(prompt_key), f"{source}: row {i} column '{prompt_key}'", conversations)
+        if no_answer_needed is not None and no_answer_needed(row):
+            out.append({**row, "prompt": prompt})
+            continue
         answer = extract(row.get(answer_key))
+        if answer is None and every_answer:
+            readable = "" if fmt.format == "plain" else f" that data.format={fmt.format} can read"
+            raise R1labError(f"{source}: row {i} column '{answer_key}': no answer{readable}")
         if answer is None:
             dropped += 1
             continue
@@ -131,12 +152,15 @@ def prepare_rows(rows: list[dict], fmt: ProblemFormat, source: str) -> list[dict
     return out
 
 
-def check_prompt(prompt: Any, where: str) -> str | list[dict]:
-    """A non-empty string, or a conversation (a non-empty list of {role, content} strings)."""
+def check_prompt(prompt: Any, where: str, conversations: bool = True) -> str | list[dict]:
+    """A non-empty string, or a conversation (a non-empty list of {role, content} strings) where
+    `conversations` are allowed."""
     if isinstance(prompt, str):
         if not prompt.strip():
             raise R1labError(f"{where}: empty prompt")
         return prompt
+    if isinstance(prompt, (list, tuple)) and prompt and not conversations:
+        raise R1labError(f"{where}: this stage takes prompts as text, not conversations")
     if isinstance(prompt, (list, tuple)) and prompt:
         for message in prompt:
             if not (isinstance(message, dict) and isinstance(message.get("role"), str)

@@ -208,6 +208,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         raise R1labError(f"{source}: '{key}' must be a finite number, got {value!r}")
     if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
-    if hint in (int, float, str, bool) and not (isinstance(value, hint) and not (hint is int and isinstance(value, bool))):
+    bool_as_int = hint is int and isinstance(value, bool)
+    if hint in (int, float, str, bool) and not (isinstance(value, hint) and not bool_as_int):
         raise R1labError(f"{source}: '{key}' must be {hint.__name__}, got {value!r}")
     return value

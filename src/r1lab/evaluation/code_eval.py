@@ -21,7 +21,7 @@ checker the code reward uses. Row layouts:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from r1lab.errors import R1labError
 from r1lab.evaluation.scoring import mean, pass_at_1, pass_at_k

@@ -19,12 +19,12 @@ import torch
 
 from r1lab.recipe import check_choices, check_range, save_config
 from r1lab import task_registry
-from r1lab.errors import R1labError
-from r1lab.files import read_rows, write_json, write_jsonl
+from r1lab.files import write_json, write_jsonl
 from r1lab.evaluation.scoring import REFLECTION_PHRASES, cons_at_k, has_reflection, mean, pass_at_1, pass_at_k
 from r1lab.rewards.answers import answers_match, extract_answer
 from r1lab.rewards.formatting import format_reward, readable_format_reward
 from r1lab.problem_formats import render_problem, tokenize_prompts
+from r1lab.problems import load_problems
 from r1lab.rewards.gym import reasoning_gym_reward
 from r1lab.sampling.generate import SamplingParams, generate
 
@@ -35,7 +35,7 @@ MICRO_TASKS = task_registry.DEFAULT_TASKS
 class EvalConfig:
     model: str = "runs/micro/base/final"
     tasks: tuple[str, ...] = MICRO_TASKS  # micro tasks to evaluate (ignored when `data` is set)
-    data: str = ""  # a JSONL/Parquet benchmark with `problem` (or `prompt`) and `answer` columns
+    data: str = ""  # a benchmark (r1lab.problems.load_problems): `prompt` (or `problem`) and `answer` columns
     num_problems: int = 100  # held-out problems per micro task (0 or less: all rows of `data`)
     levels: dict[str, tuple[int, ...]] = field(default_factory=dict)  # per task; default: the task's
     seed: int = 0
@@ -67,7 +67,7 @@ class EvalConfig:
 def main(config: EvalConfig) -> dict:
     from r1lab.models.loading import load_model_and_tokenizer
 
-    rows = load_problems(config)
+    rows = eval_problems(config)
     model, tokenizer = load_model_and_tokenizer(config.model)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -81,26 +81,13 @@ def main(config: EvalConfig) -> dict:
     return summary
 
 
-def load_problems(config: EvalConfig) -> list[dict]:
-    """Evaluation rows: held-out micro problems, or the rows of a user's benchmark file."""
-    if config.data:
-        rows = read_rows(config.data)
-        out = []
-        for i, row in enumerate(rows, 1):
-            prompt = row.get("problem", row.get("prompt"))
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise R1labError(f"{config.data}: row {i} has no 'problem' (or 'prompt') text")
-            if is_code_row(row):  # HumanEval / MBPP layout: judged by running its tests
-                out.append({**row, "task": row.get("task") or "code", "prompt": prompt})
-                continue
-            if row.get("answer") in (None, ""):
-                raise R1labError(f"{config.data}: row {i} has no 'answer'")
-            out.append({**row, "task": row.get("task") or "math", "prompt": prompt, "answer": str(row["answer"])})
-        return out[: config.num_problems] if config.num_problems > 0 else out
-    rows = []
-    for name in config.tasks:
-        levels = config.levels.get(name) or None
-        rows += [p.to_row() for p in task_registry.generate(name, "test", config.num_problems, config.seed, levels)]
+def eval_problems(config: EvalConfig) -> list[dict]:
+    """Evaluation rows (r1lab.problems.load_problems): held-out task problems, or the rows of a
+    user's benchmark, every one answered, or in the HumanEval / MBPP layout (judged by its tests)."""
+    rows = load_problems(config.data, "test", config.tasks, config.num_problems, config.seed, config.levels,
+                         every_answer=True, no_answer_needed=is_code_row)
+    if config.data:  # evaluation groups by task
+        rows = [{**row, "task": row.get("task") or ("code" if is_code_row(row) else "math")} for row in rows]
     return rows
 
 

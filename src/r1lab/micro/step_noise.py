@@ -31,8 +31,9 @@ from r1lab.micro.tasks.base import REFLECTION_WORD
 # An open column step at the end of the text: optional "wait ," (a re-check), the left-hand
 # side as the micro tasks write it (`5+2+1`, `12-7-1`, `4*6+4`), "=", and the result digits
 # written so far. The lookbehind stops a match from starting inside a longer expression.
-_OPEN_STEP = re.compile(rf"(?:\b({REFLECTION_WORD})\s*,\s*)?(?<![\d+*-])(\d{{1,3}}(?:[-+*]\d{{1,3}}){{1,3}})=(\d{{0,2}})$")
-_STEP = re.compile(rf"(?:\b({REFLECTION_WORD})\s*,\s*)?(?<![\d+*-])(\d{{1,3}}(?:[-+*]\d{{1,3}}){{1,3}})=(\d{{1,3}})")
+_LEFT_SIDE = rf"(?:\b({REFLECTION_WORD})\s*,\s*)?(?<![\d+*-])(\d{{1,3}}(?:[-+*]\d{{1,3}}){{1,3}})="
+_OPEN_STEP = re.compile(_LEFT_SIDE + r"(\d{0,2})$")
+_STEP = re.compile(_LEFT_SIDE + r"(\d{1,3})")  # a complete step, anywhere
 _FOLLOWED_BY_RECHECK = re.compile(rf"\s*,\s*{REFLECTION_WORD}\b")
 _TAIL_TOKENS = 32  # tokens decoded to find the open step: >= the longest "wait , lhs=dd" in characters
 
@@ -83,7 +84,8 @@ class StepNoise:
         digit_ids = {d: tokenizer.convert_tokens_to_ids(str(d)) for d in range(10)}
         if any(i is None or i == tokenizer.unk_token_id or tokenizer.decode([i]) != str(d)
                for d, i in digit_ids.items()):
-            raise ValueError("step_noise needs a tokenizer with one token per digit 0-9 (e.g. the micro or Qwen tokenizers)")
+            raise ValueError("step_noise needs a tokenizer with one token per digit 0-9 "
+                             "(e.g. the micro or Qwen tokenizers)")
         self.digit_ids = digit_ids
         self.is_digit = frozenset(digit_ids.values())
 

@@ -63,7 +63,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -236,7 +237,8 @@ def plan(config: PipelineConfig, root: Path) -> list[runner.Stage]:
         Stage("stage1_sft", run_sft, (config.stage1_sft, base, stage1_data, root / "stage1_sft"), ("cold_start",)),
         Stage("stage2_rl", run_grpo, (config.stage2_rl, final["stage1_sft"], root / "stage2_rl"), ("stage1_sft",)),
         Stage("rejection_sample", stage_rejection_sample, (config, root, final["stage2_rl"]), ("stage2_rl",)),
-        Stage("stage3_sft", run_sft, (config.stage3_sft, base, stage3_data, root / "stage3_sft"), ("rejection_sample",)),
+        Stage("stage3_sft", run_sft, (config.stage3_sft, base, stage3_data, root / "stage3_sft"),
+              ("rejection_sample",)),
         Stage("rm_helpful", run_reward_model, (config.rm_helpful, base, root / "rm_helpful"), ("base",)),
         Stage("rm_harmless", run_reward_model, (config.rm_harmless, base, root / "rm_harmless"), ("base",)),
         Stage("stage4_rl", stage_stage4, (config, root, helpful, harmless, final["stage3_sft"]),

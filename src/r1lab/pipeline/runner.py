@@ -152,7 +152,8 @@ class _Worker:
             self.process.join(30)
             code = self.process.exitcode
             how = f"killed by {signal.Signals(-code).name}" if code and code < 0 else f"exited with status {code}"
-            raise R1labError(f"stage {self.name} failed: its worker process died ({how}) (log {self.log}){killed}")
+            raise R1labError(f"stage {self.name} failed: its worker process died ({how}) "
+                             f"(log {self.log}){killed}") from None
         if not ok:
             raise R1labError(f"stage {self.name} failed: {value} (log {self.log}){killed}")
         return value

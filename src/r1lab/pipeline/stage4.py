@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 
 from r1lab.files import write_jsonl, write_text
 from r1lab.grpo.config import GRPOConfig, GRPOData
-from r1lab.micro import general as micro_general, tasks
+from r1lab.micro import general as micro_general
 from r1lab.micro.general import GENERAL_TASK
+from r1lab.problems import load_problems
 
 if TYPE_CHECKING:
     from r1lab.pipeline.graph import PipelineConfig
@@ -36,8 +37,7 @@ def stage4_config(config: PipelineConfig, root: Path, helpful: str, harmless: st
     train_path, eval_path = root / "stage4_data.jsonl", root / "stage4_eval.jsonl"
     write_jsonl(train_path, stage4_rows(data, config.stage4_general, config.stage4_unsafe, config.stage4_rl.seed))
     seed = config.stage4_rl.seed
-    eval_rows = [p.to_row() for name in data.tasks
-                 for p in tasks.generate(name, "test", data.num_eval, seed, data.levels.get(name) or None)]
+    eval_rows = load_problems("", "test", data.tasks, data.num_eval, seed, data.levels)
     write_jsonl(eval_path, eval_rows)
     rewards_file = root / "stage4_rewards.py"
     write_text(rewards_file, stage4_rewards_source(helpful, harmless, config.rm_helpful.template,
@@ -55,8 +55,7 @@ def stage4_rows(data: GRPOData, general: int, unsafe: int, seed: int) -> list[di
     Every row has an ``answer`` (GRPO requires one): for general rows, the reference reply, read
     by no reward (they are scored by the reward models); for unsafe ones, the refusal.
     """
-    rows = [p.to_row() for name in data.tasks
-            for p in tasks.generate(name, "train", data.num_train, seed, data.levels.get(name) or None)]
+    rows = load_problems("", "train", data.tasks, data.num_train, seed, data.levels)
     rows += [{"task": r["task"], "prompt": r["prompt"], "answer": r["completion"]}
              for r in micro_general.general_requests(general, seed)]
     unsafe_prompts = dict.fromkeys(r["prompt"] for r in micro_general.harmlessness_rows(8 * unsafe, seed)

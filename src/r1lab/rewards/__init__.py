@@ -17,7 +17,8 @@ import logging
 import math
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from r1lab.errors import R1labError
 from r1lab.rewards.calling import (FailurePolicy, RewardInputs, TrainerState, call_reward,
@@ -206,9 +207,10 @@ def _call_reward(fn: RewardFn, name: str, completions: list, columns: dict[str, 
 
 
 __all__ = [
-    "REWARDS", "FailurePolicy", "RewardInputs", "TrainerState", "accuracy_reward", "answers_match", "combine_rewards", "cosine_length_reward",
-    "cosine_scale", "extract_answer", "format_reward", "is_correct", "language_consistency_reward",
-    "language_share", "lenient_format_reward", "load_reward", "make_accuracy_reward",
-    "make_cosine_length_reward", "make_language_consistency_reward", "make_repetition_penalty",
-    "normalise", "readable_format_reward", "repetition_penalty_reward", "reward_name", "tag_count_reward",
+    "REWARDS", "FailurePolicy", "RewardInputs", "TrainerState", "accuracy_reward", "answers_match",
+    "combine_rewards", "cosine_length_reward", "cosine_scale", "extract_answer", "extract_code",
+    "format_reward", "is_correct", "language_consistency_reward", "language_share", "lenient_format_reward",
+    "load_reward", "make_accuracy_reward", "make_code_reward", "make_cosine_length_reward",
+    "make_language_consistency_reward", "make_repetition_penalty", "normalise", "readable_format_reward",
+    "repetition_penalty_reward", "reward_name", "tag_count_reward",
 ]

@@ -15,7 +15,8 @@ in ``answer`` (the only free-text column of a micro row), which is used when ``t
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from r1lab.errors import R1labError
 from r1lab.rewards.columns import column, completion_text

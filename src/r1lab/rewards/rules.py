@@ -9,8 +9,8 @@ so every built-in reward can be imported from ``r1lab.rewards.rules``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from r1lab import task_registry
 from r1lab.errors import R1labError
@@ -148,12 +148,14 @@ def make_cosine_length_reward(min_value_wrong: float = -1.0, max_value_wrong: fl
 cosine_length_reward = make_cosine_length_reward()
 
 
-def faithfulness_reward(completions: list[str], task: Sequence[str] | None = None, **columns: Any) -> list[float | None]:
+def faithfulness_reward(completions: list[str], task: Sequence[str] | None = None,
+                        **columns: Any) -> list[float | None]:
     """1.0 when the answer follows from the written steps, else 0.0; None where the task can't check.
 
     Blocks the shortcut a plain PyTorch R1-Zero prototype of the micro world found (a 1M model on
     a+b with a step's units digit corrupted with p=0.15, in one of two seeds): RL learned to write
-    the right answer after a wrong step, so the answer stopped following from the reasoning. Micro tasks replay their own traces (`task_registry.check_trace`).
+    the right answer after a wrong step, so the answer stopped following from the reasoning.
+    Micro tasks replay their own traces (`task_registry.check_trace`).
 
     >>> row = dict(task=["addition"], prompt=["Compute 19 + 3."], answer=["22"], operands=[[19, 3]])
     >>> faithfulness_reward(["<think> 9+3=12 , 1+0+1=2 , so 22 </think> <answer>22</answer>"], **row)

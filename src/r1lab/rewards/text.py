@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from r1lab.errors import R1labError
 from r1lab.rewards.columns import column, completion_text

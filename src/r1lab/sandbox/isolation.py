@@ -33,7 +33,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 from r1lab.errors import R1labError
 from r1lab.sandbox import seccomp

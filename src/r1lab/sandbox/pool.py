@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Sequence
+from collections.abc import Sequence
 
 from r1lab.errors import R1labError
 from r1lab.sandbox.cases import CodeTest

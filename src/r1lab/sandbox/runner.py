@@ -23,7 +23,7 @@ import time
 import uuid
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 from r1lab.sandbox import seccomp
 from r1lab.sandbox.cases import CodeTest, normalise_output, parse_tests

@@ -38,8 +38,8 @@ import torch
 from r1lab.micro import tasks
 from r1lab.recipe import check_choices, check_range, save_config
 from r1lab.errors import R1labError
-from r1lab.stages.sample_filters import (DEFAULT_FILTERS, FILTERS, FilterSettings, Sample, filter_report, format_readable,
-                           reasoning_part, rules_judge)
+from r1lab.stages.sample_filters import (DEFAULT_FILTERS, FILTERS, FilterSettings, Sample, filter_report,
+                                         format_readable, reasoning_part, rules_judge)
 from r1lab.files import read_rows, require_columns, write_json, write_jsonl
 from r1lab.models.loading import DTYPES, load_model_and_tokenizer
 from r1lab.stages.rejection_sample import format_stats, load_prompts, resolve_device, sample_completions, sft_row

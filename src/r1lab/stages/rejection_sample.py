@@ -33,19 +33,20 @@ import torch
 from r1lab.micro import general as micro_general, tasks
 from r1lab.recipe import check_choices, check_range, save_config
 from r1lab.errors import R1labError
-from r1lab.stages.sample_filters import (DEFAULT_FILTERS, FILTERS, FilterSettings, Judge, Sample, filter_report, judge_prompt,
-                           parse_verdict, rules_judge)
-from r1lab.files import read_rows, require_columns, write_json, write_jsonl
+from r1lab.stages.sample_filters import (DEFAULT_FILTERS, FILTERS, FilterSettings, Judge, Sample, filter_report,
+                                         judge_prompt, parse_verdict, rules_judge)
+from r1lab.files import write_json, write_jsonl
 from r1lab.models.loading import DTYPES, load_model_and_tokenizer
 from r1lab.sampling.generate import SamplingParams, generate
 from r1lab.problem_formats import tokenize_prompts
+from r1lab.problems import load_problems
 from r1lab.templates import TEMPLATES, render_prompt
 
 
 @dataclass(frozen=True)
 class RejectionSampleConfig:
     model: str = "runs/micro/reasoning_rl/final"  # the stage-2 (reasoning RL) checkpoint
-    data: str = ""  # JSONL/Parquet with prompt and answer columns; empty: micro tasks
+    data: str = ""  # prompt and answer columns (r1lab.problems.load_problems); empty: micro tasks
     tasks: tuple[str, ...] = tasks.DEFAULT_TASKS  # micro tasks, when `data` is empty
     num_problems: int = 200  # per micro task (with `data`: the first rows; <= 0: all)
     levels: dict[str, tuple[int, ...]] = field(default_factory=dict)  # per micro task; default: the task's
@@ -119,19 +120,13 @@ def resolve_device(device: str) -> str:
 
 
 def load_prompts(data: str, task_names, num_problems: int, levels: dict, seed: int) -> list[dict]:
-    """Rows with ``prompt`` and ``answer``: a user's file (checked), or micro problems (train split).
+    """Rows with ``prompt`` (text) and ``answer``: a user's file, every row answered, or task problems
+    (r1lab.problems.load_problems).
 
     Training-side stages sample the train split: the test split stays held out for evaluation.
     """
-    if data:
-        rows = read_rows(data)
-        require_columns(rows, ("prompt", "answer"), data)
-        rows = [{**row, "prompt": str(row["prompt"]), "answer": str(row["answer"])} for row in rows]
-        return rows[:num_problems] if num_problems > 0 else rows
-    rows = []
-    for name in task_names:
-        task_levels = levels.get(name) or None
-        rows += [p.to_row() for p in tasks.generate(name, "train", num_problems, seed, task_levels)]
+    rows = load_problems(data, "train", task_names, num_problems, seed, levels, every_answer=True,
+                         conversations=False)
     if not rows:
         raise R1labError("no prompts: set data=FILE or num_problems > 0 with at least one task")
     return rows

@@ -279,6 +279,7 @@ def to_html(run: Path, result: Mapping, curves: Mapping[str, Path]) -> str:
 
 def _html_table(title: str, columns: list[str], rows: list[tuple[str, Mapping[str, float]]]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join(f"<tr><td>{html.escape(label)}</td>" + "".join(f"<td>{format_cell(c, cells[c])}</td>" for c in columns)
-                   + "</tr>" for label, cells in rows)
+    body = "".join(f"<tr><td>{html.escape(label)}</td>"
+                   + "".join(f"<td>{format_cell(c, cells[c])}</td>" for c in columns) + "</tr>"
+                   for label, cells in rows)
     return f"<h2>{html.escape(title)}</h2><table><tr><th>model</th>{head}</tr>{body}</table>"

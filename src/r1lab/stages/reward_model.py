@@ -396,7 +396,7 @@ def train_reward_model(model, tokenizer, train_set: list[RMExample], eval_set: l
         window.append((loss.item(), accuracy.item()))
         evaluated = bool(eval_set) and (step == total or (config.eval_every > 0 and step % config.eval_every == 0))
         if evaluated or step == total or step % config.log_every == 0:
-            row = {"step": step, "loss": _mean(l for l, _ in window), "accuracy": _mean(a for _, a in window),
+            row = {"step": step, "loss": _mean(loss for loss, _ in window), "accuracy": _mean(a for _, a in window),
                    "lr": lr, "grad_norm": float(grad_norm)}
             if evaluated:
                 last_eval = evaluate(model, eval_set, config.kind, pad_id, config.batch_size)

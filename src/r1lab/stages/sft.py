@@ -81,7 +81,8 @@ class SFTConfig(TrainSettings):
         if self.max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {self.max_length}")
         if self.max_tokens_per_batch < self.max_length:
-            raise ValueError(f"max_tokens_per_batch ({self.max_tokens_per_batch}) must be >= max_length ({self.max_length})")
+            raise ValueError(f"max_tokens_per_batch ({self.max_tokens_per_batch}) must be >= max_length "
+                             f"({self.max_length})")
         check_choices("dtype", self.dtype, DTYPES)
         check_range(self, 0, None, "threads")
         check_range(self, 0, None, "distributed_timeout_s", open_low=True)

@@ -233,7 +233,8 @@ def apply_weights(path: str | Path, model, weights: tuple[bool, dict[str, torch.
     loaded_ptrs = {own[k].data_ptr() for k in state if k in own}
     untied = [k for k in missing if own[k].data_ptr() not in loaded_ptrs]
     if untied or unexpected:
-        raise R1labError(f"{path}: weights do not match the model (missing: {untied[:3]}, unexpected: {unexpected[:3]})")
+        raise R1labError(f"{path}: weights do not match the model (missing: {untied[:3]}, "
+                         f"unexpected: {unexpected[:3]})")
 
 
 @contextmanager

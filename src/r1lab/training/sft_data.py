@@ -123,7 +123,8 @@ def _render(tokenizer, messages: list[dict], generation_prompt: bool, where: str
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
     except Exception as e:  # jinja raises its own errors, templates raise anything they like
-        raise R1labError(f"{where}: chat template failed ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise R1labError(f"{where}: chat template failed ({reason})") from None
 
 
 def _suffix(text: str, prefix: str, where: str) -> str:

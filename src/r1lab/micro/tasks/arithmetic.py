@@ -74,8 +74,9 @@ class ColumnTask(Task):
 
         Replays the trace through this task's own column machinery using the values the model
         wrote, right or wrong: each step must be about the right column ("wait , <step>" redoes
-        the previous column), and the answer must be the number the written values assemble to. A wrong step that is carried
-        through faithfully passes; a right answer pulled from nowhere after wrong steps fails.
+        the previous column), and the answer must be the number the written values assemble to.
+        A wrong step that is carried through faithfully passes; a right answer pulled from nowhere
+        after wrong steps fails.
         """
         answer = parse_int(predicted)
         parts = [p.strip() for p in reasoning.strip().split(",")] if len(reasoning) <= 4000 else []

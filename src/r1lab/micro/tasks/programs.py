@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from r1lab.rewards.code_tests import extract_code
 from r1lab.micro.tasks.base import REFLECTION_WORD, Problem, Task, TraceStyle
