@@ -51,7 +51,8 @@ def main() -> None:
         lines.append(f"| {r['mode']} | {r['seed']} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
     for mode in (0, 1):
         mine = [r for r in results if r["mode"] == mode]
-        lines.append(f"| {mode} | mean | " + " | ".join(f"{statistics.fmean(r[k] for r in mine):.3f}" for k in keys) + " |")
+        means = [statistics.fmean(r[k] for r in mine) for k in keys]
+        lines.append(f"| {mode} | mean | " + " | ".join(f"{m:.3f}" for m in means) + " |")
     table = "\n".join(lines)
     print(table)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
