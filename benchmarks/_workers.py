@@ -19,6 +19,9 @@ import time
 from pathlib import Path
 
 TAG = "@bench "
+# GRPOConfig keys a spec may set (benchmarks/real_scale.py); the defaults otherwise
+R1LAB_OPTIONAL = ("gradient_checkpointing", "max_tokens_per_micro_batch", "lora_r", "lora_alpha", "ref_update_every",
+                  "device")
 
 
 def length_reward(completions: list[str], **columns) -> list[float]:
@@ -45,8 +48,16 @@ class Gate:
     def __call__(self) -> None:
         _send("ready" if self.started is None else f"step {time.perf_counter() - self.started:.6f}")
         if sys.stdin.readline().strip() != "go":
+            _send_cuda_peak()
             os._exit(0)  # the parent has its numbers; peak RSS is read by the parent (wait4)
         self.started = time.perf_counter()
+
+
+def _send_cuda_peak() -> None:
+    """On a GPU: the peak of allocated GPU memory, in bytes (what RSS is on a CPU)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        _send(f"cuda_peak {torch.cuda.max_memory_allocated()}")
 
 
 def run_r1lab(spec: dict) -> None:
@@ -59,7 +70,8 @@ def run_r1lab(spec: dict) -> None:
         prompts_per_step=spec["P"], max_new_tokens=spec["T"], temperature=1.0, beta=0.04, num_iterations=1,
         aggregation="token_mean", stop=(), rollout_backend="native", seed=0, learning_rate=1e-6, warmup_steps=0,
         max_steps=spec["max_steps"], eval_every=0, sample_every=0, save_every=10**9, progress=False,
-        threads=spec["threads"], micro_batch_size=spec["micro_batch_size"], precision=spec.get("precision", "fp32"))
+        threads=spec["threads"], micro_batch_size=spec["micro_batch_size"], precision=spec.get("precision", "fp32"),
+        **{k: spec[k] for k in R1LAB_OPTIONAL if k in spec})
     gate, collect = Gate(), grpo_collect.collect
 
     def gated_collect(*args, **kwargs):
@@ -88,7 +100,8 @@ def run_trl(spec: dict) -> None:
         output_dir=spec["out"], per_device_train_batch_size=spec["G"] * spec["P"], gradient_accumulation_steps=1,
         num_generations=spec["G"], max_completion_length=spec["T"], temperature=1.0, top_p=1.0, top_k=0, beta=0.04,
         num_iterations=1, learning_rate=1e-6, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0,
-        gradient_checkpointing=spec["gradient_checkpointing"], use_cpu=True, bf16=spec.get("bf16", False),
+        gradient_checkpointing=spec["gradient_checkpointing"], use_cpu=spec.get("use_cpu", True),
+        bf16=spec.get("bf16", False),
         report_to="none",
         logging_steps=1, save_strategy="no", seed=0, disable_tqdm=True, dataloader_num_workers=0,
         max_steps=spec["max_steps"])
@@ -101,7 +114,7 @@ def run_trl(spec: dict) -> None:
 
 def run_sampler(spec: dict) -> None:
     """r1lab.sampling.generate against model.generate on the same 32 sequences, taking turns, each
-    in fp32 and in bf16: r1lab under its bf16 autocast (r1lab.models.precision, as `precision: bf16`
+    in fp32 and in bf16: r1lab under its bf16 autocast (r1lab.models.precision, as `precision: bf16-mixed`
     runs it), model.generate under torch.autocast and with a bf16 copy of the model."""
     import copy
     import statistics

@@ -7,8 +7,8 @@
 # 1. the GPU-only tests (pytest -m gpu: bf16 log-probs and sampling on CUDA, SDPA flash and
 #    memory-efficient kernels against eager attention, FSDP on one GPU with and without CPU
 #    offload, resumed; a bf16 FSDP step; vLLM rollouts where vllm is installed);
-# 2. one GRPO step of a random Qwen2.5-0.5B-shape model (benchmarks/gpu_step.py): fp32, bf16,
-#    and FSDP with bf16, each its peak GPU memory and tokens/s.
+# 2. one GRPO step of a random Qwen2.5-0.5B-shape model (benchmarks/gpu_step.py): fp32, bf16-mixed, bf16
+#    (bf16 weights) and FSDP with bf16-mixed, each its peak GPU memory and tokens/s.
 # Then a summary. Without CUDA every part says so and the script exits 0.
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -22,10 +22,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-RUNS = {  # name -> extra `r1lab grpo` settings
+RUNS = {  # name -> extra `r1lab grpo` settings (precisions: r1lab.models.precision)
     "fp32": [],
-    "bf16": ["precision=bf16"],
-    "fsdp-bf16": ["sharding=fsdp", "precision=bf16"],
+    "bf16-mixed": ["precision=bf16-mixed"],  # bf16 autocast, float32 weights and AdamW
+    "bf16": ["precision=bf16"],  # bf16 weights, BF16AdamW
+    "fsdp-bf16": ["sharding=fsdp", "precision=bf16-mixed"],
 }
 SHAPE = dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
              intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=4096)

@@ -16,7 +16,7 @@ as G, prompts per step and new tokens double.
 
 TRL runs twice: with gradient checkpointing off (the same FLOPs as r1lab; the ratio is taken
 against this one) and with TRL's own default (on: one more forward per step, less memory).
-Both also run in bf16 (`--no-bf16` skips it): r1lab with `precision: bf16` (bf16 autocast,
+Both also run in bf16 (`--no-bf16` skips it): r1lab with `precision: bf16-mixed` (bf16 autocast,
 fp32 weights), TRL with `bf16=True` (accelerate's bf16 autocast on CPU, fp32 weights); the
 sampler race adds r1lab under bf16 autocast and model.generate under autocast and in bf16.
 """
@@ -147,7 +147,7 @@ def main() -> None:
         from r1lab.models.precision import check_supported
 
         try:
-            check_supported("bf16", "cpu")
+            check_supported("bf16-mixed", "cpu")
         except R1labError as error:
             print(f"note: {error}: skipping the bf16 trainer runs")
             args.no_bf16 = True
@@ -167,7 +167,7 @@ def main() -> None:
                                workdir, args.threads))
     if not args.no_bf16:
         trainers += [Worker("r1lab bf16", "r1lab", {**common, **BASE, "out": str(workdir / "r1lab_bf16"),
-                                                    "precision": "bf16"}, workdir, args.threads),
+                                                    "precision": "bf16-mixed"}, workdir, args.threads),
                      Worker("TRL GRPOTrainer bf16", "trl", {**common, **BASE, "out": str(workdir / "trl_bf16"),
                                                             "gradient_checkpointing": False, "bf16": True},
                             workdir, args.threads)]

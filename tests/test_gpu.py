@@ -78,8 +78,9 @@ def test_fsdp_on_one_gpu_matches_unsharded(tiny_model_dir, prompts_jsonl, tmp_pa
     assert [r["step"] for r in resumed] == [1, 2, 3]
 
 
-def test_bf16_fsdp_step_on_gpu(tiny_model_dir, prompts_jsonl, tmp_path):
-    rows = grpo(tiny_model_dir, prompts_jsonl, tmp_path / "bf16", "sharding=fsdp", "precision=bf16")
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16"])
+def test_bf16_fsdp_step_on_gpu(tiny_model_dir, prompts_jsonl, tmp_path, precision):
+    rows = grpo(tiny_model_dir, prompts_jsonl, tmp_path / precision, "sharding=fsdp", f"precision={precision}")
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
 
 

@@ -1,4 +1,4 @@
-"""`precision: bf16` keeps GRPO's maths: the sampler's bf16 log-probs match a fresh bf16 forward,
+"""`precision: bf16-mixed` keeps GRPO's maths: the sampler's bf16 log-probs match a fresh bf16 forward,
 the ratio is exactly 1 before the weights change (old log-probs come from the training forward),
 bf16 gradients point where fp32's do, and fp32 stays what it was. bf16 autocast runs on any CPU
 (emulated where the hardware lacks it), so none of these skip.
@@ -35,13 +35,13 @@ def _rollout(policy, tokenizer, precision_name: str):
 
 @pytest.fixture(scope="module")
 def bf16_rollout(policy, tokenizer):
-    return _rollout(policy, tokenizer, "bf16")
+    return _rollout(policy, tokenizer, "bf16-mixed")
 
 
 def _settings(**overrides) -> UpdateSettings:
     base = dict(num_iterations=1, minibatches=2, micro_batch_size=4, temperature=1.0, eps_low=0.2, eps_high=0.2,
                 beta=0.0, kl_estimator="k3", aggregation="token_mean", max_len=16, max_grad_norm=1.0,
-                precision="bf16")
+                precision="bf16-mixed")
     return UpdateSettings(**{**base, **overrides})
 
 
@@ -51,12 +51,13 @@ def test_precision_is_validated_and_checked_against_the_hardware(monkeypatch):
     assert GRPOConfig().precision == "fp32"
     precision.check_supported("fp32", "cpu")  # always fine
     monkeypatch.setattr(precision, "_cpu_has_bf16", lambda: False)
-    with pytest.raises(R1labError, match="bf16 is not supported natively"):
-        precision.check_supported("bf16", "cpu")
+    for name in ("bf16-mixed", "bf16"):
+        with pytest.raises(R1labError, match=f"{name} is not supported natively"):
+            precision.check_supported(name, "cpu")
 
 
 def test_the_sampler_packs_bf16_weights_under_autocast_and_fp32_logits(policy):
-    with torch.inference_mode(), precision.autocast("bf16", "cpu"):
+    with torch.inference_mode(), precision.autocast("bf16-mixed", "cpu"):
         model = fast_decoder.LeanModel(policy, packed=True, dtype=precision.autocast_dtype("cpu"))
         cache = model.new_cache(batch=2, capacity=8)
         ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
@@ -68,7 +69,7 @@ def test_the_sampler_packs_bf16_weights_under_autocast_and_fp32_logits(policy):
 def test_bf16_sampler_logprobs_equal_a_fresh_bf16_forward(policy, bf16_rollout):
     mask = bf16_rollout.completion_mask.bool()
     with torch.no_grad():
-        with precision.autocast("bf16", "cpu"):
+        with precision.autocast("bf16-mixed", "cpu"):
             bf16 = sequence_logprobs(policy, bf16_rollout.input_ids, bf16_rollout.attention_mask,
                                      prompt_len=bf16_rollout.prompt_len)
         fp32 = sequence_logprobs(policy, bf16_rollout.input_ids, bf16_rollout.attention_mask,
@@ -96,14 +97,14 @@ def test_ratio_is_exactly_one_until_the_weights_change(policy, bf16_rollout):
 def test_bf16_update_moves_the_weights_as_fp32_does(policy, bf16_rollout):
     """One SGD step from the same rollout: the bf16 weight change points where fp32's does."""
     deltas = {}
-    for name in ("fp32", "bf16"):
+    for name in ("fp32", "bf16-mixed"):
         model = copy.deepcopy(policy).train()
         before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
         optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
         update_policy(model, optimizer, bf16_rollout, _settings(precision=name, minibatches=1), seed=0)
         deltas[name] = torch.cat([p.detach().flatten() for p in model.parameters()]) - before
         assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
-    cosine = torch.nn.functional.cosine_similarity(deltas["fp32"], deltas["bf16"], dim=0)
+    cosine = torch.nn.functional.cosine_similarity(deltas["fp32"], deltas["bf16-mixed"], dim=0)
     assert deltas["fp32"].norm() > 0 and cosine > 0.99
 
 
@@ -115,7 +116,8 @@ def test_fp32_sampling_is_unchanged_by_the_precision_plumbing(policy, tokenizer)
     torch.testing.assert_close(fresh[mask], fp32.old_logp[mask], atol=1e-5, rtol=0)
 
 
-def test_grpo_cli_runs_in_bf16_and_refuses_it_without_hardware_support(tiny_model_dir, tmp_path, monkeypatch,
+@pytest.mark.parametrize("name", ["bf16-mixed", "bf16"])
+def test_grpo_cli_runs_in_bf16_and_refuses_it_without_hardware_support(name, tiny_model_dir, tmp_path, monkeypatch,
                                                                          capsys):
     from r1lab.cli import main as cli_main
     from r1lab.files import read_jsonl
@@ -125,11 +127,11 @@ def test_grpo_cli_runs_in_bf16_and_refuses_it_without_hardware_support(tiny_mode
     args = [f"model={tiny_model_dir}", f"data.train={data}", "template=micro", "num_generations=4",
             "prompts_per_step=2", "max_new_tokens=12", "beta=0.04", "learning_rate=1e-3", "warmup_steps=1",
             "eval_every=0", "sample_every=0", "progress=false", "threads=1", "max_steps=2", "minibatches=2",
-            "num_iterations=2", "micro_batch_size=3", "precision=bf16"]
+            "num_iterations=2", "micro_batch_size=3", f"precision={name}"]
     monkeypatch.setattr(precision, "_cpu_has_bf16", lambda: True)  # any CPU can run it, only slower
     assert cli_main(["grpo", *args, f"output_dir={tmp_path / 'run'}"]) == 0
     rows = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2] and all(r["kl"] >= 0 and r["loss"] == r["loss"] for r in rows)
     monkeypatch.setattr(precision, "_cpu_has_bf16", lambda: False)
     assert cli_main(["grpo", *args, f"output_dir={tmp_path / 'no'}"]) == 2
-    assert "bf16 is not supported natively" in capsys.readouterr().err.splitlines()[-1]
+    assert f"{name} is not supported natively" in capsys.readouterr().err.splitlines()[-1]

@@ -459,16 +459,18 @@ def test_shared_prompt_logprobs_of_one_token_completions(tokenizer):
     assert len(set(full.tolist())) == 4  # four different tokens, four different log-probs
 
 def test_unknown_or_modified_models_take_the_generic_path(tokenizer, model):
-    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    fp16 = copy.deepcopy(model).to(torch.float16)  # all float32 or all bf16 only
+    mixed = copy.deepcopy(model)
+    mixed.model.layers[0].to(torch.bfloat16)
     sliding = Qwen2ForCausalLM(Qwen2Config(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                            num_key_value_heads=4, intermediate_size=128, use_sliding_window=True,
                                            sliding_window=8, max_window_layers=0, **_ids(tokenizer)))
     hooked = copy.deepcopy(model)
     hooked.model.layers[0].mlp.register_forward_hook(lambda module, args, out: out * 2)
-    for other in (bf16, sliding, hooked):
+    for other in (fp16, mixed, sliding, hooked):
         assert not fast_decoder.supports(other)
         assert fast_decoder.LeanModel.from_model(other) is None
-    assert fast_decoder.supports(model)
+    assert fast_decoder.supports(model) and fast_decoder.supports(copy.deepcopy(model).to(torch.bfloat16))
     # the hook changes the model's outputs; the sampler must see them (generic path)
     expected = hf_greedy(hooked, tokenizer, PROMPTS[:2], max_new_tokens=6)
     got = generate(hooked, tokenizer, PROMPTS[:2], SamplingParams(max_new_tokens=6, temperature=0))

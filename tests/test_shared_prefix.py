@@ -61,12 +61,12 @@ def test_shared_prefix_bf16_logprobs_equal_a_fresh_bf16_forward(tokenizer, monke
     with torch.no_grad():
         model.model.embed_tokens.weight.mul_(4.0)  # peaked: log-probs over a real range
     prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
-    with autocast("bf16", "cpu"):
+    with autocast("bf16-mixed", "cpu"):
         shared = _generate(model, tokenizer, prompts, True, monkeypatch)
     spread = []
     for c in shared:
         seq = torch.tensor([prompts[c.prompt_index] + list(c.token_ids)])
-        with torch.no_grad(), autocast("bf16", "cpu"):
+        with torch.no_grad(), autocast("bf16-mixed", "cpu"):
             fresh = sequence_logprobs(model, seq, torch.ones_like(seq))[0, -len(c.token_ids):]
         torch.testing.assert_close(torch.tensor(c.logprobs), fresh, atol=0.03, rtol=0)
         spread += c.logprobs

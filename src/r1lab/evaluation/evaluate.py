@@ -21,6 +21,8 @@ from r1lab.recipe import check_choices, check_range, save_config
 from r1lab import task_registry
 from r1lab.files import write_json, write_jsonl
 from r1lab.evaluation.scoring import REFLECTION_PHRASES, cons_at_k, has_reflection, mean, pass_at_1, pass_at_k
+from r1lab.models.precision import PRECISIONS, autocast, check_supported, weights_dtype
+from r1lab.training import distributed
 from r1lab.rewards.answers import answers_match, extract_answer
 from r1lab.rewards.formatting import format_reward, readable_format_reward
 from r1lab.problem_formats import render_problem, tokenize_prompts
@@ -50,6 +52,9 @@ class EvalConfig:
     reflection_phrases: tuple[str, ...] = REFLECTION_PHRASES
     output_dir: str = "runs/eval"
     progress: bool = True
+    device: str = "auto"  # auto: cuda if available, else cpu
+    # fp32 | bf16-mixed (sampling under bf16 autocast) | bf16 (the model loaded in bf16); r1lab.models.precision
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         check_range(self, 1, None, "k", "max_new_tokens", "batch_size")
@@ -58,17 +63,25 @@ class EvalConfig:
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
         check_choices("task", self.tasks, task_registry.names())
+        check_choices("precision", self.precision, PRECISIONS)
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                               top_p=self.top_p, top_k=self.top_k, n=self.k, stop=self.stop, seed=self.seed)
 
 
-def main(config: EvalConfig) -> dict:
+def load_for_eval(config: EvalConfig):
+    """(model, tokenizer) of config.model on config.device, in config.precision's weights dtype."""
     from r1lab.models.loading import load_model_and_tokenizer
 
+    device = distributed.device(config.device)
+    check_supported(config.precision, device)
+    return load_model_and_tokenizer(config.model, weights_dtype(config.precision), device)
+
+
+def main(config: EvalConfig) -> dict:
     rows = eval_problems(config)
-    model, tokenizer = load_model_and_tokenizer(config.model)
+    model, tokenizer = load_for_eval(config)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
@@ -96,7 +109,7 @@ def sample_rows(model, tokenizer, rows: list[dict], config: EvalConfig) -> tuple
     # conversations through the chat template; the BOS token exactly when the tokenizer adds one
     prompts = tokenize_prompts(tokenizer, [render_problem(row["prompt"], config.template, tokenizer) for row in rows])
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(config.precision, next(model.parameters()).device):
         completions = generate(model, tokenizer, prompts, config.sampling(), batch_size=config.batch_size,
                                progress=config.progress)
     return completions, time.perf_counter() - start

@@ -155,9 +155,15 @@ class GRPOConfig:
     entropy_control: str = "none"
     kl_cov_ratio: float = 0.002
     kl_cov_coef: float = 1.0
-    # fp32 | bf16: bf16 autocast for sampling, the reference pass and the training forward/backward;
-    # weights, AdamW and log-probs stay float32, old log-probs come from the training forward
-    # (r1lab.models.precision). Needs native bf16 (CPU avx512_bf16/amx_bf16, or a bf16 GPU).
+    # > 0: micro-batches instead hold rows of similar length, up to this many tokens (rows x
+    # longest row) each; memory only, same gradient. 0: `micro_batch_size` rows each.
+    max_tokens_per_micro_batch: int = 0
+    gradient_checkpointing: bool = False  # recompute each layer in the backward: less memory, ~30% slower
+    # fp32 | bf16-mixed | bf16 (r1lab.models.precision). bf16-mixed: bf16 autocast for sampling, the
+    # reference pass and the training forward/backward, float32 weights and AdamW; bf16: bf16
+    # weights and AdamW state with stochastic rounding. Either way log-probs are float32, old
+    # log-probs come from the training forward and the reference is held in bf16. Needs native
+    # bf16 (CPU avx512_bf16/amx_bf16, or a bf16 GPU).
     precision: str = "fp32"
 
     # ddp: every process holds the whole model (grpo/parallel.py) | fsdp: weights, gradients, AdamW
@@ -305,8 +311,9 @@ class GRPOConfig:
                     "minibatches", "micro_batch_size", "rollout_batch_size", "max_steps", "log_every", "eval_k",
                     "reward_from_step")
         check_range(self, 0, None, "top_k", "eps_low", "eps_high", "beta", "ref_update_every", "max_refills",
-                    "overlong_cache", "warmup_steps", "weight_decay", "sample_every", "eval_every", "save_every",
-                    "keep_checkpoints", "threads", "reward_weights", "max_grad_norm", "eval_temperature")
+                    "overlong_cache", "max_tokens_per_micro_batch", "warmup_steps", "weight_decay", "sample_every",
+                    "eval_every", "save_every", "keep_checkpoints", "threads", "reward_weights", "max_grad_norm",
+                    "eval_temperature")
         check_range(self, 0, None, "temperature", "learning_rate", "distributed_timeout_s", open_low=True)
         check_range(self, 0, 1, "top_p", "eval_top_p", open_low=True)
         check_range(self, 0, 1, "min_lr_ratio")

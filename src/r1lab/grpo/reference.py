@@ -13,6 +13,7 @@ import copy
 from r1lab.errors import R1labError
 from r1lab.models.loading import load_model, load_tokenizer
 from r1lab.models.lora import is_lora
+from r1lab.models.precision import reference_dtype, weights_dtype
 
 
 def check_reference_tokenizer(config, tokenizer) -> None:
@@ -35,12 +36,17 @@ def frozen_copy(model):
 
 def load_reference(policy, config, device):
     """The frozen reference: None when beta is 0 or the policy is LoRA (its reference is the base
-    model, adapters disabled), the teacher `reference_model`, else a copy of `policy`."""
+    model, adapters disabled), the teacher `reference_model`, else the policy's weights. It is held
+    in `reference_dtype`: bf16 unless the run is fp32 (it takes no gradient, so it needs no float32
+    master weights). The policy's weights are a copy where the dtypes agree; otherwise they are
+    loaded again in the reference's dtype, which never holds a float32 copy of the model on the way."""
     if config.beta == 0 or is_lora(policy):
         return None
-    if not config.reference_model:
+    dtype = reference_dtype(config.precision)
+    if not config.reference_model and dtype == weights_dtype(config.precision):
         return frozen_copy(policy)
-    teacher = load_model(config.reference_model, device=device, trust_remote_code=config.trust_remote_code,
-                         attn_implementation=config.attn_implementation)
-    teacher.requires_grad_(False)
-    return teacher.eval()
+    source, revision = (config.reference_model, "") if config.reference_model else (config.model, config.revision)
+    reference = load_model(source, dtype, device=device, revision=revision, trust_remote_code=config.trust_remote_code,
+                           attn_implementation=config.attn_implementation)
+    reference.requires_grad_(False)
+    return reference.eval()

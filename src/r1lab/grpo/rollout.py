@@ -5,7 +5,7 @@ i*G .. i*G+G-1 are prompt i's completions) plus a `Scored` record of the texts a
 for logging. The policy's log-probs at sampling time come from the sampler itself, so the
 "old" log-probs cost no extra forward pass (the sampler's are equal to a fresh forward within
 1e-5; tests/test_sampling.py and tests/test_grpo_speed_correctness.py check it); with
-`precision: bf16` the sampler runs under bf16 autocast and grpo/update.py replaces its log-probs
+`precision: bf16-mixed` or `bf16` the sampler runs under bf16 autocast and grpo/update.py replaces its log-probs
 with the training forward's, as bf16 rounding makes the two differ. The sampler is
 r1lab.sampling.generate, or a vLLM engine with `rollout_backend: vllm` (r1lab/sampling/vllm.py).
 `Rollout.prompt_len` marks where the prompts end, so the training and reference forwards run
@@ -109,7 +109,7 @@ class RolloutSettings:
     batch_size: int | None = None
     sampler: Callable = generate  # (policy, tokenizer, prompt_ids, params, batch_size=, seeds=) -> [P][G] Completions
     hook: RolloutHook | None = None  # what the environment does while rollouts are sampled
-    precision: str = "fp32"  # fp32 | bf16: the sampler runs under r1lab.models.precision.autocast
+    precision: str = "fp32"  # fp32 | bf16-mixed | bf16: the sampler runs under r1lab.models.precision.autocast
     failures: FailurePolicy = field(default_factory=FailurePolicy)  # what a raising reward does
     trainer_state: TrainerState | None = None  # passed to rewards (TRL's `trainer_state`)
 

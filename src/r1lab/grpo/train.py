@@ -48,11 +48,12 @@ from r1lab.grpo.update import UpdateSettings, reference_logprobs, update_policy
 from r1lab.files import remove_dir
 from r1lab.models.loading import load_model, load_tokenizer
 from r1lab.models.lora import apply_lora, disabled_adapters, is_lora, save_merged
-from r1lab.models.precision import check_supported
+from r1lab.models.precision import check_supported, weights_dtype
 from r1lab.rewards import FailurePolicy, load_reward
 from r1lab.sampling.generate import SamplingParams, generate
 from r1lab.stages.plot import plot_run
-from r1lab.training.loop import lr_multiplier
+from r1lab.training.loop import enable_gradient_checkpointing, lr_multiplier
+from r1lab.training.optim import build_adamw
 from r1lab.training.tracking import Tracker, check_trackers
 
 __all__ = ["GRPOConfig", "main"]
@@ -71,7 +72,7 @@ def _grpo(config: GRPOConfig, on_exit: contextlib.ExitStack) -> dict:
     stream, fingerprint, eval_rows, rollout_settings = _prepare(config, tokenizer)  # before the model
     if hasattr(rollout_settings.sampler, "close"):
         on_exit.callback(rollout_settings.sampler.close)
-    policy, reference, sampler = _load_policy(config)
+    policy, reference, sampler = load_policy(config)
     device = next(policy.parameters()).device
     check_supported(config.precision, device)
     optimizer, scheduler = _optimizer(policy, config)
@@ -174,8 +175,6 @@ def _speaks_micro(tokenizer) -> bool:
     return is_micro_tokenizer(tokenizer)
 
 
-
-
 def _rollout_settings(config: GRPOConfig) -> RolloutSettings:
     return RolloutSettings(
         params=SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
@@ -191,17 +190,12 @@ def _rollout_settings(config: GRPOConfig) -> RolloutSettings:
 def _optimizer(policy, config: GRPOConfig):
     """AdamW over the trainable parameters (with LoRA: the adapters) and its warmup + schedule."""
     trainable = [p for p in policy.parameters() if p.requires_grad]
-    # One fused kernel per step where torch has it: clip + step took 4.7 ms against 9.9 ms for the
-    # default on the benchmark's 4.3M weights (one CPU thread; benchmarks/README.md).
-    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in trainable) or None
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay,
-                                  betas=(config.adam_beta1, config.adam_beta2), fused=fused)
+    optimizer = build_adamw(trainable, config.precision, lr=config.learning_rate, weight_decay=config.weight_decay,
+                            betas=(config.adam_beta1, config.adam_beta2))
     floor = config.min_lr_ratio if config.lr_schedule == "cosine" else 1.0  # 1.0: constant after warmup
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_multiplier(s, config.warmup_steps, config.max_steps, floor))
     return optimizer, scheduler
-
-
 
 
 def _rollout_ahead(config: GRPOConfig, policy, collect, on_exit: contextlib.ExitStack) -> RolloutAhead | None:
@@ -319,13 +313,17 @@ def _save_model(path: Path, model, tokenizer) -> None:
         save_final(path, model, tokenizer)
 
 
-def _load_policy(config: GRPOConfig):
-    """(policy, frozen reference copy or None, the model that samples). With LoRA the policy is a
-    PEFT model and there is no copy: the reference is the policy with its adapters off
-    (`_reference_logprobs`). With sharding=fsdp policy and reference are sharded and an unsharded
-    copy samples (r1lab.training.fsdp); otherwise the policy samples itself."""
-    policy = load_model(config.model, device=distributed.device(config.device), revision=config.revision,
-                        trust_remote_code=config.trust_remote_code, attn_implementation=config.attn_implementation)
+def load_policy(config: GRPOConfig):
+    """(policy, frozen reference or None, the model that samples). The policy in its precision's
+    weights dtype; the reference by grpo/reference.py: none at beta 0, none with LoRA (the policy
+    with its adapters off, `_reference_logprobs`), else in bf16 unless the run is fp32. With
+    sharding=fsdp policy and reference are sharded and an unsharded copy samples
+    (r1lab.training.fsdp); otherwise the policy samples itself."""
+    policy = load_model(config.model, weights_dtype(config.precision), device=distributed.device(config.device),
+                        revision=config.revision, trust_remote_code=config.trust_remote_code,
+                        attn_implementation=config.attn_implementation)
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(policy)
     if config.lora_r > 0:
         policy = apply_lora(policy, config.lora_r, config.lora_alpha, config.lora_dropout,
                             config.lora_target_modules, seed=config.seed)
@@ -358,18 +356,13 @@ def _update_settings(config: GRPOConfig) -> UpdateSettings:
         micro_batch_size=config.micro_batch_size, temperature=config.temperature, eps_low=config.eps_low,
         eps_high=config.eps_high, beta=config.beta, kl_estimator=config.kl_estimator,
         aggregation=config.loss_aggregation, max_len=config.max_new_tokens, max_grad_norm=config.max_grad_norm,
-        precision=config.precision, loss_type=config.loss_type, entropy_coef=config.entropy_coef,
+        precision=config.precision, max_tokens_per_micro_batch=config.max_tokens_per_micro_batch,
+        loss_type=config.loss_type, entropy_coef=config.entropy_coef,
         kl_cov_ratio=config.kl_cov_ratio if config.entropy_control == "kl_cov" else 0.0,
         kl_cov_coef=config.kl_cov_coef,
         importance_sampling=(config.vllm_importance_sampling if config.rollout_backend == "vllm"
                              else "tis" if config.max_off_policy_steps else None),
         importance_sampling_cap=config.vllm_importance_sampling_cap)
-
-
-
-
-
-
 
 
 def _resume(config, out, policy, reference, optimizer, scheduler, stream, fingerprint: dict) -> tuple[int, int]:

@@ -12,7 +12,7 @@ Both forwards here (the policy's, with gradients, and the frozen reference's) pa
 With sharding=fsdp the forwards are the model's own, FSDP sums the gradients in each backward,
 and every process runs as many forwards and backwards as the busiest (r1lab.training.fsdp).
 
-With `precision: bf16` both forwards run under bf16 autocast (r1lab.models.precision), and the old
+With `precision: bf16-mixed` or `bf16` both forwards run under bf16 autocast (r1lab.models.precision), and the old
 log-probs in the ratio are the training forward's own (not the sampler's): the first minibatch
 uses its current log-probs, detached, and the rows of later minibatches get one forward without
 gradients before the first optimiser step. The ratio is then exactly 1 until the weights change
@@ -60,7 +60,8 @@ class UpdateSettings:
     aggregation: str
     max_len: int
     max_grad_norm: float
-    precision: str = "fp32"  # fp32 | bf16 (r1lab.models.precision); bf16 takes old log-probs from the training forward
+    precision: str = "fp32"  # r1lab.models.precision; other than fp32: old log-probs from the training forward
+    max_tokens_per_micro_batch: int = 0  # > 0: micro-batches by a token budget (see `pack_by_length`)
     loss_type: str = "grpo"  # a key of grpo.losses.LOSS_TYPES
     entropy_coef: float = 0.0  # entropy bonus; 0: the entropy is only measured (no gradient)
     kl_cov_ratio: float = 0.0  # KL-Cov's share of tokens; 0 = off
@@ -90,14 +91,15 @@ def update_policy(policy, optimizer, rollout: Rollout, settings: UpdateSettings,
     # those of the training forward itself.
     fresh_old = settings.precision != "fp32" or settings.importance_sampling is not None
     rollout = _keep_sampler_logp(rollout, settings)
+    lengths = row_lengths(rollout)
     if fresh_old:
-        rollout = _training_old_logp(policy, rollout, _micro_batches(orders[0], settings, mine)[1:], settings)
+        rollout = _training_old_logp(policy, rollout, _micro_batches(orders[0], settings, mine, lengths)[1:], settings)
     mismatch_keys = MISMATCH_KEYS if settings.importance_sampling is not None else ()
     totals = dict.fromkeys(STAT_KEYS + mismatch_keys, 0.0)  # every process sums the same keys, even with no rows
     weight, diff_max = 0.0, 0.0
     grad_norms, losses = [], []
     for iteration, order in enumerate(orders):
-        for k, micro in enumerate(_micro_batches(order, settings, mine)):
+        for k, micro in enumerate(_micro_batches(order, settings, mine, lengths)):
             parts = [rollout.rows(idx.to(device)) for idx in micro]
             norm = _global_normalisers(parts, device)
             idle = _idle_calls(policy, len(parts), device)
@@ -175,9 +177,11 @@ def _global_normalisers(parts: list[Rollout], device) -> Normalisers:
     return Normalisers(counts[0], counts[1])
 
 
-def _micro_batches(order: torch.Tensor, settings: UpdateSettings, mine: range) -> list[tuple[torch.Tensor, ...]]:
+def _micro_batches(order: torch.Tensor, settings: UpdateSettings, mine: range,
+                   lengths: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
     """This process's row indices (local to its share `mine` of the global rows) of each
     minibatch's micro-batches, for one pass in `order` [N global rows]; a share may be empty.
+    `lengths` [local rows]: each row's tokens (`row_lengths`), for a token budget.
 
     Rows in prompt order: a micro-batch then holds whole groups, whose shared prompt the forward
     runs once (sequence_logprobs' prompt_len). Order within a minibatch doesn't change its
@@ -187,8 +191,40 @@ def _micro_batches(order: torch.Tensor, settings: UpdateSettings, mine: range) -
     for minibatch in order.chunk(settings.minibatches):
         minibatch = minibatch.sort().values
         local = minibatch[(minibatch >= mine.start) & (minibatch < mine.stop)] - mine.start
-        batches.append(tuple(idx for idx in local.split(settings.micro_batch_size) if len(idx)))
+        if settings.max_tokens_per_micro_batch:
+            parts = pack_by_length(lengths[local], settings.max_tokens_per_micro_batch)
+            batches.append(tuple(local[part] for part in parts))
+        else:
+            batches.append(tuple(idx for idx in local.split(settings.micro_batch_size) if len(idx)))
     return batches
+
+
+def pack_by_length(lengths: torch.Tensor, budget: int) -> list[torch.Tensor]:
+    """Positions of `lengths` [n] grouped into micro-batches of similar length whose padded size
+    (rows x longest row) stays within `budget` tokens (a longer row goes alone). Rows are taken
+    shortest first; each part's positions are ascending (prompt order within the part).
+
+    >>> [p.tolist() for p in pack_by_length(torch.tensor([5, 2, 9, 3]), 10)]
+    [[1, 3], [0], [2]]
+    """
+    parts, current, longest = [], [], 0
+    for i in lengths.argsort(stable=True).tolist():
+        length = int(lengths[i])
+        if current and (len(current) + 1) * max(longest, length) > budget:
+            parts.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, length)
+    if current:
+        parts.append(current)
+    return [torch.tensor(sorted(part), dtype=torch.long) for part in parts]
+
+
+def row_lengths(rollout: Rollout) -> torch.Tensor:
+    """Each row's tokens up to its last real one (prompt columns included). [N] long"""
+    real = rollout.attention_mask.bool()
+    last = real.shape[1] - real.long().flip(1).argmax(dim=1)  # one past the last real column
+    return torch.where(real.any(dim=1), last, torch.zeros_like(last)).cpu()
 
 
 def _logprobs(policy, part: Rollout, settings: UpdateSettings) -> torch.Tensor:

@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 
 from r1lab.micro import general as micro_general
-from r1lab.evaluation.evaluate import EvalConfig, sample_rows
+from r1lab.evaluation.evaluate import EvalConfig, load_for_eval, sample_rows
 from r1lab.files import write_json, write_jsonl
 from r1lab.evaluation.scoring import mean
 
@@ -74,9 +74,7 @@ def summarize(records: list[dict]) -> dict:
 
 
 def main(config: EvalConfig, num_general: int = 100) -> dict:
-    from r1lab.models.loading import load_model_and_tokenizer
-
-    model, tokenizer = load_model_and_tokenizer(config.model)
+    model, tokenizer = load_for_eval(config)
     rows = requests(num_general, config.seed)
     # a general reply has no <answer> block: stop at the summary's end instead
     config = dataclasses.replace(config, stop=("</summary>", "</answer>"))

@@ -24,7 +24,7 @@ Its outputs equal the model's own forward up to float rounding: tests/test_sampl
 greedy tokens against transformers' generate, and log-probs and gradients against the model's
 forward within 1e-5, for Qwen2, Qwen3 and Llama with grouped-query attention. Anything it doesn't
 know (sliding windows, logit soft-capping, mixture-of-experts layers, other architectures, dynamic
-RoPE, attention dropout, non-float32 weights, adapters other than plain LoRA, hooks) makes
+RoPE, attention dropout, weights neither all float32 nor all bf16, adapters other than plain LoRA, hooks) makes
 `supports` false and logs one line saying why; callers then use the model's own forward.
 tests/test_architectures.py runs every common architecture through both paths.
 A LeanModel holds the weights as they were when it was built: build a new one after they change.
@@ -46,8 +46,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.distributed.fsdp import FSDPModule
+from torch.utils.checkpoint import checkpoint
 
 from r1lab.models.conventions import LOGIT_POSTPROCESSING, position_ids
+from r1lab.models.attention import attention, attention_bias
 from r1lab.models.kv_cache import GrowingCache, KVCache, SharedPrefix
 from r1lab.models.lora import is_lora
 from r1lab.models.precision import float32_head
@@ -61,8 +63,8 @@ _STATIC_ROPE = ("default", "linear", "llama3", "yarn")
 
 
 def supports(model) -> bool:
-    """Whether LeanModel reproduces `model`'s forward: a float32 Qwen2/Qwen3/Llama/Mistral causal
-    LM of the plain structure (see `unsupported_reason`). When it doesn't, one line per
+    """Whether LeanModel reproduces `model`'s forward: a float32 (or all-bf16) Qwen2/Qwen3/Llama/Mistral
+    causal LM of the plain structure (see `unsupported_reason`). When it doesn't, one line per
     architecture and reason is logged (logger "r1lab.models.fast_decoder"), and callers use the model's own forward.
 
     A PEFT LoRA model counts only while gradients are off (see the module doc)."""
@@ -108,9 +110,9 @@ def _structure_reason(model, config) -> str | None:
         return "attention dropout"
     if getattr(base.rotary_emb, "rope_type", None) not in _STATIC_ROPE:
         return f"RoPE type {base.rotary_emb.rope_type}"
-    dtypes = {p.dtype for p in model.parameters()} - {torch.float32}
-    if dtypes:
-        return f"{sorted(map(str, dtypes))[0]} weights (the fast path runs float32 weights)"
+    dtypes = {p.dtype for p in model.parameters()}
+    if dtypes not in ({torch.float32}, {torch.bfloat16}):
+        return f"weights in {', '.join(sorted(map(str, dtypes)))} (the fast path runs all-float32 or all-bf16 weights)"
     if model._forward_hooks or model._forward_pre_hooks or base._forward_hooks or base._forward_pre_hooks:
         return "forward hooks on the model"
     qk_norm = _ARCHITECTURES[config.model_type]
@@ -200,6 +202,8 @@ class LeanModel:
         self.head = _Linear(head.weight, head.bias, packed)
         self.layers = [_read_layer(layer, packed, dtype) for layer in base.layers]
         self.rotary = base.rotary_emb
+        # the model's own gradient checkpointing setting (r1lab.training.loop.enable_gradient_checkpointing)
+        self.checkpointing = bool(getattr(base, "gradient_checkpointing", False)) and model.training
         self._cos = self._sin = torch.empty(0, self.head_dim, dtype=self.embed.dtype, device=self.embed.device)
 
     @staticmethod
@@ -244,31 +248,41 @@ class LeanModel:
     def _decoder(self, input_ids: Tensor, positions: Tensor, key_mask: Tensor, cache) -> Tensor:
         """The decoder layers on input_ids [B, S] after the cache's `length` positions: [B, S, hidden]
         before the final norm. A padding query attends to itself only, so no softmax row is empty."""
-        B, S = input_ids.shape
-        start, end = cache.length, cache.length + S
-        H, K, D = self.heads, self.kv_heads, self.head_dim
+        start, end = cache.length, cache.length + input_ids.shape[1]
         if self._cos.shape[0] < end:
             self._rope_tables(end)
         cos, sin = self._cos[positions][:, :, None], self._sin[positions][:, :, None]  # [B, S, 1, D]
-        bias = _attention_bias(key_mask[:, :end], start, self.embed.dtype)  # [B, 1, S, end]
+        bias = attention_bias(key_mask[:, :end], start, self.embed.dtype)  # [B, 1, S, end]
         x = F.embedding(input_ids, self.embed)  # [B, S, hidden]
-        hidden = x.shape[-1:]
-        for i, layer in enumerate(self.layers):
-            h = F.rms_norm(x, hidden, layer.norm_in, self.eps)
-            qkv = layer.qkv(h).view(B, S, H + 2 * K, D)
-            qk = qkv[:, :, :H + K]
-            if layer.q_norm is not None:
-                qk = torch.cat([F.rms_norm(qk[:, :, :H], (D,), layer.q_norm, self.eps),
-                                F.rms_norm(qk[:, :, H:], (D,), layer.k_norm, self.eps)], dim=2)
-            qk = qk * cos + _rotate_half(qk) * sin
-            keys, values = cache.update(i, qk[:, :, H:].transpose(1, 2), qkv[:, :, H + K:].transpose(1, 2))
-            prefix = None if cache.prefix is None else (cache.prefix, i)
-            out = _attend(qk[:, :, :H].transpose(1, 2), keys, values, bias, prefix)  # [B, H, S, D]
-            x = x + layer.o(out.transpose(1, 2).reshape(B, S, H * D))
-            h = F.rms_norm(x, hidden, layer.norm_post, self.eps)
-            x = x + layer.down(_swiglu(layer.gate_up(h)))
+        recompute = self.checkpointing and torch.is_grad_enabled()
+        prefix = cache.prefix  # as it is now: a layer recomputed in the backward must see the same
+        for i in range(len(self.layers)):
+            if recompute:  # keep only each layer's input for the backward; run the layer again there
+                x = checkpoint(self._layer, i, x, cos, sin, bias, cache, prefix, use_reentrant=False)
+            else:
+                x = self._layer(i, x, cos, sin, bias, cache, prefix)
         cache.length = end
         return x
+
+    def _layer(self, i: int, x: Tensor, cos: Tensor, sin: Tensor, bias: Tensor, cache,
+               prefix: SharedPrefix | None) -> Tensor:
+        """Decoder layer i on x [B, S, hidden] (see `_decoder`); `prefix`: the cache's shared one."""
+        B, S, hidden = x.shape
+        H, K, D = self.heads, self.kv_heads, self.head_dim
+        layer = self.layers[i]
+        h = F.rms_norm(x, (hidden,), layer.norm_in, self.eps)
+        qkv = layer.qkv(h).view(B, S, H + 2 * K, D)
+        qk = qkv[:, :, :H + K]
+        if layer.q_norm is not None:
+            qk = torch.cat([F.rms_norm(qk[:, :, :H], (D,), layer.q_norm, self.eps),
+                            F.rms_norm(qk[:, :, H:], (D,), layer.k_norm, self.eps)], dim=2)
+        qk = qk * cos + _rotate_half(qk) * sin
+        keys, values = cache.update(i, qk[:, :, H:].transpose(1, 2), qkv[:, :, H + K:].transpose(1, 2))
+        shared = None if prefix is None else (prefix, i)
+        out = attention(qk[:, :, :H].transpose(1, 2), keys, values, bias, shared)  # [B, H, S, D]
+        x = x + layer.o(out.transpose(1, 2).reshape(B, S, H * D))
+        h = F.rms_norm(x, (hidden,), layer.norm_post, self.eps)
+        return x + layer.down(_swiglu(layer.gate_up(h)))
 
     def _rope_tables(self, capacity: int) -> None:
         """cos/sin [capacity, D] for positions 0..capacity-1, from the model's rotary module."""
@@ -386,80 +400,3 @@ def _swiglu(gate_up: Tensor) -> Tensor:
 def _rotate_half(x: Tensor) -> Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def _attention_bias(key_mask: Tensor, start: int, dtype: torch.dtype) -> Tensor:
-    """Additive attention bias [B, 1, S, T] for queries at cache positions start..T-1: 0 where
-    the key is a real token at or before the query (or is the query itself), -inf elsewhere."""
-    T = key_mask.shape[1]
-    real = key_mask.bool()[:, None, None, :]  # [B, 1, 1, T]
-    if T - start == 1:  # one new token: every real key is at or before it, and it is real itself
-        allowed = real
-    else:
-        query = torch.arange(start, T, device=key_mask.device)[:, None]  # [S, 1]
-        key = torch.arange(T, device=key_mask.device)[None]  # [1, T]
-        allowed = (real & (key <= query)) | (key == query)
-    zero = torch.zeros((), dtype=dtype, device=key_mask.device)
-    return torch.where(allowed, zero, torch.tensor(float("-inf"), dtype=dtype, device=key_mask.device))
-
-
-def _attend(q: Tensor, keys: Tensor, values: Tensor, bias: Tensor, prefix: tuple[SharedPrefix, int] | None = None) -> Tensor:
-    """Softmax attention with grouped-query heads. q [B, H, S, D], keys/values [B, K, T, D],
-    bias [B, 1, S, Tp + T] -> [B, H, S, D]. Query head h reads key head h // (H/K), as in
-    transformers. `prefix` (a KVCache's shared prefix and the layer): Tp keys before the rows' own.
-
-    One query per row (a decode step) is B*H matrix-vector products: as batched matmuls that was
-    ~2.4 ms of a 7 ms decode step (32 rows x 4 layers, ~50 keys), mostly per-product call overhead;
-    as broadcast multiply-and-sum it was ~0.4 ms less, so decode steps take that form (measured
-    again with torch 2.13: batched matmuls 6-10% slower per generate call).
-    """
-    B, H, S, D = q.shape
-    K = keys.shape[1]
-    g = H // K
-    q = (q * D ** -0.5).reshape(B, K, g * S, D)
-    if S == 1:
-        scores = (keys[:, :, None] * q[:, :, :, None]).sum(-1)  # [B, K, g, T]
-    else:
-        scores = torch.matmul(q, keys.transpose(-1, -2))  # [B, K, g*S, T]
-    if prefix is not None:
-        shared = _per_prompt(q, prefix, prefix[0].keys[prefix[1]])
-        T = shared.shape[-1] + scores.shape[-1]
-        scores = torch.cat([shared, _by_rows(scores, shared)], dim=-1).view(B, K, g * S, T)
-    T = scores.shape[-1]
-    probs = (scores.view(B, K, g, S, T) + bias[:, :, None]).softmax(dim=-1).view(B, K, g * S, T)
-    tp = 0 if prefix is None else T - keys.shape[2]
-    own = probs[..., tp:]
-    if S == 1:
-        out = (own[..., None] * values[:, :, None]).sum(-2)  # [B, K, g, D]
-    else:
-        out = torch.matmul(own, values)
-    if prefix is not None:
-        shared = _per_prompt(probs[..., :tp], prefix, prefix[0].values[prefix[1]])
-        out = (_by_rows(out, shared) + shared).reshape(B, K, g * S, D)
-    return out.view(B, H, S, D)
-
-
-def _per_prompt(x: Tensor, prefix: tuple[SharedPrefix, int], other: Tensor) -> Tensor:
-    """x [B, K, M, N] @ other[owner] [P, K, N, O] without gathering `other` per row: each prompt's
-    rows are stacked (zero-padded to per_prompt) and multiplied once, in other's dtype.
-
-    Returns [R, r, K, M, O] with R * r = B, the rows in order: [P, per_prompt, ...] (a strided view,
-    no copy back) when the rows are dense, else [B, 1, ...]; `_by_rows` views a [B, ...] tensor alike.
-    """
-    shared = prefix[0]
-    B, K, M, N = x.shape
-    P, n = other.shape[0], shared.per_prompt
-    if shared.dense:  # the rows are already stacked by prompt: one copy (and cast) into place
-        stacked = x.new_empty((P, K, n, M, N), dtype=other.dtype)
-        stacked.copy_(x.view(P, n, K, M, N).transpose(1, 2))
-        out = torch.matmul(stacked.view(P, K, n * M, N), other)  # [P, K, n*M, O]
-        return out.view(P, K, n, M, other.shape[-1]).transpose(1, 2)
-    stacked = x.new_zeros((P, n, K, M, N), dtype=other.dtype)
-    stacked[shared.owner, shared.slot] = x.to(other.dtype)
-    out = torch.matmul(stacked.transpose(1, 2).reshape(P, K, n * M, N), other)  # [P, K, n*M, O]
-    return out.view(P, K, n, M, other.shape[-1]).transpose(1, 2)[shared.owner, shared.slot][:, None]
-
-
-def _by_rows(x: Tensor, like: Tensor) -> Tensor:
-    """x [B, ...] viewed as [R, r, ...], the two leading dimensions of `like` (from _per_prompt)."""
-    return x.view(*like.shape[:2], *x.shape[1:])

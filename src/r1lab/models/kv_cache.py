@@ -43,11 +43,22 @@ class KVCache:
         ones [B, K, T, D] (all of them, or those after the shared prefix)."""
         end = self.length + keys.shape[2]
         if end > self.capacity:
-            raise RuntimeError(f"KV cache overflow: {end} > {self.capacity} positions")
+            self._grow(max(end, 2 * self.capacity))
         lo, hi = self.length - self.prefix_len, end - self.prefix_len
         self.keys[layer][:, :, lo:hi] = keys
         self.values[layer][:, :, lo:hi] = values
         return self.keys[layer][:, :, :hi], self.values[layer][:, :, :hi]
+
+    def _grow(self, capacity: int) -> None:
+        """Room for `capacity` positions, the filled ones copied over (a sampler starts with room
+        for what a sequence usually needs, not for the longest it may get)."""
+        filled = self.length - self.prefix_len
+        for buffers in (self.keys, self.values):
+            for i, buffer in enumerate(buffers):
+                out = buffer.new_empty(*buffer.shape[:2], capacity - self.prefix_len, buffer.shape[3])
+                out[:, :, :filled] = buffer[:, :, :filled]
+                buffers[i] = out
+        self.capacity = capacity
 
     def select(self, rows: Tensor) -> None:
         """Keep (or repeat) batch rows `rows`, copying only the filled positions."""
@@ -103,8 +114,8 @@ class GrowingCache:
         self.keys, self.values = [None] * len(self.keys), [None] * len(self.values)
 
     def update(self, layer: int, keys: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
-        if self.keys[layer] is not None:
-            keys, values = torch.cat([self.keys[layer], keys], dim=2), torch.cat([self.values[layer], values], dim=2)
+        """Hold one pass's keys and values (a pass's own keys are all it reads after share_prefix).
+        Idempotent, so a checkpointed layer recomputed in the backward may call it again."""
         self.keys[layer], self.values[layer] = keys, values
         return keys, values
 

@@ -18,11 +18,22 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 from torch.distributed.fsdp import FSDPModule
+from torch.utils.checkpoint import checkpoint
 from transformers import PreTrainedModel
 
 from r1lab.models import fast_decoder
 from r1lab.models.conventions import LOGIT_POSTPROCESSING, position_ids
 from r1lab.models.precision import float32_head
+
+# Log-prob chunks: at most this many float32 logits at once (128 MB: 220 rows of a 151,936-token
+# vocabulary), and recomputed in the backward from this many logits per forward (64 MB).
+LOGIT_CHUNK_ELEMENTS = 1 << 25
+LOGIT_RECOMPUTE_MIN = 1 << 24
+
+# Log-prob chunks: at most this many float32 logits at once (128 MB: 220 rows of a 151,936-token
+# vocabulary), and recomputed in the backward from this many logits per forward (64 MB).
+LOGIT_CHUNK_ELEMENTS = 1 << 25
+LOGIT_RECOMPUTE_MIN = 1 << 24
 
 
 def gather_logprobs(logits: Tensor, tokens: Tensor) -> Tensor:
@@ -118,23 +129,42 @@ def _shared_prompt_logprobs(model, input_ids: Tensor, attention_mask: Tensor, pr
 
 def _chunked_logprobs(features: Tensor, targets: Tensor, head: nn.Module | None, scale: float,
                       chunk_size: int, entropy: _EntropyMode = _EntropyMode()) -> tuple[Tensor, Tensor | None]:
-    """log_softmax(head(features) / scale)[target], `chunk_size` rows of logits at a time, and the
-    entropy of each row's distribution if `entropy.wanted` (else None): no [B*T, V] tensor exists.
-    features [B, T, H] (or logits [B, T, V] when head is None), targets [B, T] -> [B, T] float32 (x2)."""
+    """log_softmax(head(features) / scale)[target], up to `chunk_size` rows of logits at a time, and
+    the entropy of each row's distribution if `entropy.wanted` (else None): no [B*T, V] tensor exists.
+    features [B, T, H] (or logits [B, T, V] when head is None), targets [B, T] -> [B, T] float32 (x2).
+
+    With a large vocabulary a chunk has fewer rows (its float32 logits stay under
+    LOGIT_CHUNK_ELEMENTS), and under autograd each chunk's logits are recomputed in the backward
+    instead of kept (torch.utils.checkpoint): the backward then holds one chunk's [rows, V] at a
+    time, not every chunk's. Small heads (the micro models) keep theirs: recomputing costs time
+    and saves nothing that matters."""
     B, T = targets.shape
     flat, targets = features.reshape(B * T, -1), targets.reshape(-1)
+    rows = flat.shape[0]
+    vocab = head.weight.shape[0] if head is not None else flat.shape[-1]
+    chunk_size = max(1, min(chunk_size, LOGIT_CHUNK_ELEMENTS // vocab))
+    recompute = head is not None and torch.is_grad_enabled() and rows * vocab >= LOGIT_RECOMPUTE_MIN
     pieces, entropies = [], []
-    for s in range(0, flat.shape[0], chunk_size):
-        logits = flat[s:s + chunk_size]
-        logits = (float32_head(head, logits) if head is not None else logits).float()
-        logits = logits / scale if scale != 1.0 else logits
-        pieces.append(gather_logprobs(logits, targets[s:s + chunk_size]))
-        if entropy.wanted:
-            with torch.set_grad_enabled(entropy.grad and torch.is_grad_enabled()):
-                entropies.append(token_entropy(logits))
+    for s in range(0, rows, chunk_size):
+        args = (flat[s:s + chunk_size], targets[s:s + chunk_size], head, scale, entropy)
+        logp, ent = checkpoint(_token_logprobs, *args, use_reentrant=False) if recompute else _token_logprobs(*args)
+        pieces.append(logp)
+        entropies.append(ent)
     empty = flat.new_zeros(B, T, dtype=torch.float32)
     logps = torch.cat(pieces).reshape(B, T) if pieces else empty
     return logps, (torch.cat(entropies).reshape(B, T) if entropies else empty) if entropy.wanted else None
+
+
+def _token_logprobs(features: Tensor, targets: Tensor, head: nn.Module | None, scale: float,
+                    entropy: _EntropyMode) -> tuple[Tensor, Tensor | None]:
+    """log_softmax(head(features) / scale)[target] of one chunk, and its rows' entropies if
+    `entropy.wanted`: [n, H] (or logits [n, V]), [n] -> [n], [n] or None."""
+    logits = (float32_head(head, features) if head is not None else features).float()
+    logits = logits / scale if scale != 1.0 else logits
+    if not entropy.wanted:
+        return gather_logprobs(logits, targets), None
+    # without an entropy bonus the entropy is only measured: no graph (none recomputed either)
+    return gather_logprobs(logits, targets), token_entropy(logits if entropy.grad else logits.detach())
 
 
 def token_entropy(logits: Tensor) -> Tensor:
@@ -146,6 +176,7 @@ def token_entropy(logits: Tensor) -> Tensor:
     probs = torch.exp(logits - lse)
     weighted = torch.where(probs > 0, probs * logits, torch.zeros_like(probs))
     return lse.squeeze(-1) - weighted.sum(-1)
+
 
 def _hidden_and_head(model, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, nn.Module | None]:
     """(last hidden states [B, L, H], output projection), or (logits [B, L, V], None) for models

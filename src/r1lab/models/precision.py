@@ -1,12 +1,23 @@
-"""Mixed precision for GRPO: bf16 matrix multiplies with float32 weights, optimiser and log-probs.
+"""Training precision: `precision: fp32 | bf16-mixed | bf16` for every stage that runs a model.
 
-    check_supported("bf16", device)            # R1labError where bf16 would be emulated (slow)
-    with autocast("bf16", device):              # nullcontext for "fp32"
+    check_supported("bf16-mixed", device)      # R1labError where bf16 would be emulated (slow)
+    model = load_model(path, weights_dtype(precision))
+    optimizer = build_adamw(groups, precision, lr=1e-5)   # r1lab.training.optim
+    with autocast("bf16-mixed", device):       # nullcontext for "fp32"
         logp = sequence_logprobs(policy, ...)   # matmuls in bf16, log-probs float32
 
-Why autocast and not a bf16 model: the weights, gradients and AdamW state stay float32 (a bf16
-weight can't take a 1e-6 * 1e-2 update), the residual stream and norms stay float32, and only
-the matrix multiplies read bf16 copies. r1lab.sampling.generate and r1lab.models.fast_decoder follow the caller's autocast
+- fp32: float32 weights, gradients, AdamW state and compute (4 + 4 + 8 bytes per parameter).
+- bf16-mixed: float32 weights and AdamW state, bf16 matrix multiplies under autocast; the
+  residual stream and norms stay float32. The default choice on a bf16 GPU.
+- bf16: bf16 weights, gradients and AdamW state (2 + 2 + 4 bytes per parameter), for memory.
+  A bf16 weight near 1 has a spacing of 2^-8, so a plain AdamW update of 1e-6 rounds back to
+  the old weight and training stalls; `BF16AdamW` rounds its float32 result stochastically
+  (up with probability equal to the remainder's share of the spacing), so every update moves
+  the weights in expectation (tests/test_bf16.py: lr 1e-6 moves them, torch's AdamW not).
+- The frozen GRPO reference takes no gradient: `reference_dtype` holds it in bf16 unless the
+  run is fp32.
+
+r1lab.sampling.generate and r1lab.models.fast_decoder follow the caller's autocast
 state: the sampler packs bf16 copies of the weights once per rollout (after every update), and the
 output projection always runs in float32, so log-probs come from float32 logits.
 
@@ -24,7 +35,7 @@ import torch
 
 from r1lab.errors import R1labError
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16-mixed", "bf16")
 # CPU flags of native bf16 dot products: without them oneDNN emulates bf16 with float32
 # instructions plus conversions, so it can't beat fp32.
 _BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -34,7 +45,7 @@ def autocast(precision: str, device: torch.device | str):
     """The context that runs `precision`'s matmuls on `device`: bf16 autocast, or nothing for fp32."""
     if precision == "fp32":
         return contextlib.nullcontext()
-    if precision == "bf16":
+    if precision in ("bf16-mixed", "bf16"):  # bf16 weights too: softmax and norms run in float32
         return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
     raise ValueError(f"unknown precision '{precision}' (precisions: {', '.join(PRECISIONS)})")
 
@@ -57,7 +68,8 @@ def check_supported(precision: str, device: torch.device | str) -> None:
     else:
         ok = True  # other accelerators: trust torch.autocast to say if it can't
     if not ok:
-        raise R1labError(f"precision: bf16 is not supported natively on this {device.type}; use precision=fp32")
+        raise R1labError(f"precision: {precision} is not supported natively on this {device.type} (no bf16 "
+                         f"instructions); use precision=fp32")
 
 
 def _cpu_has_bf16() -> bool:
@@ -66,6 +78,17 @@ def _cpu_has_bf16() -> bool:
         flags = {f for line in cpuinfo.read_text().splitlines() if line.startswith("flags") for f in line.split()}
         return any(f in flags for f in _BF16_CPU_FLAGS)
     return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def weights_dtype(precision: str) -> str:
+    """The dtype name (r1lab.models.loading.DTYPES) the trained model's weights are held in."""
+    return "bfloat16" if precision == "bf16" else "float32"
+
+
+def reference_dtype(precision: str) -> str:
+    """The dtype name of a frozen model that only runs forwards (the GRPO reference): float32
+    for fp32 runs, else bf16 (half the bytes; under autocast its matmuls read bf16 anyway)."""
+    return "float32" if precision == "fp32" else "bfloat16"
 
 
 def float32_head(head, features: Tensor) -> Tensor:

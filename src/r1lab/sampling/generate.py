@@ -50,6 +50,10 @@ DROP_FRACTION = 0.25
 # tokens, 1 thread): 95-token prompts 15-18% faster, 16-token prompts 4% slower (the per-step
 # stacking costs more than the short prefix saves); the crossover, interpolated, is ~28 tokens.
 SHARE_PREFIX_MIN = 32
+# New tokens the decode cache has room for at first (a model's own cache grows as it likes). A
+# long max_new_tokens (32k for a reasoning model) would otherwise reserve keys and values for the
+# longest sequence allowed, most of it never written when samples stop early.
+INITIAL_NEW_TOKENS = 1024
 DEFAULT_BATCH_SIZE = 256  # sequences decoded together; more rows per step amortise per-step overhead
 
 
@@ -171,7 +175,8 @@ class _Decoder:
         input_ids, mask = _left_pad(prompts, self.pad_id, self.device)
         positions = position_ids(mask)
         width = input_ids.shape[1]
-        stepper = self._stepper(len(prompts), capacity=width + self.params.max_new_tokens)
+        # Room for INITIAL_NEW_TOKENS new tokens; the cache grows (doubling) if rows run longer.
+        stepper = self._stepper(len(prompts), capacity=width + min(self.params.max_new_tokens, INITIAL_NEW_TOKENS))
         logits = stepper.forward(input_ids, mask, positions)
         if self.n > 1:  # prefill once; each prompt's n samples continue its cache
             expand = torch.arange(len(prompts), device=self.device).repeat_interleave(self.n)
@@ -396,8 +401,10 @@ class _BufferedLayer(DynamicLayer):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         end = self.length + key_states.shape[-2]
-        if end > self.capacity:
-            raise RuntimeError(f"KV buffer overflow: {end} > {self.capacity} positions")
+        if end > self.capacity:  # rows ran longer than the room made at first: double it
+            self.capacity = max(end, 2 * self.capacity)
+            self.key_buffer = _regrown(self.key_buffer, self.capacity, self.length)
+            self.value_buffer = _regrown(self.value_buffer, self.capacity, self.length)
         self.key_buffer[:, :, self.length:end] = key_states
         self.value_buffer[:, :, self.length:end] = value_states
         self.length = end
@@ -413,6 +420,13 @@ class _BufferedLayer(DynamicLayer):
             self.key_buffer = _select_rows(self.key_buffer, beam_idx, self.length)
             self.value_buffer = _select_rows(self.value_buffer, beam_idx, self.length)
             self.keys, self.values = self.key_buffer[:, :, :self.length], self.value_buffer[:, :, :self.length]
+
+
+def _regrown(buffer: Tensor, capacity: int, length: int) -> Tensor:
+    """buffer [B, H, C, D] copied into a [B, H, capacity, D] one, its first `length` positions."""
+    out = buffer.new_empty(*buffer.shape[:2], capacity, buffer.shape[3])
+    out[:, :, :length] = buffer[:, :, :length]
+    return out
 
 
 def _select_rows(buffer: Tensor, rows: Tensor, length: int) -> Tensor:

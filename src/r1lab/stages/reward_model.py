@@ -51,6 +51,7 @@ from r1lab.training.sft_data import bos_to_add, split_examples  # bos_to_add: Ll
 from r1lab.errors import R1labError
 from r1lab.files import append_jsonl, read_rows, require_columns, write_jsonl
 from r1lab.models.loading import DTYPES, load_tokenizer
+from r1lab.models.precision import PRECISIONS, autocast, check_supported, weights_dtype
 from r1lab.rewards.columns import completion_text
 from r1lab.training.loop import TrainSettings, build_optimizer, lr_multiplier
 from r1lab.templates import TEMPLATES, render_prompt
@@ -298,6 +299,7 @@ class RewardModelConfig:
     device: str = "auto"
     threads: int = 0
     distributed_timeout_s: float = DEFAULT_TIMEOUT_S  # under torchrun: a collective waiting longer ends the run
+    precision: str = "fp32"  # fp32 | bf16-mixed | bf16 (r1lab.models.precision)
 
     def __post_init__(self) -> None:
         check_range(self, 0, None, "learning_rate", "distributed_timeout_s", open_low=True)
@@ -305,6 +307,7 @@ class RewardModelConfig:
         check_range(self, 0, 1, "min_lr_ratio")
         check_choices("template", self.template, TEMPLATES)
         check_choices("dtype", self.dtype, DTYPES)
+        check_choices("precision", self.precision, PRECISIONS)
         if not 0 <= self.eval_fraction < 1:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         for name in ("batch_size", "log_every", "num_synthetic"):
@@ -317,7 +320,8 @@ class RewardModelConfig:
 
     def optimizer_settings(self) -> TrainSettings:
         return TrainSettings(learning_rate=self.learning_rate, weight_decay=self.weight_decay,
-                             warmup_steps=self.warmup_steps, min_lr_ratio=self.min_lr_ratio, seed=self.seed)
+                             warmup_steps=self.warmup_steps, min_lr_ratio=self.min_lr_ratio, seed=self.seed,
+                             precision=self.precision)
 
 
 @distributed.launched  # under torchrun: one process of N (a no-op otherwise)
@@ -329,7 +333,10 @@ def main(config: RewardModelConfig) -> dict:
     eval_rows = read_rows(config.eval_data) if config.eval_data else None
     tokenizer = load_tokenizer(config.model)
     torch.manual_seed(config.seed)  # the fresh scalar head: the same on every process, and run to run
-    model = load_reward_model(config.model, tokenizer, config.dtype, distributed.device(config.device))
+    device = distributed.device(config.device)
+    check_supported(config.precision, device)
+    dtype = weights_dtype(config.precision) if config.dtype == "float32" else config.dtype
+    model = load_reward_model(config.model, tokenizer, dtype, device)
 
     def examples(rows, source):
         return build_examples(rows, config.kind, tokenizer, config.template, config.max_length, source)
@@ -387,7 +394,8 @@ def train_reward_model(model, tokenizer, train_set: list[RMExample], eval_set: l
     last_eval: dict[str, float] = {}
     for step, batch in enumerate(_batches(train_set, config.batch_size, config.seed, total), start=1):
         lr = scheduler.get_last_lr()[0]
-        loss, accuracy = _step_loss(trainee, batch, config.kind, pad_id)
+        with autocast(config.precision, next(model.parameters()).device):
+            loss, accuracy = _step_loss(trainee, batch, config.kind, pad_id)
         limit = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), limit)
         optimizer.step()

@@ -33,6 +33,7 @@ import torch
 from r1lab.errors import R1labError
 from r1lab.models.loading import DTYPES, load_model_and_tokenizer
 from r1lab.models.lora import TARGET_MODULES, apply_lora, check_lora_settings, is_lora, save_merged
+from r1lab.models.precision import weights_dtype
 from r1lab.problem_formats import read_problem_rows
 from r1lab.recipe import check_choices, check_range, save_config
 from r1lab.templates import TEMPLATES
@@ -111,7 +112,8 @@ def main(config: SFTConfig) -> dict:
     train_rows = read_problem_rows(config.train_data, "train", config.data_subset)
     eval_rows = read_problem_rows(config.eval_data, "test", config.data_subset) if config.eval_data else None
     check_trackers(config.report_to)
-    model, tokenizer = load_model_and_tokenizer(config.model, config.dtype, distributed.device(config.device),
+    dtype = weights_dtype(config.precision) if config.dtype == "float32" else config.dtype
+    model, tokenizer = load_model_and_tokenizer(config.model, dtype, distributed.device(config.device),
                                                 revision=config.revision, trust_remote_code=config.trust_remote_code,
                                                 attn_implementation=config.attn_implementation)
     if config.gradient_checkpointing:

@@ -7,8 +7,10 @@ What is sharded: `shard` calls ``torch.distributed.fsdp.fully_shard`` on each de
 on the whole model (the embeddings, final norm and output head). Every process then holds 1/N of
 the float32 weights, of their gradients and of the AdamW state; a layer's weights are gathered
 for its forward and backward and freed after. The frozen reference model is sharded the same
-way. With ``precision=bf16`` the layers gather bf16 copies and reduce gradients in float32
-(MixedPrecisionPolicy; the root stays float32, so logits and log-probs come from float32 weights).
+way. With ``precision=bf16-mixed`` the layers gather bf16 copies of the float32 shards and reduce
+gradients in float32 (MixedPrecisionPolicy; the root stays float32, so logits and log-probs come
+from float32 weights); with ``precision=bf16`` the shards themselves are bf16 and only the
+gradient reduction runs in float32.
 ``fsdp_cpu_offload=true`` keeps the shards and AdamW state in CPU memory (CPUOffloadPolicy).
 
 What is not: sampling. Decoding runs a forward per token, with a different number of steps on
@@ -47,8 +49,6 @@ from r1lab.errors import R1labError
 
 SHARDINGS = ("ddp", "fsdp")
 SHARDED_DIR = "sharded"  # a checkpoint's torch.distributed.checkpoint folder
-# Precisions whose layers compute in bf16 (F1's `bf16-mixed` joins here when it lands).
-_BF16_COMPUTE = ("bf16", "bf16-mixed")
 
 
 def ensure_process_group() -> None:
@@ -60,11 +60,15 @@ def ensure_process_group() -> None:
 
 
 def mixed_precision(precision: str) -> MixedPrecisionPolicy:
-    """The decoder layers' policy: bf16 gathers and compute with float32 gradient reduction and
-    float32 layer outputs (the residual stream between layers), or nothing for fp32."""
-    if precision in _BF16_COMPUTE:
+    """The decoder layers' policy (r1lab.models.precision). bf16-mixed: bf16 gathers and compute
+    with float32 gradient reduction and float32 layer outputs (the residual stream between layers).
+    bf16: the weights are bf16 already, as the unsharded model's layers are; gradients are summed
+    in float32. fp32: nothing."""
+    if precision == "bf16-mixed":
         return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
                                     output_dtype=torch.float32)
+    if precision == "bf16":
+        return MixedPrecisionPolicy(reduce_dtype=torch.float32)
     return MixedPrecisionPolicy()
 
 

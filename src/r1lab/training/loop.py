@@ -29,12 +29,14 @@ from tqdm import tqdm
 
 from r1lab.errors import R1labError
 from r1lab.files import append_jsonl, read_jsonl, write_jsonl
+from r1lab.models.precision import PRECISIONS, autocast, check_supported
 from r1lab.recipe import check_choices, check_range
 from r1lab.training import distributed, fsdp
 from r1lab.training.checkpoint import (CheckpointError, checkpoint_dir, prune_checkpoints, resume_latest,
                                        save_checkpoint, save_final, start_run)
 from r1lab.training.sft_data import IGNORE_INDEX, Example, batches, collate
 from r1lab.training.tracking import TRACKERS, Tracker
+from r1lab.training.optim import build_adamw
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,9 @@ class TrainSettings:
     sharding: str = "ddp"
     fsdp_cpu_offload: bool = False
     report_to: tuple[str, ...] = ()  # tensorboard | wandb | trackio, beside metrics.jsonl (r1lab.training.tracking)
+    # fp32 | bf16-mixed (bf16 autocast, float32 weights and AdamW) | bf16 (the model cast to bf16,
+    # BF16AdamW: bf16 state with stochastic rounding); see r1lab.models.precision
+    precision: str = "fp32"
 
     def __post_init__(self):
         check_range(self, 0, None, "learning_rate", open_low=True)
@@ -76,6 +81,7 @@ class TrainSettings:
         if self.fsdp_cpu_offload and self.sharding != "fsdp":
             raise ValueError("fsdp_cpu_offload=true needs sharding=fsdp")
         check_choices("report_to", self.report_to, TRACKERS)
+        check_choices("precision", self.precision, PRECISIONS)
 
 
 def lr_multiplier(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
@@ -97,8 +103,10 @@ def build_optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.op
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": settings.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.learning_rate,
-                             betas=(settings.adam_beta1, settings.adam_beta2))
+    groups = [g for g in groups if g["params"]]
+    if settings.precision == "bf16":
+        return build_adamw(groups, "bf16", lr=settings.learning_rate, betas=(settings.adam_beta1, settings.adam_beta2))
+    return torch.optim.AdamW(groups, lr=settings.learning_rate, betas=(settings.adam_beta1, settings.adam_beta2))
 
 
 def token_loss_sum(model, input_ids, attention_mask, labels) -> torch.Tensor:
@@ -115,7 +123,7 @@ def target_count(example: Example) -> int:
 
 
 @torch.no_grad()
-def eval_loss(model, examples: Sequence[Example], max_tokens: int, pad_id: int) -> float:
+def eval_loss(model, examples: Sequence[Example], max_tokens: int, pad_id: int, precision: str = "fp32") -> float:
     """Mean per-token loss over `examples` (every target token weighs the same).
 
     Under torchrun each process takes a share of the batches and the sums are added up.
@@ -128,7 +136,8 @@ def eval_loss(model, examples: Sequence[Example], max_tokens: int, pad_id: int) 
     idle = fsdp.pad_calls(len(mine), device) if fsdp.is_sharded(model) else 0  # before any forward
     for batch in mine:
         tensors = [t.to(device) for t in collate([examples[i] for i in batch], pad_id)]
-        total += token_loss_sum(model, *tensors).item()
+        with autocast(precision, device):
+            total += token_loss_sum(model, *tensors).item()
         count += sum(target_count(examples[i]) for i in batch)
     for _ in range(idle):  # a sharded forward gathers weights with every process: join the busier ones'
         fsdp.idle_forward(model, device)
@@ -138,7 +147,7 @@ def eval_loss(model, examples: Sequence[Example], max_tokens: int, pad_id: int) 
 
 
 def train_step(model, optimizer, scheduler, micro_batches: list[list[Example]], pad_id: int,
-               max_grad_norm: float) -> dict[str, float]:
+               max_grad_norm: float, precision: str = "fp32") -> dict[str, float]:
     """One optimizer step over `micro_batches` (gradient accumulation).
 
     Each micro-batch's summed loss is divided by the target tokens of the whole step, so the
@@ -160,7 +169,7 @@ def train_step(model, optimizer, scheduler, micro_batches: list[list[Example]], 
         # An empty share still runs a (zero-loss) pass: DDP needs every process in every backward.
         mine = distributed.shard(batch, rank, world) or [Example((pad_id, pad_id), (0, 0))]
         tensors = [t.to(device) for t in collate(mine, pad_id)]
-        with _no_sync(model, last=i == len(micro_batches) - 1):
+        with _no_sync(model, last=i == len(micro_batches) - 1), autocast(precision, device):
             loss = token_loss_sum(model, *tensors) / max(n_targets, 1)
             (loss * world if world > 1 and not sharded else loss).backward()
         total += loss.item()
@@ -194,8 +203,7 @@ def train(model, tokenizer, train_examples: Sequence[Example], eval_examples: Se
     started, pad_id = time.perf_counter(), _pad_id(tokenizer)
     total_steps = _total_steps(train_examples, settings)
     torch.manual_seed(settings.seed)
-    if settings.sharding == "fsdp":  # before the optimizer: it holds the sharded parameters
-        fsdp.shard(model, "fp32", settings.fsdp_cpu_offload)  # bf16 policy: when this loop gets `precision`
+    _place(model, settings)  # before the optimizer: it holds the (bf16, sharded) parameters
     optimizer = build_optimizer(model, settings)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(
         s, settings.warmup_steps, total_steps, settings.min_lr_ratio))
@@ -211,13 +219,14 @@ def train(model, tokenizer, train_examples: Sequence[Example], eval_examples: Se
     while state["step"] < total_steps:
         group = [next(stream) for _ in range(settings.grad_accum)]
         result = train_step(trainee, optimizer, scheduler, [[train_examples[i] for i in g.indices] for g in group],
-                            pad_id, settings.max_grad_norm)
+                            pad_id, settings.max_grad_norm, settings.precision)
         step = state["step"] + 1
         last = step == total_steps
         state.update(step=step, epoch=group[-1].epoch, position=group[-1].position, loss=result["loss"])
         evaluated = bool(eval_examples) and (last or _every(step, settings.eval_every))
         if evaluated:
-            state["eval_loss"] = eval_loss(model, eval_examples, settings.max_tokens_per_batch, pad_id)
+            state["eval_loss"] = eval_loss(model, eval_examples, settings.max_tokens_per_batch, pad_id,
+                                            settings.precision)
         if main:
             log.add(result["tokens"])
         if main and (evaluated or last or _every(step, settings.log_every)):
@@ -237,6 +246,16 @@ def train(model, tokenizer, train_examples: Sequence[Example], eval_examples: Se
     distributed.barrier()  # every process returns only once the files are there
     return {"train_loss": state.get("loss"), "eval_loss": state.get("eval_loss"), "steps": state["step"],
             "seconds": round(time.perf_counter() - started, 2)}
+
+
+def _place(model, settings: TrainSettings) -> None:
+    """`model` in the dtype and sharding of `settings`, in place: bf16 weights (so gradients and
+    AdamW state too; r1lab.models.precision) for precision bf16, FSDP2 shards for sharding fsdp."""
+    check_supported(settings.precision, _device_of(model))
+    if settings.precision == "bf16":
+        model.to(torch.bfloat16)
+    if settings.sharding == "fsdp":
+        fsdp.shard(model, settings.precision, settings.fsdp_cpu_offload)
 
 
 def _save_checkpoint(output_dir: Path, step: int, trainer: tuple, state: dict, settings: TrainSettings) -> None:
