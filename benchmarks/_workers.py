@@ -61,7 +61,7 @@ def _send_cuda_peak() -> None:
 
 
 def run_r1lab(spec: dict) -> None:
-    from r1lab.grpo import train
+    from r1lab.grpo import collect as grpo_collect, train
     from r1lab.grpo.config import GRPOConfig, GRPOData
 
     config = GRPOConfig(
@@ -72,13 +72,13 @@ def run_r1lab(spec: dict) -> None:
         max_steps=spec["max_steps"], eval_every=0, sample_every=0, save_every=10**9, progress=False,
         threads=spec["threads"], micro_batch_size=spec["micro_batch_size"], precision=spec.get("precision", "fp32"),
         **{k: spec[k] for k in R1LAB_OPTIONAL if k in spec})
-    gate, collect = Gate(), train._collect
+    gate, collect = Gate(), grpo_collect.collect
 
     def gated_collect(*args, **kwargs):
         gate()
         return collect(*args, **kwargs)
 
-    train._collect = gated_collect
+    grpo_collect.collect = gated_collect  # collect_step looks it up in its module at each step
     train.main(config)
     gate()  # report the last step
 

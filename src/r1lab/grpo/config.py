@@ -92,6 +92,9 @@ class GRPOConfig:
     top_k: int = 0
     stop: tuple[str, ...] = ("</answer>",)
     rollout_batch_size: int = 512  # sequences decoded together
+    # 0: sample, then train, strictly alternating. 1: step t+1 is sampled in a background thread
+    # while step t trains, from weights one update old, importance-corrected (grpo/overlap.py)
+    max_off_policy_steps: int = 0
     rollout_backend: str = "native"  # native (r1lab.sampling.generate, CPU or GPU) | vllm (docs/vllm.md)
     # vLLM (rollout_backend: vllm): one engine per process, colocated with training, weights pushed after each step
     vllm_mode: str = "colocate"  # colocate (the engine lives in the training process); a vLLM server is not supported
@@ -257,6 +260,14 @@ class GRPOConfig:
         if not self.data.train and not self.data.tasks:
             raise ValueError("set data.train (a JSONL of prompt/answer rows) or data.tasks (micro tasks)")
 
+    def _check_overlap(self) -> None:
+        if self.max_off_policy_steps not in (0, 1):
+            raise ValueError(f"max_off_policy_steps must be 0 or 1 (one rollout sampled ahead), got "
+                             f"{self.max_off_policy_steps}")
+        if self.max_off_policy_steps and (self.rollout_backend != "native" or self.sharding == "fsdp"):
+            raise ValueError("max_off_policy_steps=1 samples with r1lab's sampler from a copy of the weights: it "
+                             "needs rollout_backend=native and sharding=ddp")
+
     def _check_reference(self) -> None:
         if self.advantage == "zero" and self.beta == 0:
             raise ValueError("advantage=zero with beta=0 trains nothing: set beta > 0 (and reference_model, "
@@ -275,6 +286,7 @@ class GRPOConfig:
 
     def _check_objective(self) -> None:
         self._check_reference()
+        self._check_overlap()
         implied = LOSS_TYPES[self.loss_type].aggregation
         if self.loss_type in ("dapo", "dr_grpo") and self.aggregation not in ("", implied):
             raise ValueError(f"loss_type={self.loss_type} is the {implied} aggregation; got aggregation="

@@ -21,6 +21,7 @@ adapters, ``final-merged/`` the base with the adapters merged in (a plain Huggin
 from __future__ import annotations
 
 import contextlib
+import functools
 import dataclasses
 import time
 from pathlib import Path
@@ -37,17 +38,18 @@ from r1lab.grpo.config import GRPOConfig
 from r1lab.problems import PromptStream, check_same_data, data_fingerprint, load_eval_rows, load_train_rows
 from r1lab.grpo.advantages import ADVANTAGES
 from r1lab.grpo.step_metrics import MetricsLog, step_metrics, write_samples
-from r1lab.grpo.parallel import gather_lists, gather_scored, group_seed, share
-from r1lab.grpo.rollout import (RolloutSettings, Scored, informative_groups, pack, rollout_hook, rollout_sampler,
-                                sample_and_score, weights_changed)
+from r1lab.grpo.parallel import gather_lists, group_seed, share
+from r1lab.grpo.rollout import (RolloutSettings, Scored, pack, rollout_hook, rollout_sampler,
+                                weights_changed)
+from r1lab.grpo.collect import collect_step, prompt_token_ids
+from r1lab.grpo.overlap import RolloutAhead
 from r1lab.grpo.reference import check_reference_tokenizer, frozen_copy, load_reference
 from r1lab.grpo.update import UpdateSettings, reference_logprobs, update_policy
 from r1lab.files import remove_dir
 from r1lab.models.loading import load_model, load_tokenizer
 from r1lab.models.lora import apply_lora, disabled_adapters, is_lora, save_merged
 from r1lab.models.precision import check_supported, weights_dtype
-from r1lab.problem_formats import render_problem, tokenize_prompts
-from r1lab.rewards import FailurePolicy, TrainerState, load_reward
+from r1lab.rewards import FailurePolicy, load_reward
 from r1lab.sampling.generate import SamplingParams, generate
 from r1lab.stages.plot import plot_run
 from r1lab.training.loop import enable_gradient_checkpointing, lr_multiplier
@@ -83,12 +85,14 @@ def _grpo(config: GRPOConfig, on_exit: contextlib.ExitStack) -> dict:
             log.write({"step": 0, **evaluation})
 
     progress = _progress(config, start) if is_main else None
+    sample_step = functools.partial(collect_step, tokenizer=tokenizer, stream=stream, config=config,
+                                  settings=rollout_settings)
+    ahead = _rollout_ahead(config, policy, sample_step, on_exit)
     for step in range(start + 1, config.max_steps + 1):
         t0 = time.perf_counter()
-        settings = dataclasses.replace(rollout_settings, reward_weights=config.weights_at(step),
-                                       trainer_state=_trainer_state(step, config, stream))
-        scored, sampled, rollout, mine = _rollout(_sampling(sampler, policy), reference, tokenizer, stream, config,
-                                                  settings, step, device)
+        collected = (ahead and ahead.take(step)) or sample_step(_sampling(sampler, policy), step)
+        scored, sampled, rollout, mine = _rollout(policy, reference, tokenizer, config, collected, device)
+        _sample_ahead(ahead, config, step, policy)
         g = config.num_generations
         t1 = time.perf_counter()
         policy.train()
@@ -158,7 +162,7 @@ def _prepare(config: GRPOConfig, tokenizer) -> tuple[PromptStream, dict, list[di
     check_reference_tokenizer(config, tokenizer)
     rows = load_train_rows(config.data, config.seed)
     eval_rows = load_eval_rows(config.data, config.seed)
-    _prompt_ids(rows[:1] + eval_rows[:1], tokenizer, config)
+    prompt_token_ids(rows[:1] + eval_rows[:1], tokenizer, config)
     fingerprint = data_fingerprint(config.data, config.seed, rows)
     return PromptStream(rows, config.seed), fingerprint, eval_rows, _rollout_settings(config)
 
@@ -169,13 +173,6 @@ def _speaks_micro(tokenizer) -> bool:
     from r1lab.micro.tokenizer import is_micro_tokenizer
 
     return is_micro_tokenizer(tokenizer)
-
-
-def _trainer_state(step: int, config: GRPOConfig, stream: PromptStream) -> TrainerState:
-    """What a reward sees as TRL's `trainer_state` while step `step` (1-based) is sampled."""
-    epoch = stream.epoch + stream.position / max(1, len(stream.rows))
-    return TrainerState(global_step=step - 1, max_steps=config.max_steps, epoch=epoch,
-                        is_world_process_zero=distributed.is_main())
 
 
 def _rollout_settings(config: GRPOConfig) -> RolloutSettings:
@@ -201,13 +198,32 @@ def _optimizer(policy, config: GRPOConfig):
     return optimizer, scheduler
 
 
-def _rollout(policy, reference, tokenizer, stream: PromptStream, config: GRPOConfig, settings: RolloutSettings,
-             step: int, device):
-    """(the step's scored groups, all groups sampled, this process's packed rollout, its share).
+def _rollout_ahead(config: GRPOConfig, policy, collect, on_exit: contextlib.ExitStack) -> RolloutAhead | None:
+    """With max_off_policy_steps=1, the thread that samples a step ahead (grpo/overlap.py)."""
+    if not config.max_off_policy_steps:
+        return None
+    if distributed.world_size() > 1:
+        raise R1labError("max_off_policy_steps=1 under torchrun is not supported yet: the rollout's and the "
+                         "update's collectives would interleave; use one process, or max_off_policy_steps=0")
+    ahead = RolloutAhead(policy, collect)
+    on_exit.callback(ahead.close)
+    return ahead
+
+
+def _sample_ahead(ahead: RolloutAhead | None, config: GRPOConfig, step: int, policy) -> None:
+    """Start sampling step + 1 from the weights before this step's update (one update old), except
+    after the last step and after a checkpoint (so a resumed run samples what this one did)."""
+    if ahead and step < config.max_steps and not _saves(config, step):
+        ahead.start(step + 1, policy)
+
+
+def _rollout(policy, reference, tokenizer, config: GRPOConfig, collected, device):
+    """(the step's scored groups, all groups sampled, this process's packed rollout, its share)
+    from the `collected` groups (`_collect`'s result).
 
     Every process gets the step's whole scored batch; it trains on its share `mine` of the groups."""
     policy.eval()
-    scored, prompt_ids, sampled = _collect(policy, tokenizer, stream, config, settings, step)
+    scored, prompt_ids, sampled = collected
     mine = share(len(scored.rows))
     # on the whole batch ("batch" and "reinforce_pp" need all of it)
     advantages = ADVANTAGES[config.advantage](scored.rewards, pass_k=config.pass_k)
@@ -344,58 +360,9 @@ def _update_settings(config: GRPOConfig) -> UpdateSettings:
         loss_type=config.loss_type, entropy_coef=config.entropy_coef,
         kl_cov_ratio=config.kl_cov_ratio if config.entropy_control == "kl_cov" else 0.0,
         kl_cov_coef=config.kl_cov_coef,
-        importance_sampling=config.vllm_importance_sampling if config.rollout_backend == "vllm" else None,
+        importance_sampling=(config.vllm_importance_sampling if config.rollout_backend == "vllm"
+                             else "tis" if config.max_off_policy_steps else None),
         importance_sampling_cap=config.vllm_importance_sampling_cap)
-
-
-def _collect(policy, tokenizer, stream: PromptStream, config: GRPOConfig, settings: RolloutSettings, step: int):
-    """P scored groups for this step; with dynamic sampling, all-equal groups are replaced by
-    groups from fresh prompts (up to `max_refills` rounds). Returns (scored, prompt ids, all
-    groups sampled this step: the zero-variance share is measured on these). Under torchrun every
-    process returns all of them, so every process makes the same refill decisions."""
-    kept: list[Scored] = []
-    kept_ids: list[list[int]] = []
-    sampled: list[Scored] = []
-    need = config.prompts_per_step
-    rounds = 1 + (config.max_refills if config.dynamic_sampling else 0)
-    for r in range(rounds):
-        rows = stream.take(need)  # the same rows on every process
-        prompt_ids = _prompt_ids(rows, tokenizer, config)  # once: for sampling and for packing
-        scored = _sample_shared(policy, tokenizer, rows, prompt_ids, config, settings, [step, r])
-        sampled.append(scored)
-        if config.dynamic_sampling:
-            informative = informative_groups(scored)
-            scored, prompt_ids = scored.keep(informative), [prompt_ids[i] for i in informative]
-        if scored.rows:
-            kept.append(scored)
-            kept_ids += prompt_ids
-        need = config.prompts_per_step - sum(len(s.rows) for s in kept)
-        if need <= 0:
-            break
-    # every group was uninformative: train on the last draw anyway (zero advantage, no-op loss)
-    result, result_ids = (Scored.concat(kept), kept_ids) if kept else (sampled[-1], prompt_ids)
-    if len(result.rows) > config.prompts_per_step:
-        result, result_ids = result.keep(range(config.prompts_per_step)), result_ids[:config.prompts_per_step]
-    return result, result_ids, Scored.concat(sampled)
-
-
-def _sample_shared(policy, tokenizer, rows: list[dict], prompt_ids: list[list[int]], config: GRPOConfig,
-                   settings: RolloutSettings, draw: list[int]) -> Scored:
-    """All `rows` sampled and scored: each process samples its share, then all shares are gathered.
-    Prompt i samples from its own stream, seeded by (seed, step, round, i), wherever it runs."""
-    mine = share(len(rows))
-    part = None
-    if mine:
-        local = rows[mine.start:mine.stop]
-        seeds = [group_seed(config.seed, *draw, i) for i in mine]
-        part = sample_and_score(policy, tokenizer, local, prompt_ids[mine.start:mine.stop], settings, seeds)
-    return gather_scored(part)
-
-
-def _prompt_ids(rows: list[dict], tokenizer, config: GRPOConfig) -> list[list[int]]:
-    """Token ids of the rows' prompts: templated (or chat-rendered), BOS as the tokenizer adds it."""
-    texts = [render_problem(row["prompt"], config.template, tokenizer, config.data.system_prompt) for row in rows]
-    return tokenize_prompts(tokenizer, texts)
 
 
 def _resume(config, out, policy, reference, optimizer, scheduler, stream, fingerprint: dict) -> tuple[int, int]:
@@ -442,7 +409,7 @@ def _evaluate(policy, tokenizer, rows: list[dict], config: GRPOConfig) -> dict:
                              seed=config.seed, reflection_phrases=config.reflection_phrases, progress=False,
                              batch_size=config.rollout_batch_size)
     mine = share(len(rows))
-    prompts = _prompt_ids([rows[i] for i in mine], tokenizer, config)
+    prompts = prompt_token_ids([rows[i] for i in mine], tokenizer, config)
     policy.eval()
     with torch.inference_mode():
         groups = generate(policy, tokenizer, prompts, eval_config.sampling(), batch_size=config.rollout_batch_size,
