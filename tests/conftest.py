@@ -76,3 +76,20 @@ def prompts_jsonl(tmp_path):
             for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (9, 1)]]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+@pytest.fixture(scope="module")
+def packed_rollout(policy, tokenizer):
+    """`policy`'s completions of three prompts (4 each, up to 16 tokens: ragged), scored by their
+    length and packed with group advantages: a GRPO update's input."""
+    from r1lab.grpo.advantages import ADVANTAGES
+    from r1lab.grpo.rollout import RolloutSettings, pack, sample_and_score
+    from r1lab.sampling.generate import SamplingParams
+
+    prompts = ["Compute 12 + 34.", "Hi", "Compute 7 * 8 and show each step"]
+    prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    settings = RolloutSettings(params=SamplingParams(max_new_tokens=16, n=4, seed=3),
+                               reward_fns=[("len", lambda completions, **_: [float(len(c)) for c in completions])],
+                               reward_weights=[1.0])
+    scored = sample_and_score(policy, tokenizer, [{"prompt": p} for p in prompts], prompt_ids, settings)
+    return pack(scored, prompt_ids, ADVANTAGES["group"](scored.rewards), tokenizer.pad_token_id)

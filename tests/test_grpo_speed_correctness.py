@@ -13,8 +13,7 @@ import torch
 from r1lab.models import fast_decoder
 from r1lab.errors import R1labError
 from r1lab.grpo.config import GRPOConfig
-from r1lab.grpo.advantages import ADVANTAGES
-from r1lab.grpo.rollout import RolloutSettings, pack, rollout_sampler, sample_and_score
+from r1lab.grpo.rollout import rollout_sampler
 from r1lab.grpo.update import UpdateSettings, reference_logprobs, update_policy
 from r1lab.models.logprobs import sequence_logprobs
 from r1lab.sampling.generate import Completion, SamplingParams
@@ -22,19 +21,10 @@ from r1lab.sampling.generate import Completion, SamplingParams
 PROMPTS = ["Compute 12 + 34.", "Hi", "Compute 7 * 8 and show each step"]
 
 
-def length_reward(completions, **columns):
-    return [float(len(c)) for c in completions]
-
-
 @pytest.fixture(scope="module")
-def rollout(policy, tokenizer):
-    prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
-    settings = RolloutSettings(params=SamplingParams(max_new_tokens=16, n=4, seed=3),
-                               reward_fns=[("len", length_reward)], reward_weights=[1.0])
-    scored = sample_and_score(policy, tokenizer, [{"prompt": p} for p in PROMPTS], prompt_ids, settings)
-    lengths = {len(c.token_ids) for g in scored.completions for c in g}
-    assert len(lengths) > 2  # ragged: padding inside the batch
-    return pack(scored, prompt_ids, ADVANTAGES["group"](scored.rewards), tokenizer.pad_token_id)
+def rollout(packed_rollout):
+    assert len(set(packed_rollout.completion_mask.sum(1).tolist())) > 2  # ragged: padding inside the batch
+    return packed_rollout
 
 
 def _generic(monkeypatch):

@@ -9,8 +9,6 @@ import torch
 
 from r1lab.models import attention, fast_decoder, logprobs
 from r1lab.sampling import generate as sampling
-from r1lab.grpo.advantages import ADVANTAGES
-from r1lab.grpo.rollout import RolloutSettings, pack, sample_and_score
 from r1lab.grpo.update import UpdateSettings, pack_by_length, row_lengths, update_policy
 from r1lab.sampling.generate import SamplingParams
 from r1lab.training.loop import enable_gradient_checkpointing
@@ -18,18 +16,9 @@ from r1lab.training.loop import enable_gradient_checkpointing
 PROMPTS = ["Compute 12 + 34.", "Hi", "Compute 7 * 8 and show each step"]
 
 
-def length_reward(completions, **columns):
-    return [float(len(c)) for c in completions]
-
-
 @pytest.fixture(scope="module")
-def rollout(policy, tokenizer):
-    prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]
-    settings = RolloutSettings(params=SamplingParams(max_new_tokens=16, n=4, seed=3),
-                               reward_fns=[("len", length_reward)], reward_weights=[1.0])
-    scored = sample_and_score(policy, tokenizer, [{"prompt": p} for p in PROMPTS], prompt_ids, settings)
-    packed = pack(scored, prompt_ids, ADVANTAGES["group"](scored.rewards), tokenizer.pad_token_id)
-    return packed.with_ref(packed.old_logp - 0.01)
+def rollout(packed_rollout):
+    return packed_rollout.with_ref(packed_rollout.old_logp - 0.01)
 
 
 def _step(policy, rollout, checkpointing=False, **overrides):

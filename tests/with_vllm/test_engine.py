@@ -40,14 +40,8 @@ def deadline(seconds: int):
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, tokenizer):
-    from r1lab.micro.sizes import build_model
-
-    path = tmp_path_factory.mktemp("vllm_model")
-    model = build_model("micro", tokenizer, max_positions=512, seed=0)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+def model_dir(tiny_model_dir):
+    return tiny_model_dir  # tests/conftest.py: a random micro model folder (the engine never writes to it)
 
 
 @pytest.fixture(scope="module")
