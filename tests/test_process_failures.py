@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from datetime import timedelta
 
@@ -79,7 +80,9 @@ def test_a_dead_or_hung_rank_ends_the_other_with_an_error(tmp_path, how):
 @pytest.mark.slow
 def test_under_torchrun_a_killed_rank_ends_the_run_naming_it(tmp_path):
     script = tmp_path / "worker.py"
-    ready = 'print("ready", os.environ["RANK"], os.getpid(), flush=True)'
+    # one write() per line: with `python -u` (torchrun's default) print() writes its pieces one by
+    # one, and the two workers' "ready" lines interleaved into "readyready 0 PID" / " 1 PID"
+    ready = 'sys.stdout.write(f"ready {os.environ[\'RANK\']} {os.getpid()}\\n")'
     script.write_text(WORKER.replace('print("ready", flush=True)', ready)
                       .replace("import sys, time, types", "import os, sys, time, types"))
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
@@ -88,23 +91,27 @@ def test_under_torchrun_a_killed_rank_ends_the_run_naming_it(tmp_path):
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         pids, other = {}, []  # rank -> pid, from the workers' "ready RANK PID" lines
+        deadline = threading.Timer(120, lambda: os.killpg(proc.pid, signal.SIGKILL))  # never hang on a read
+        deadline.start()
         while len(pids) < 2 and (line := proc.stdout.readline()):
             words = line.split()
             if len(words) == 3 and words[0] == "ready":
                 pids[words[1]] = words[2]
             else:
                 other.append(line)
+        deadline.cancel()
         assert len(pids) == 2, (other, proc.stderr.read() if proc.poll() is not None else "")
         time.sleep(0.5)
         os.kill(int(pids["1"]), signal.SIGKILL)
         started = time.time()
         code = proc.wait(timeout=70)
         waited = time.time() - started
-    finally:  # torchrun and its workers: none may outlive the test (a worker left looping would never end)
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    finally:  # torchrun and its workers (each in a session of its own): none may outlive the test
+        for pid in [proc.pid, *map(int, pids.values())]:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         proc.wait()
     err = proc.stderr.read()
     assert code != 0 and waited < 40, err
