@@ -35,6 +35,7 @@ import torch
 
 from r1lab.training import distributed, fsdp
 from r1lab.grpo.importance import importance_weights
+from r1lab.training.packing import padded_batches
 from r1lab.grpo.losses import Normalisers, count_normalisers, grpo_loss
 from r1lab.grpo.parallel import sum_gradients, sum_over_processes
 from r1lab.grpo.rollout import Rollout
@@ -211,16 +212,7 @@ def pack_by_length(lengths: torch.Tensor, budget: int) -> list[torch.Tensor]:
     >>> [p.tolist() for p in pack_by_length(torch.tensor([5, 2, 9, 3]), 10)]
     [[1, 3], [0], [2]]
     """
-    parts, current, longest = [], [], 0
-    for i in lengths.argsort(stable=True).tolist():
-        length = int(lengths[i])
-        if current and (len(current) + 1) * max(longest, length) > budget:
-            parts.append(current)
-            current, longest = [], 0
-        current.append(i)
-        longest = max(longest, length)
-    if current:
-        parts.append(current)
+    parts = padded_batches(lengths.argsort(stable=True).tolist(), lengths.tolist(), budget)
     return [torch.tensor(sorted(part), dtype=torch.long) for part in parts]
 
 

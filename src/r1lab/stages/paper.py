@@ -21,6 +21,7 @@ from pathlib import Path
 
 from r1lab.errors import R1labError
 from r1lab.files import json_safe, read_jsonl, write_json, write_text
+from r1lab.grpo.config import GRPOConfig
 from r1lab.pipeline import findings
 from r1lab.recipe import load_config
 
@@ -86,16 +87,10 @@ def student_tokens(stage: Path) -> float:
     (groups x G x mean length) x num_iterations."""
     rows = read_jsonl(stage / "metrics.jsonl", tolerant=True)
     if any("groups" in r for r in rows):
-        config = load_config(_grpo_config_class(), str(stage / "config.yaml"))
+        config = load_config(GRPOConfig, str(stage / "config.yaml"))
         return float(sum(r["groups"] * config.num_generations * r["completion_length/mean"] for r in rows
                          if "groups" in r) * config.num_iterations)
     return float(sum(r.get("tokens", 0) for r in rows))
-
-
-def _grpo_config_class():
-    from r1lab.grpo.config import GRPOConfig
-
-    return GRPOConfig
 
 
 def eval_reflection(stage: Path) -> dict[str, float]:

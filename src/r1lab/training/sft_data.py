@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from r1lab.errors import R1labError
+from r1lab.training.packing import padded_batches
 from r1lab.templates import render_prompt
 
 IGNORE_INDEX = -100  # label value that torch's cross entropy skips
@@ -166,18 +167,10 @@ def batches(examples: Sequence[Example], max_tokens: int, seed: int, epoch: int)
     rng = random.Random(f"{seed}:{epoch}")
     keys = [rng.random() for _ in examples]
     order = sorted(range(len(examples)), key=lambda i: (len(examples[i]), keys[i]))
-    result, current, longest = [], [], 0
-    for i in order:
-        length = len(examples[i])
-        if length > max_tokens:
-            raise R1labError(f"an example has {length} tokens, more than max_tokens_per_batch={max_tokens}")
-        if current and (len(current) + 1) * max(longest, length) > max_tokens:
-            result.append(current)
-            current, longest = [], 0
-        current.append(i)
-        longest = max(longest, length)
-    if current:
-        result.append(current)
+    too_long = next((len(examples[i]) for i in order if len(examples[i]) > max_tokens), None)
+    if too_long is not None:
+        raise R1labError(f"an example has {too_long} tokens, more than max_tokens_per_batch={max_tokens}")
+    result = padded_batches(order, [len(e) for e in examples], max_tokens)
     rng.shuffle(result)
     return result
 
